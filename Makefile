@@ -1,0 +1,44 @@
+# One-command setup: everything installs into .venv/ (re-created when missing or broken,
+# re-installed only when a requirements file or the packaging changes).
+PYTHON3 ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.dynadepth-installed
+REQS    := requirements/runtime.txt requirements/training.txt requirements/dev.txt
+DEMO_OUT ?= out/demo
+
+export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_images.xml
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup test demo bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): $(REQS) setup.py setup.cfg package.xml
+	@if ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then \
+		echo "creating $(VENV)"; rm -rf $(VENV); $(PYTHON3) -m venv $(VENV); fi
+	$(PY) -m pip install -q --disable-pip-version-check -U pip
+	$(PY) -m pip install -q --disable-pip-version-check $(foreach r,$(REQS),-r $(r))
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip check
+	@# ament index marker + share/ links, as `colcon build --symlink-install` would make them
+	mkdir -p $(VENV)/share/ament_index/resource_index/packages $(VENV)/share/dynadepth_ros
+	ln -sfn $(CURDIR)/resource/dynadepth_ros $(VENV)/share/ament_index/resource_index/packages/dynadepth_ros
+	ln -sfn $(CURDIR)/package.xml $(VENV)/share/dynadepth_ros/package.xml
+	ln -sfn $(CURDIR)/launch $(VENV)/share/dynadepth_ros/launch
+	ln -sfn $(CURDIR)/config $(VENV)/share/dynadepth_ros/config
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -ra test
+
+demo: $(STAMP)
+	$(PY) -m dynadepth_ros.demo --out $(DEMO_OUT)
+
+bench: $(STAMP)
+	$(PY) test/bench/bench_synth.py
+
+clean-venv:
+	rm -rf $(VENV)

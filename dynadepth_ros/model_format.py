@@ -1,0 +1,137 @@
+"""The exported-model contract (design §3): metadata keys, reading and validation.
+
+ONNX file, opset >= 17; input `image` float32 [N,3,H,W] RGB in [0,1]; output `depth` float32
+[N,1,H,W] (metres when metric). `metadata_props` carry the keys below, all strings.
+Uses only the `onnx` package (no torch), so the node and the tools can read it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT_VERSION = '1'
+PREFIX = 'dynadepth.'
+REQUIRED_KEYS = ('format', 'input_height', 'input_width', 'min_depth', 'max_depth', 'metric',
+                 'intrinsics', 'stage', 'dataset', 'config_hash', 'version')
+STAGES = ('scene', 'final')
+INPUT_NAME = 'image'
+OUTPUT_NAME = 'depth'
+MIN_OPSET = 17
+
+
+class ModelFormatError(ValueError):
+    """The file is not a usable dynadepth model; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    input_height: int
+    input_width: int
+    min_depth: float
+    max_depth: float
+    metric: bool
+    intrinsics: tuple          # normalised (fx/W, fy/H, cx/W, cy/H) used in training
+    stage: str
+    dataset: str
+    config_hash: str
+    version: str
+    format: str = FORMAT_VERSION
+
+    def to_props(self) -> dict[str, str]:
+        """metadata_props as {key: string value} with the `dynadepth.` prefix."""
+        vals = {
+            'format': self.format, 'input_height': str(int(self.input_height)),
+            'input_width': str(int(self.input_width)), 'min_depth': repr(float(self.min_depth)),
+            'max_depth': repr(float(self.max_depth)), 'metric': 'true' if self.metric else 'false',
+            'intrinsics': ','.join(repr(float(v)) for v in self.intrinsics), 'stage': self.stage,
+            'dataset': self.dataset, 'config_hash': self.config_hash, 'version': self.version,
+        }
+        return {PREFIX + k: v for k, v in vals.items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = 'model') -> 'ModelMetadata':
+        """Parse and validate metadata_props; raises ModelFormatError naming every problem."""
+        missing = [PREFIX + k for k in REQUIRED_KEYS if PREFIX + k not in props]
+        if missing:
+            raise ModelFormatError(
+                f'{source}: missing dynadepth metadata {missing}. Only models exported by '
+                f'`python -m training export` (or carrying the design §3 metadata) can be used; '
+                f'add the keys with `dynadepth-model-info --help`.')
+        g = {k: props[PREFIX + k] for k in REQUIRED_KEYS}
+        problems = []
+        if g['format'] != FORMAT_VERSION:
+            problems.append(f'dynadepth.format is {g["format"]!r}, this release reads {FORMAT_VERSION!r}')
+        try:
+            h, w = int(g['input_height']), int(g['input_width'])
+            if h <= 0 or w <= 0:
+                raise ValueError
+        except ValueError:
+            problems.append(f'input size {g["input_height"]!r}x{g["input_width"]!r} is not two positive integers')
+            h = w = 0
+        try:
+            dmin, dmax = float(g['min_depth']), float(g['max_depth'])
+            if not 0 < dmin < dmax:
+                problems.append(f'depth range {dmin}..{dmax} must satisfy 0 < min < max')
+        except ValueError:
+            problems.append(f'min/max depth {g["min_depth"]!r}/{g["max_depth"]!r} are not numbers')
+            dmin = dmax = 0.0
+        if g['metric'] not in ('true', 'false'):
+            problems.append(f'dynadepth.metric must be "true" or "false", got {g["metric"]!r}')
+        try:
+            intr = tuple(float(v) for v in g['intrinsics'].split(','))
+            if len(intr) != 4 or min(intr[:2]) <= 0:
+                raise ValueError
+        except ValueError:
+            problems.append(f'dynadepth.intrinsics must be 4 numbers fx/W,fy/H,cx/W,cy/H, got {g["intrinsics"]!r}')
+            intr = (0.0,) * 4
+        if g['stage'] not in STAGES:
+            problems.append(f'dynadepth.stage must be one of {STAGES}, got {g["stage"]!r}')
+        if problems:
+            raise ModelFormatError(f'{source}: invalid dynadepth metadata: ' + '; '.join(problems))
+        return cls(input_height=h, input_width=w, min_depth=dmin, max_depth=dmax, metric=g['metric'] == 'true',
+                   intrinsics=intr, stage=g['stage'], dataset=g['dataset'], config_hash=g['config_hash'],
+                   version=g['version'], format=g['format'])
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Validate an ONNX file's interface and metadata without loading weights into a runtime."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f'model file {path} does not exist')
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise ModelFormatError(f'{path} is not a readable ONNX file ({type(exc).__name__}: {exc}); '
+                               f're-export it or check the download') from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = ModelMetadata.from_props(props, source=str(path))
+    opset = max((o.version for o in model.opset_import if o.domain in ('', 'ai.onnx')), default=0)
+    if opset < MIN_OPSET:
+        raise ModelFormatError(f'{path}: opset {opset} < {MIN_OPSET}; re-export with a newer opset')
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+        raise ModelFormatError(f'{path}: expects input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, '
+                               f'found inputs {inputs} and outputs {outputs}')
+    return meta
+
+
+def write_metadata(path: str | Path, meta: ModelMetadata) -> None:
+    """Set the dynadepth metadata on an ONNX file in place (atomically)."""
+    import os
+    import tempfile
+
+    import onnx
+
+    model = onnx.load(str(path))
+    keep = [p for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in meta.to_props().items():
+        model.metadata_props.add(key=k, value=v)
+    fd, tmp = tempfile.mkstemp(dir=str(Path(path).parent), suffix='.onnx.tmp')
+    os.close(fd)
+    onnx.save(model, tmp)
+    os.replace(tmp, path)
