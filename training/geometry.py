@@ -73,9 +73,10 @@ def pixels_to_grid(pix: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def in_image(pix: torch.Tensor, z: torch.Tensor, height: int, width: int, eps: float = 1e-6) -> torch.Tensor:
-    """bool [B,1,N]: z > eps and the pixel coordinate lies inside [0, W-1] x [0, H-1]."""
+    """bool [B,1,N]: z > eps and the pixel coordinate lies on the image, [-0.5, W-0.5] x [-0.5, H-0.5]
+    (pixel areas, so float noise at the border pixels of an identity warp does not count as outside)."""
     u, v = pix[:, 0:1], pix[:, 1:2]
-    return (z > eps) & (u >= 0) & (u <= width - 1) & (v >= 0) & (v <= height - 1)
+    return (z > eps) & (u >= -0.5) & (u <= width - 0.5) & (v >= -0.5) & (v <= height - 0.5)
 
 
 def sample(image: torch.Tensor, pix: torch.Tensor, mode: str = 'bilinear') -> torch.Tensor:

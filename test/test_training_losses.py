@@ -1,0 +1,98 @@
+"""Self-supervised losses: photometric error, auto-masking, smoothness, sparsity, odometry scale."""
+import torch
+
+from training.losses import (INVALID_ERROR, edge_aware_smoothness, min_reprojection_loss, motion_sparsity,
+                             photometric_error, ssim_error, translation_magnitude_loss)
+
+B, H, W = 2, 32, 64
+
+
+def test_identical_images_have_zero_error_and_zero_loss():
+    torch.manual_seed(0)
+    img = torch.rand(B, 3, H, W)
+    assert float(ssim_error(img, img).abs().max()) < 1e-6
+    assert float(photometric_error(img, img).abs().max()) < 1e-6
+    ones = torch.ones(B, 1, H, W)
+    loss, _, min_error = min_reprojection_loss(img, [img, img], [torch.rand_like(img), torch.rand_like(img)], [ones, ones])
+    assert float(loss) < 1e-6 and float(min_error.max()) < 1e-6
+
+
+def test_photometric_error_grows_with_the_difference():
+    torch.manual_seed(0)
+    img = torch.rand(B, 3, H, W)
+    small = photometric_error(img + 0.05 * torch.randn_like(img), img).mean()
+    large = photometric_error(img + 0.3 * torch.randn_like(img), img).mean()
+    assert 0 < small < large <= 1
+
+
+def test_automask_excludes_pixels_where_the_unwarped_source_is_already_better():
+    torch.manual_seed(0)
+    target = torch.rand(B, 3, H, W)
+    # left half: the scene moves with the camera (source == target), the warp is poor there;
+    # right half: the warp is perfect and the unwarped source differs.
+    source = torch.rand(B, 3, H, W)
+    source[..., : W // 2] = target[..., : W // 2]
+    warped = target.clone()
+    warped[..., : W // 2] = torch.rand(B, 3, H, W // 2)
+    ones = torch.ones(B, 1, H, W)
+    loss, automask, _ = min_reprojection_loss(target, [warped], [source], [ones])
+    assert float(automask[..., : W // 2 - 2].max()) == 0.0
+    assert float(automask[..., W // 2 + 2:].min()) == 1.0
+    # only the (perfect) right half counts: its error is ~0 except the column whose 3x3 SSIM window
+    # reaches into the left half, far below the error of the poorly warped left half
+    left_error = float(photometric_error(warped, target)[..., : W // 2 - 2].mean())
+    assert float(loss) < 0.05 * left_error
+
+
+def test_min_over_sources_skips_out_of_view_samples():
+    torch.manual_seed(0)
+    target = torch.rand(B, 3, H, W)
+    good, bad = target.clone(), torch.rand(B, 3, H, W)
+    ones, zeros = torch.ones(B, 1, H, W), torch.zeros(B, 1, H, W)
+    far_sources = [torch.rand_like(target), torch.rand_like(target)]
+    # the perfect warp is out of view everywhere: the loss must come from the bad one
+    loss_masked, _, _ = min_reprojection_loss(target, [good, bad], far_sources, [zeros, ones])
+    loss_open, _, _ = min_reprojection_loss(target, [good, bad], far_sources, [ones, ones])
+    assert float(loss_open) < 1e-6 < float(loss_masked)
+    # no source in view: nothing counts, the error map says so, gradients stay finite
+    pred = bad.clone().requires_grad_(True)
+    loss, automask, min_error = min_reprojection_loss(target, [pred], [far_sources[0]], [zeros])
+    loss.backward()
+    assert float(automask.sum()) == 0 and float(loss.detach()) == 0
+    assert torch.all(min_error == INVALID_ERROR) and torch.isfinite(pred.grad).all()
+
+
+def test_smoothness_is_zero_for_constant_disparity_and_edge_aware():
+    torch.manual_seed(0)
+    image = torch.rand(B, 3, H, W)
+    assert float(edge_aware_smoothness(torch.full((B, 1, H, W), 0.3), image)) == 0.0
+    disp = torch.full((B, 1, H, W), 0.3)
+    disp[..., W // 2:] = 0.6  # a depth edge at the middle column
+    flat = torch.full((B, 3, H, W), 0.5)
+    edged = flat.clone()
+    edged[..., W // 2:] = 0.0  # an image edge at the same place
+    assert 0 < float(edge_aware_smoothness(disp, edged)) < float(edge_aware_smoothness(disp, flat))
+    # mean-normalised: scaling the disparity changes nothing
+    assert torch.allclose(edge_aware_smoothness(disp, flat), edge_aware_smoothness(5 * disp, flat))
+
+
+def test_motion_sparsity_prefers_few_large_motions_to_many_small_ones():
+    assert float(motion_sparsity(torch.zeros(B, 2, H, W))) == 0.0
+    dense = torch.ones(B, 2, H, W)             # every pixel moves 1 px
+    sparse = torch.zeros(B, 2, H, W)
+    sparse[..., : W // 10] = W / (W // 10)  # ~1/10 of the pixels, same total |m|
+    assert torch.allclose(dense.abs().mean(), sparse.abs().mean())
+    assert 0 < float(motion_sparsity(sparse)) < float(motion_sparsity(dense))
+
+
+def test_translation_magnitude_loss_uses_only_known_distances():
+    t = torch.tensor([[3.0, 0.0, 4.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], requires_grad=True)
+    d = torch.tensor([4.0, float('nan'), 2.0])
+    loss = translation_magnitude_loss(t, d)
+    assert abs(loss.item() - (1.0 + 1.0) / 2) < 1e-5
+    loss.backward()
+    assert torch.isfinite(t.grad).all() and float(t.grad[1].abs().sum()) == 0
+    none = translation_magnitude_loss(t, torch.full((3,), float('nan')))
+    assert none.item() == 0.0 and none.requires_grad
+    explicit = translation_magnitude_loss(t.detach(), d, torch.tensor([True, False, False]))
+    assert abs(float(explicit) - 1.0) < 1e-5
