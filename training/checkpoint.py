@@ -1,0 +1,76 @@
+"""Training checkpoints: written atomically, read back with clear errors, RNG states included.
+
+A checkpoint (`torch.save` dict) holds everything the loop needs to continue exactly where it
+stopped: model and optimiser state, phase index and step inside the phase, the global step, the
+sampler position (epoch, batches consumed in it), every rank's RNG states (python, numpy, torch,
+CUDA) and the config hash it was made with.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or belongs to another configuration."""
+
+
+def save_atomic(obj: dict, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the same directory, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: str | os.PathLike, map_location='cpu') -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint {path} does not exist; train the stage first')
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f'checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it to '
+                              f'restart training from scratch') from exc
+    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
+        raise CheckpointError(f'{path} is not a dynadepth training checkpoint (format {CHECKPOINT_FORMAT})')
+    return ckpt
+
+
+def rng_state() -> dict:
+    """This process's RNG states (python, numpy, torch CPU, CUDA when available)."""
+    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)

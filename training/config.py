@@ -1,0 +1,385 @@
+"""Typed pipeline configuration: dataclasses loaded from YAML presets, with `--set a.b=value` overrides.
+
+Every value has one home:
+
+    name, description          the run's name (default run dir `runs/<name>`) and a one-line summary
+    data:    DataConfig        where the frames come from (training/data/config.py)
+    scene:   SceneStageConfig  stage 1: model (SceneModelConfig), loop settings, phase schedule
+    eval:    EvalConfig        depth range and lead-car rule of `python -m training evaluate`
+    export:  ExportConfig      ONNX export settings and the torch-vs-ONNX Runtime tolerance
+    runtime: RuntimeConfig     device, threads, loader workers, progress bars; never changes results,
+                               so it is left out of the config hash
+
+A preset is a YAML file in `training/presets/`; `extends: other-preset` deep-merges it over another
+preset. Later stages (objects, dsa, final) add their own sections here. Unknown keys are errors.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from training.data.config import DataConfig
+from training.stages.scene_model import SceneModelConfig
+
+PRESET_DIR = Path(__file__).resolve().parent / 'presets'
+
+
+class ConfigError(ValueError):
+    """A configuration file, preset or override is wrong; the message says where and how to fix it."""
+
+
+@dataclass
+class PhaseConfig:
+    """One block of the schedule: a fresh Adam over the sub-modules the model trains in `name`.
+
+    steps: optimiser steps in this phase. lr: initial learning rate. The rate is multiplied by
+    `lr_decay` at each step count (counted from the start of the phase) listed in `lr_decay_at`.
+    """
+
+    name: str
+    steps: int
+    lr: float = 2e-4
+    lr_decay_at: list[int] = field(default_factory=list)
+    lr_decay: float = 0.5
+
+
+@dataclass
+class LoopConfig:
+    """Shared training-loop settings (every stage has one).
+
+    batch_size is per process (with torchrun the effective batch is batch_size x world size).
+    grad_clip: max gradient norm, applied to each trained sub-module separately (0 disables).
+    checkpoint_every / log_every / preview_every / val_every: in optimiser steps (0 disables
+    previews and validation). val_batches: batches of the val split per validation.
+    """
+
+    batch_size: int = 8
+    grad_clip: float = 10.0
+    checkpoint_every: int = 250
+    log_every: int = 20
+    preview_every: int = 250
+    val_every: int = 500
+    val_batches: int = 4
+    seed: int = 0
+
+
+@dataclass
+class SceneStageConfig:
+    """Stage 1: scene depth + pose + residual motion.
+
+    phases run in order (names are the SceneModel's: rigid, motion, joint). predict_splits are
+    the splits whose frames get saved depth and residual flow after training.
+    """
+
+    model: SceneModelConfig = field(default_factory=SceneModelConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    phases: list[PhaseConfig] = field(default_factory=list)
+    predict_splits: list[str] = field(default_factory=lambda: ['train', 'val'])
+    predict_batch_size: int = 8
+
+
+@dataclass
+class EvalConfig:
+    """Depth evaluation (design §8): valid GT in (min_depth, max_depth) metres.
+
+    Lead cars: moving cars whose box centre is ahead (z > 0) within lead_max_lateral metres of the
+    optical axis and whose velocity points within lead_max_heading_deg of the ego's direction of
+    travel (an explicit instance `role: lead` from the generator wins over this rule).
+    """
+
+    min_depth: float = 1e-3
+    max_depth: float = 80.0
+    lead_max_lateral: float = 2.5
+    lead_max_heading_deg: float = 30.0
+    lead_classes: list[str] = field(default_factory=lambda: ['car'])
+    batch_size: int = 8
+
+
+@dataclass
+class ExportConfig:
+    """ONNX export: opset, the largest batch the dynamic axis allows, and the largest absolute
+    depth difference (metres) between torch and ONNX Runtime at which the export is accepted."""
+
+    opset: int = 18
+    max_batch: int = 16
+    tolerance: float = 1e-3
+
+
+@dataclass
+class RuntimeConfig:
+    """How to run, not what to compute (excluded from the config hash).
+
+    device: auto | cpu | cuda | cuda:N. threads: torch intra-op threads (0 = torch default).
+    num_workers: DataLoader worker processes. debug_param_digest: each rank writes a digest of
+    its parameters after training (used by the multi-process test).
+    """
+
+    device: str = 'auto'
+    threads: int = 0
+    num_workers: int = 0
+    progress: bool = True
+    debug_param_digest: bool = False
+
+
+@dataclass
+class PipelineConfig:
+    name: str
+    data: DataConfig
+    description: str = ''
+    scene: SceneStageConfig = field(default_factory=SceneStageConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def to_dict(obj) -> typing.Any:
+    """Plain YAML/JSON-able structure of a (nested) dataclass: dicts, lists, scalars."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def from_dict(cls, data, where: str = 'config'):
+    """Build dataclass `cls` from a dict, checking keys and types; `where` names the place in errors."""
+    return _convert(cls, data, where)
+
+
+def _convert(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is typing.Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f'{where}: expected a mapping of {tp.__name__} fields, got {value!r}')
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ConfigError(f'{where}: unknown key(s) {unknown}; {tp.__name__} has {sorted(fields)}')
+        kwargs = {}
+        for name, f in fields.items():
+            if name in value:
+                kwargs[name] = _convert(hints[name], value[name], f'{where}.{name}')
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f'{where}: required key {name!r} is missing')
+        try:
+            return tp(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f'{where}: {exc}') from exc
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f'{where}: {value!r} matches none of {args}: ' + '; '.join(errors))
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f'{where}: must be one of {list(args)}, got {value!r}')
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f'{where}: expected a list, got {value!r}')
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f'{where}: expected {len(args)} items, got {len(value)}')
+            return tuple(_convert(a, v, f'{where}[{i}]') for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else typing.Any
+        out = [_convert(item, v, f'{where}[{i}]') for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f'{where}: expected a mapping, got {value!r}')
+        kt, vt = args if args else (typing.Any, typing.Any)
+        return {_convert(kt, k, where): _convert(vt, v, f'{where}.{k}') for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f'{where}: expected true or false, got {value!r}')
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f'{where}: expected an integer, got {value!r}')
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f'{where}: expected a number, got {value!r}')
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f'{where}: expected a string, got {value!r}')
+    if tp is Path:
+        return Path(value)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f'{where}: cannot read {value!r} as {tp}')
+
+
+# ---------------------------------------------------------------------------------------------
+# presets, files and overrides
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob('*.yaml'))
+
+
+def _preset_path(name: str) -> Path:
+    path = PRESET_DIR / f'{name}.yaml'
+    if not path.is_file():
+        raise ConfigError(f'unknown preset {name!r}; available: {", ".join(preset_names())} '
+                          f'(`python -m training presets` lists them)')
+    return path
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _load_yaml_tree(path: Path, seen: tuple = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f'{path}: `extends` loop through {[str(p) for p in seen]}')
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f'{path} is not valid YAML: {exc}') from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{path}: the top level must be a mapping, got {type(raw).__name__}')
+    parent = raw.pop('extends', None)
+    if parent is None:
+        return raw
+    parent_path = Path(parent) if str(parent).endswith(('.yaml', '.yml')) else _preset_path(str(parent))
+    if not parent_path.is_absolute() and not parent_path.is_file():
+        parent_path = path.parent / parent_path
+    return _deep_merge(_load_yaml_tree(parent_path, seen + (path,)), raw)
+
+
+def parse_override(text: str) -> tuple[list[str], typing.Any]:
+    """`a.b.0.c=value` → (['a','b','0','c'], YAML-parsed value)."""
+    if '=' not in text:
+        raise ConfigError(f'override {text!r} must look like key.path=value (e.g. scene.loop.batch_size=4)')
+    key, raw = text.split('=', 1)
+    parts = [p for p in key.strip().split('.') if p]
+    if not parts:
+        raise ConfigError(f'override {text!r} has an empty key')
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ''
+    except yaml.YAMLError as exc:
+        raise ConfigError(f'override {text!r}: value is not valid YAML ({exc})') from exc
+    return parts, value
+
+
+def apply_override(tree: dict, parts: list[str], value) -> None:
+    """Set tree[parts...] = value in place; list items are addressed by index."""
+    node = tree
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        here = '.'.join(parts[:i + 1])
+        if isinstance(node, list):
+            try:
+                idx = int(p)
+                node[idx]
+            except (ValueError, IndexError):
+                raise ConfigError(f'override {".".join(parts)}: {here!r} is not an index of a list of '
+                                  f'{len(node)} items') from None
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if p not in node:
+                raise ConfigError(f'override {".".join(parts)}: no key {here!r}; choose from {sorted(node)}')
+            if last:
+                node[p] = value
+            else:
+                node = node[p]
+        else:
+            raise ConfigError(f'override {".".join(parts)}: {".".join(parts[:i])!r} is a value, not a section')
+
+
+def load_config(preset: str | None = None, config_file: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Resolve a preset name or a YAML file, then apply `key=value` overrides, into a PipelineConfig."""
+    if (preset is None) == (config_file is None):
+        raise ConfigError('give exactly one of a preset name (--preset) or a config file (--config)')
+    path = _preset_path(preset) if preset is not None else Path(config_file)
+    if not path.is_file():
+        raise ConfigError(f'config file {path} does not exist')
+    tree = _load_yaml_tree(path)
+    cfg = from_dict(PipelineConfig, tree, where=path.name)
+    if overrides:
+        full = to_dict(cfg)
+        for text in overrides:
+            apply_override(full, *parse_override(text))
+        cfg = from_dict(PipelineConfig, full, where='config after --set')
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: PipelineConfig) -> None:
+    """Cross-field checks the types cannot express."""
+    problems = []
+    loop = cfg.scene.loop
+    if loop.batch_size < 1:
+        problems.append(f'scene.loop.batch_size must be >= 1, got {loop.batch_size}')
+    if loop.checkpoint_every < 1:
+        problems.append(f'scene.loop.checkpoint_every must be >= 1, got {loop.checkpoint_every}')
+    if not cfg.scene.phases:
+        problems.append('scene.phases is empty; list at least one phase (name, steps, lr)')
+    for i, p in enumerate(cfg.scene.phases):
+        if p.steps < 0:
+            problems.append(f'scene.phases.{i}.steps must be >= 0, got {p.steps}')
+        if p.lr <= 0:
+            problems.append(f'scene.phases.{i}.lr must be > 0, got {p.lr}')
+    if cfg.eval.max_depth <= cfg.eval.min_depth:
+        problems.append(f'eval depth range {cfg.eval.min_depth}..{cfg.eval.max_depth} is empty')
+    if problems:
+        raise ConfigError('invalid configuration: ' + '; '.join(problems))
+
+
+def dump_yaml(cfg) -> str:
+    """The resolved configuration as YAML (loadable with --config)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, width=110)
+
+
+def preset_description(name: str) -> str:
+    tree = _load_yaml_tree(_preset_path(name))
+    return str(tree.get('description', ''))

@@ -1,0 +1,108 @@
+"""Export a depth network to the design §3 ONNX model, checked against torch before it is written.
+
+The graph maps `image` float32 [N,3,H,W] RGB in [0,1] to `depth` float32 [N,1,H,W] (metres when
+metric): normalisation and the sigmoid-disparity → depth conversion are inside. N is dynamic
+(1..max_batch), H and W are fixed. Exported with the torch.export-based exporter (opset 18, one
+self-contained file), tagged with the dynadepth metadata, validated with
+`dynadepth_ros.model_format.read_metadata`, then run in ONNX Runtime on fixed inputs at two batch
+sizes: if any depth differs from torch by more than the tolerance, nothing is written.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import os
+import time
+import warnings
+from contextlib import nullcontext, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dynadepth_ros.model_format import INPUT_NAME, OUTPUT_NAME, ModelMetadata, read_metadata, write_metadata
+from training.networks.depth import DepthExportModule, DepthNet
+
+
+class ExportError(RuntimeError):
+    """The exported model does not reproduce the torch model (or could not be exported at all)."""
+
+
+def check_inputs(height: int, width: int, batch_sizes=(1, 2), seed: int = 0) -> list[np.ndarray]:
+    """Fixed test images float32 [N,3,H,W] in [0,1]: smooth gradients plus texture, one per batch size."""
+    rng = np.random.default_rng(seed)
+    out = []
+    v, u = np.mgrid[0:height, 0:width].astype(np.float32)
+    for n in batch_sizes:
+        imgs = []
+        for k in range(n):
+            base = np.stack([u / width, v / height, 0.5 + 0.5 * np.sin((u + 3 * v) / (7.0 + k))])
+            imgs.append(np.clip(0.7 * base + 0.3 * rng.random((3, height, width), dtype=np.float32), 0, 1))
+        out.append(np.stack(imgs).astype(np.float32))
+    return out
+
+
+def export_depth_onnx(depth_net: DepthNet, out_path: str | os.PathLike, meta: ModelMetadata, *, opset: int = 18,
+                      max_batch: int = 16, tolerance: float = 1e-3, verbose: bool = False) -> dict:
+    """Write `out_path` (atomically) and return {'max_abs_diff', 'batch_sizes', 'seconds', 'bytes'}.
+
+    tolerance: the largest |depth_onnx - depth_torch| in metres accepted on the check inputs;
+    raises ExportError (and writes nothing) beyond it.
+    """
+    import onnxruntime as ort
+
+    out_path = Path(out_path)
+    h, w = int(meta.input_height), int(meta.input_width)
+    if h % 32 or w % 32:
+        raise ExportError(f'model input {h}x{w} is not a multiple of 32; train at a size such as '
+                          f'{max(32, h // 32 * 32)}x{max(32, w // 32 * 32)}')
+    if max_batch < 2:
+        raise ExportError(f'max_batch must be >= 2 for a dynamic batch axis, got {max_batch}')
+    t0 = time.perf_counter()
+    module = DepthExportModule(copy.deepcopy(depth_net).cpu().float()).eval()
+    example = torch.from_numpy(check_inputs(h, w, (2,))[0])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f'.{out_path.name}.tmp')
+    batch = torch.export.Dim('batch', min=1, max=int(max_batch))
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), (nullcontext() if verbose else redirect_stdout(sink)):
+            warnings.simplefilter('ignore')
+            torch.onnx.export(module, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              opset_version=opset, dynamo=True, external_data=False,
+                              dynamic_shapes=({0: batch},))
+    except Exception as exc:
+        _unlink(tmp)
+        raise ExportError(f'torch.onnx.export failed ({type(exc).__name__}: {exc}); exporter output:\n'
+                          f'{sink.getvalue()[-2000:]}') from exc
+    try:
+        write_metadata(tmp, meta)
+        read_metadata(tmp)
+        session = ort.InferenceSession(str(tmp), providers=['CPUExecutionProvider'])
+        worst = 0.0
+        sizes = []
+        for x in check_inputs(h, w, (1, 2)):
+            with torch.no_grad():
+                ref = module(torch.from_numpy(x)).numpy()
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+            if got.shape != (x.shape[0], 1, h, w) or got.dtype != np.float32:
+                raise ExportError(f'ONNX Runtime returned depth {got.dtype} {got.shape}, expected float32 '
+                                  f'{(x.shape[0], 1, h, w)}')
+            worst = max(worst, float(np.max(np.abs(got - ref))))
+            sizes.append(int(x.shape[0]))
+        if not np.isfinite(worst) or worst > tolerance:
+            raise ExportError(f'the exported model disagrees with torch: max |depth difference| = {worst:.3g} m > '
+                              f'tolerance {tolerance:g} m; refusing to write {out_path}')
+        os.replace(tmp, out_path)
+    except Exception:
+        _unlink(tmp)
+        raise
+    return {'max_abs_diff': worst, 'batch_sizes': sizes, 'seconds': time.perf_counter() - t0,
+            'bytes': out_path.stat().st_size, 'opset': opset, 'max_batch': int(max_batch)}
+
+
+def _unlink(p: Path) -> None:
+    try:
+        p.unlink()
+    except FileNotFoundError:
+        pass
