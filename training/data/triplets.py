@@ -1,0 +1,164 @@
+"""Torch dataset of frame triplets (t-gap, t, t+gap) from any FrameSource, in the batch format the
+stage models consume.
+
+One sample (a dict of tensors; the default DataLoader collate stacks them into a batch):
+
+    frames         float32 [3,3,H,W]  frames t-gap, t, t+gap, RGB in [0,1], colour-augmented
+                                      identically across the triplet (network input)
+    frames_raw     float32 [3,3,H,W]  the same frames without colour augmentation (loss targets)
+    K, inv_K       float32 [3,3]      intrinsics of frame t at H x W (and the inverse)
+    odom_distance  float32 [2]        metres travelled t-gap→t and t→t+gap from poses; NaN when unknown
+    mask           int64 [H,W]        instance ids of frame t, 0 = none (all 0 without masks)
+    gt_depth       float32 [1,H,W]    metres, 0 = invalid (all 0 without ground truth); never a loss input
+    moving         bool [H,W]         pixels of instances flagged as moving (False when unknown)
+    index          int64 []           sample index in this dataset
+    sequence_index int64 []           index into dataset.sequences
+    frame_index    int64 []           index of frame t inside its sequence
+
+Images are resized with area interpolation when shrinking and bilinear when enlarging; masks and
+GT depth with exact nearest-neighbour; K is scaled with dynadepth_ros.camera.scale_intrinsics.
+Augmentation (flip, colour jitter) is drawn from an RNG seeded by (seed, epoch, index), so a
+sample is reproducible whatever the worker or process that loads it; call set_epoch(e) each epoch.
+Triplets never cross sequence boundaries.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dynadepth_ros.camera import scale_intrinsics
+from dynadepth_ros.datasets.base import FrameSequence, FrameSource
+from training.data.augment import (NO_AUGMENTATION, AugmentConfig, AugmentParams, flip_intrinsics, flip_width,
+                                   jitter_colour, sample_params)
+
+
+def resize_rgb(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [h,w,3] → uint8 [height,width,3]: area interpolation when shrinking, bilinear otherwise."""
+    h, w = rgb.shape[:2]
+    if (h, w) == (height, width):
+        return rgb
+    interp = cv2.INTER_AREA if height <= h and width <= w else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (width, height), interpolation=interp)
+
+
+def resize_nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[h,w] map (ids, depth) → [height,width] by exact nearest neighbour (pixel-centre aligned)."""
+    if a.shape[:2] == (height, width):
+        return a
+    return cv2.resize(a, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def _distance(Ta: np.ndarray | None, Tb: np.ndarray | None) -> float:
+    if Ta is None or Tb is None:
+        return float('nan')
+    return float(np.linalg.norm(np.asarray(Tb)[:3, 3] - np.asarray(Ta)[:3, 3]))
+
+
+class TripletDataset(Dataset):
+    """Triplets (t-gap, t, t+gap) of every sequence of `source`, resized to height x width.
+
+    source: a dynadepth_ros.datasets FrameSource. split: a label (logs, error messages).
+    augment: AugmentConfig, or None for no augmentation (validation / test / prediction).
+    seed: base of the per-sample augmentation RNG.
+    """
+
+    def __init__(self, source: FrameSource, height: int, width: int, frame_gap: int = 1, split: str = 'train',
+                 augment: AugmentConfig | None = None, seed: int = 0):
+        if frame_gap < 1:
+            raise ValueError(f'frame_gap must be >= 1, got {frame_gap}')
+        self.source = source
+        self.height, self.width = int(height), int(width)
+        self.frame_gap = int(frame_gap)
+        self.split = split
+        self.augment = augment
+        self.seed = int(seed)
+        self.epoch = 0
+        self.sequences: list[FrameSequence] = source.sequences()
+        self.samples: list[tuple[int, int]] = []
+        for si, seq in enumerate(self.sequences):
+            n = len(seq)
+            self.samples.extend((si, t) for t in seq.sample_indices()
+                                if t - self.frame_gap >= 0 and t + self.frame_gap < n)
+        if not self.samples:
+            lengths = [len(s) for s in self.sequences]
+            raise ValueError(f'{split} split of {source!r} yields no triplets with frame_gap {frame_gap}: '
+                             f'sequence lengths {lengths[:10]}{"..." if len(lengths) > 10 else ""}; every '
+                             f'sequence needs at least {2 * frame_gap + 1} frames')
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of this epoch (call before iterating; workers copy it at start)."""
+        self.epoch = int(epoch)
+
+    def sample_location(self, index: int) -> tuple[str, int]:
+        """(sequence name, frame index of t) of sample `index`: where to write per-frame outputs."""
+        si, t = self.samples[index]
+        return self.sequences[si].name, t
+
+    def augment_params(self, index: int) -> AugmentParams:
+        """The augmentation sample `index` gets in the current epoch."""
+        if self.augment is None:
+            return NO_AUGMENTATION
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        return sample_params(self.augment, rng)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self.samples):
+            raise IndexError(f'sample {index} out of range [0, {len(self.samples)})')
+        si, t = self.samples[index]
+        seq = self.sequences[si]
+        H, W = self.height, self.width
+        ids = (t - self.frame_gap, t, t + self.frame_gap)
+
+        native = [seq.rgb(i) for i in ids]
+        h0, w0 = native[1].shape[:2]
+        for i, img in zip(ids, native):
+            if img.shape[:2] != (h0, w0):
+                raise ValueError(f'{seq.name}: frame {i} is {img.shape[1]}x{img.shape[0]} but frame {t} is '
+                                 f'{w0}x{h0}; a sequence must have one image size')
+        rgb = np.stack([resize_rgb(img, H, W) for img in native]).astype(np.float32) / 255.0  # [3,H,W,3]
+        K = scale_intrinsics(seq.K(t), W / w0, H / h0)
+
+        poses = [seq.pose(i) for i in ids]
+        odom = np.array([_distance(poses[0], poses[1]), _distance(poses[1], poses[2])], dtype=np.float32)
+
+        raw_mask = seq.instance_mask(t)
+        mask = np.zeros((H, W), np.int64) if raw_mask is None else \
+            resize_nearest(np.asarray(raw_mask, np.int32), H, W).astype(np.int64)
+        moving_ids = seq.moving_ids(t) if raw_mask is not None else None
+        moving = np.isin(mask, sorted(moving_ids)) if moving_ids else np.zeros((H, W), bool)
+
+        raw_depth = seq.gt_depth(t)
+        gt = np.zeros((H, W), np.float32) if raw_depth is None else \
+            resize_nearest(np.asarray(raw_depth, np.float32), H, W)
+        gt = np.where(np.isfinite(gt) & (gt > 0), gt, np.float32(0.0)).astype(np.float32)
+
+        params = self.augment_params(index)
+        if params.flip:
+            rgb = flip_width(rgb, 2)
+            mask = flip_width(mask, 1)
+            moving = flip_width(moving, 1)
+            gt = flip_width(gt, 1)
+            K = flip_intrinsics(K, W)
+        jittered = jitter_colour(rgb, params.colour) if params.colour is not None else rgb
+
+        def chw(a):
+            return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+
+        return {
+            'frames': chw(jittered),
+            'frames_raw': chw(rgb),
+            'K': torch.from_numpy(K.astype(np.float32)),
+            'inv_K': torch.from_numpy(np.linalg.inv(K).astype(np.float32)),
+            'odom_distance': torch.from_numpy(odom),
+            'mask': torch.from_numpy(mask),
+            'gt_depth': torch.from_numpy(gt[None]),
+            'moving': torch.from_numpy(moving),
+            'index': torch.tensor(index, dtype=torch.int64),
+            'sequence_index': torch.tensor(si, dtype=torch.int64),
+            'frame_index': torch.tensor(t, dtype=torch.int64),
+        }
