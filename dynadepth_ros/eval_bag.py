@@ -499,11 +499,11 @@ def _make_estimator(cfg: EvalConfig):
         from dynadepth_ros.inference import BackendError, DepthEstimator, default_model_path
     except ImportError as exc:
         raise EvalError(f'the inference core is not available ({exc}); reinstall dynadepth_ros') from None
-    path = cfg.model or default_model_path()
     try:
+        path = cfg.model or default_model_path()
         est = DepthEstimator(model_path=path, backend=cfg.backend, precision=cfg.precision)
     except (BackendError, ValueError, FileNotFoundError) as exc:
-        raise EvalError(f'cannot load model {path}: {exc}') from None
+        raise EvalError(f'cannot load model {cfg.model or "(bundled)"}: {exc}') from None
     return est, str(path)
 
 
@@ -520,13 +520,15 @@ def run(cfg: EvalConfig) -> dict:
         'status': 'running', 'settings': asdict(cfg),
     }
     evaluation = Evaluation(cfg, set())
-    t_start = time.perf_counter()
+    t_start = t_loop = time.perf_counter()
     latency: list = []
     bags: list[BagReader] = []
     status, error, exc_to_raise = 'complete', None, None
     try:
         estimator = None
+        CameraInfoError = ValueError
         if not cfg.prediction_topic:
+            from dynadepth_ros.inference import CameraInfoError
             estimator, model_path = _make_estimator(cfg)
             report['model'] = {'path': model_path, 'backend': estimator.backend_name,
                                'metadata': _metadata_dict(estimator.metadata)}
@@ -569,14 +571,21 @@ def run(cfg: EvalConfig) -> dict:
             evaluation.sample_at = set(np.linspace(0, total - 1, min(cfg.samples, total)).round().astype(int).tolist())
         from tqdm import tqdm
         bar = tqdm(total=total, unit='frame', desc='eval', disable=not cfg.progress, dynamic_ncols=True)
+        t_loop = time.perf_counter()
         for index, frame in enumerate(frames):
             if frame.pred is None:
                 t0 = time.perf_counter()
-                frame.pred = estimator.infer(frame.rgb, K=frame.K)
+                size = None if frame.gt.shape == frame.rgb.shape[:2] else frame.gt.shape
+                try:
+                    frame.pred = estimator.infer(frame.rgb, K=frame.K, output_size=size)
+                except CameraInfoError as exc:
+                    counts.skip('camera_info_invalid', f'{frame.key}: {exc}')
+                    bar.update(1)
+                    continue
                 evaluation.infer_s += time.perf_counter() - t0
             evaluation.add(frame, index, counts)
             bar.update(1)
-            bar.set_postfix(fps=f'{bar.n / max(time.perf_counter() - t_start, 1e-9):.1f}')
+            bar.set_postfix(fps=f'{bar.n / max(time.perf_counter() - t_loop, 1e-9):.1f}')
         bar.close()
     except KeyboardInterrupt as exc:
         status, error, exc_to_raise = 'interrupted', 'interrupted by the user (Ctrl-C)', exc
@@ -588,6 +597,7 @@ def run(cfg: EvalConfig) -> dict:
         for b in bags:
             b.close()
     elapsed = time.perf_counter() - t_start
+    loop_s = time.perf_counter() - t_loop
     metrics, scale = evaluation.metrics()
     if not evaluation.has_regions:
         for m in MODES:
@@ -597,7 +607,8 @@ def run(cfg: EvalConfig) -> dict:
         'by_distance': evaluation.by_distance(),
         'dynamic_definition': evaluation.dynamic_definition if evaluation.has_regions else 'no instance masks',
         'counts': {**asdict(counts)},
-        'timing': {'seconds': elapsed, 'frames_per_s': counts.evaluated / elapsed if elapsed > 0 else None,
+        'timing': {'seconds': elapsed, 'loop_seconds': loop_s,
+                   'frames_per_s': counts.evaluated / loop_s if loop_s > 0 else None,
                    'inference_ms_mean': 1e3 * evaluation.infer_s / counts.evaluated if counts.evaluated and
                    evaluation.infer_s else None},
         'latency_ms': eval_report.distribution(latency) if latency else None,

@@ -104,7 +104,8 @@ def format_summary(report: dict) -> str:
              format_table(metrics)]
     t = report.get('timing', {})
     if t.get('frames_per_s') is not None:
-        lines.append(f'speed: {t["frames_per_s"]:.1f} frames/s over {t["seconds"]:.1f} s')
+        lines.append(f'speed: {t["frames_per_s"]:.1f} frames/s ({t.get("loop_seconds", t["seconds"]):.1f} s '
+                     f'evaluating, {t["seconds"]:.1f} s in total)')
     lat = report.get('latency_ms')
     if lat and lat.get('count'):
         lines.append(f'latency image→depth: p50 {lat["p50"]:.1f} ms, p90 {lat["p90"]:.1f} ms, max {lat["max"]:.1f} ms '
@@ -143,7 +144,8 @@ def report_markdown(report: dict, plots: list[str]) -> str:
     t = report.get('timing', {})
     if t.get('frames_per_s') is not None:
         inf = t.get('inference_ms_mean')
-        out.append(f'- speed: {t["frames_per_s"]:.2f} frames/s ({t["seconds"]:.1f} s'
+        out.append(f'- speed: {t["frames_per_s"]:.2f} frames/s ({t.get("loop_seconds", t["seconds"]):.1f} s '
+                   f'evaluating, {t["seconds"]:.1f} s in total'
                    + (f', inference {inf:.1f} ms/frame' if inf else '') + ')')
     out += ['', '## Metrics', '', 'Per frame, then averaged over frames (Eigen). Median-scaled: one ratio '
             'median(GT)/median(prediction) per frame from all valid pixels, applied to every region.', '',
