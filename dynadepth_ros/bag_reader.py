@@ -187,8 +187,12 @@ class BagReader:
         T_parent_child maps points in the child frame into the parent frame. Empty if the bag has
         no such topic. Frame ids lose a leading '/'.
         """
-        if topic not in self.topics:
+        topics = self.topics
+        if topic not in topics:
             return {}
+        if topics[topic][0] != 'tf2_msgs/msg/TFMessage':
+            raise BagError(f'bag {self.path}: {topic} holds {topics[topic][0]}, not tf2_msgs/msg/TFMessage; '
+                           f'pass the static transform topic (usually /tf_static)')
         out: dict[tuple[str, str], np.ndarray] = {}
         for _t, _ns, msg in self.messages([topic]):
             for tf in msg.transforms:
