@@ -52,6 +52,14 @@ class CropPlan:
         sx, sy = self.scale
         return scale_intrinsics(Kc, sx, sy)
 
+    def source_intrinsics(self, K_model: np.ndarray) -> np.ndarray:
+        """K float64 [3,3] at the source image size from K at the model input (inverse of model_intrinsics)."""
+        sx, sy = self.scale
+        Ks = scale_intrinsics(K_model, 1.0 / sx, 1.0 / sy)
+        Ks[0, 2] += self.x0
+        Ks[1, 2] += self.y0
+        return Ks
+
     def output_window(self, out_h: int, out_w: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1): the crop window in an output image of out_h x out_w covering the source image.
 

@@ -1,0 +1,110 @@
+"""Approximate-time pairing of depth frames with instance masks, without ever delaying depth (plain Python).
+
+The node publishes depth as soon as it is computed; per-object output needs the mask with the same (or
+nearly the same) header stamp, which a segmentation node usually publishes *later*. So pairing runs beside
+the depth path: computed depth frames wait here (up to `queue_size` frames or `max_wait` seconds of
+arrival time) for their mask, and masks wait (up to `queue_size`) for their depth frame.
+
+Decision rule for a waiting depth frame with stamp t (per-topic stamps are assumed to increase):
+  * a mask with stamp exactly t → pair now;
+  * once a mask with stamp >= t has arrived, no closer mask can still come: pair with the nearer of the
+    last mask before t and the first mask at/after t, if within `slop`, else give up (no mask);
+  * when the frame is pushed out of the queue or waited `max_wait`: pair with the best mask within `slop`
+    received so far, else give up.
+A mask may serve several depth frames (masks slower than depth); each depth frame pairs at most once.
+"""
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class PairingStats:
+    paired: int = 0
+    unpaired: int = 0            # depth frames that got no mask within slop
+    masks_received: int = 0
+    last_offset_ns: int | None = None
+
+
+@dataclass(order=True)
+class _Entry:
+    stamp_ns: int
+    seq: int
+    item: Any = field(compare=False)
+    arrived: float = field(compare=False, default=0.0)
+
+
+class MaskPairer:
+    """Pairs depth frames with masks by stamp; see the module docstring for the rule."""
+
+    def __init__(self, queue_size: int = 10, slop_s: float = 0.05, max_wait_s: float = 1.0):
+        if queue_size < 1:
+            raise ValueError(f'queue_size must be >= 1, got {queue_size}')
+        if slop_s < 0:
+            raise ValueError(f'slop must be >= 0 s, got {slop_s}')
+        self.queue_size = int(queue_size)
+        self.slop_ns = int(round(slop_s * 1e9))
+        self.max_wait_s = float(max_wait_s)
+        self._depth: list[_Entry] = []
+        self._masks: list[_Entry] = []
+        self._seq = 0
+        self.stats = PairingStats()
+
+    def _entry(self, stamp_ns: int, item: Any, now: float | None) -> _Entry:
+        self._seq += 1
+        return _Entry(int(stamp_ns), self._seq, item, time.monotonic() if now is None else now)
+
+    def add_depth(self, stamp_ns: int, item: Any, now: float | None = None) -> list[tuple[Any, Any]]:
+        """Queue a computed depth frame; returns the (depth item, mask item) pairs now decided."""
+        bisect.insort(self._depth, self._entry(stamp_ns, item, now))
+        return self._settle(now)
+
+    def add_mask(self, stamp_ns: int, item: Any, now: float | None = None) -> list[tuple[Any, Any]]:
+        """Queue a mask; returns the (depth item, mask item) pairs now decided."""
+        self.stats.masks_received += 1
+        bisect.insort(self._masks, self._entry(stamp_ns, item, now))
+        if len(self._masks) > self.queue_size:
+            del self._masks[0]
+        return self._settle(now)
+
+    def poll(self, now: float | None = None) -> list[tuple[Any, Any]]:
+        """Decide frames that waited max_wait (call periodically)."""
+        return self._settle(now)
+
+    def _best(self, t: int) -> tuple[_Entry | None, bool]:
+        """(nearest mask within slop or None, whether a mask at/after t exists)."""
+        stamps = [m.stamp_ns for m in self._masks]
+        i = bisect.bisect_left(stamps, t)
+        after = self._masks[i] if i < len(self._masks) else None
+        before = self._masks[i - 1] if i > 0 else None
+        cands = [m for m in (before, after) if m is not None and abs(m.stamp_ns - t) <= self.slop_ns]
+        best = min(cands, key=lambda m: (abs(m.stamp_ns - t), m.stamp_ns)) if cands else None
+        return best, after is not None
+
+    def _settle(self, now: float | None) -> list[tuple[Any, Any]]:
+        now = time.monotonic() if now is None else now
+        out = []
+        keep = []
+        n_over = max(0, len(self._depth) - self.queue_size)
+        for k, d in enumerate(self._depth):
+            best, decided = self._best(d.stamp_ns)
+            exact = best is not None and best.stamp_ns == d.stamp_ns
+            final = k < n_over or now - d.arrived >= self.max_wait_s
+            if exact or decided or final:
+                if best is None:
+                    self.stats.unpaired += 1
+                else:
+                    self.stats.paired += 1
+                    self.stats.last_offset_ns = best.stamp_ns - d.stamp_ns
+                    out.append((d.item, best.item))
+            else:
+                keep.append(d)
+        self._depth = keep
+        return out
+
+    def clear(self) -> None:
+        self._depth.clear()
+        self._masks.clear()

@@ -1,0 +1,525 @@
+"""The depth node `dynadepth` (executable `depth_node`): camera image in, REP 118 metric depth out.
+
+A lifecycle node (rclpy.lifecycle.LifecycleNode): configure loads the model and creates the publishers,
+activate creates the subscriptions and starts the worker thread, deactivate/cleanup undo that. With
+`autostart` (default true, read-only) it configures and activates itself at start, so `ros2 run` alone gives
+a working node; if that configure fails the process exits with status 1 and the reason in the log.
+
+Topics (relative, remappable)                                    QoS (defaults; change via qos_overrides.*)
+  in  image               sensor_msgs/Image rgb8/bgr8/rgba8/bgra8/mono8       sensor data (best effort, depth 5)
+      image/compressed    sensor_msgs/CompressedImage (image_transport:=compressed)
+      camera_info         sensor_msgs/CameraInfo (optional)                   sensor data
+      instance_mask       sensor_msgs/Image mono8/8UC1/mono16/16UC1/32SC1 ids sensor data
+  out depth               sensor_msgs/Image 32FC1 metres, NaN invalid, the image's header   reliable, depth 5
+      depth/camera_info   CameraInfo rescaled to the depth size, identical header           reliable
+      depth/colored       bgr8 (only computed while someone subscribes)                      reliable
+      objects             visualization_msgs/MarkerArray per instance (needs masks)          reliable
+      /diagnostics        diagnostic_msgs/DiagnosticArray at 1 Hz                            reliable
+
+Processing is latest-frame-wins on one worker thread: the subscription callback only stores the newest
+image (a frame replaced before the worker took it counts as dropped), so there is never a backlog. Masks are
+paired with computed depth frames by stamp (mask_sync.py); depth never waits for a mask.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy,
+                       qos_policy_name_from_kind, qos_profile_sensor_data)
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from visualization_msgs.msg import MarkerArray
+
+from dynadepth_ros import ros_messages
+from dynadepth_ros.camera import denormalise_intrinsics, scale_intrinsics
+from dynadepth_ros.colorize import colorize_depth
+from dynadepth_ros.image_codec import ImageFormatError
+from dynadepth_ros.inference import BACKENDS, PRECISIONS, BackendError, DepthEstimator
+from dynadepth_ros.inference.postprocess import (CameraCalibration, CameraInfoError, image_calibration,
+                                                 rescale_calibration)
+from dynadepth_ros.latency import RollingWindow
+from dynadepth_ros.mask_sync import MaskPairer
+from dynadepth_ros.model_format import ModelFormatError
+from dynadepth_ros.objects import instance_depths
+
+NODE_NAME = 'dynadepth'
+TRANSPORTS = ('raw', 'compressed')
+# Parameters that only take effect on configure (model, backend) or on activate (subscriptions, pairing):
+CONFIGURE_PARAMS = ('model_path', 'backend', 'precision', 'fallback', 'trt_tolerance', 'engine_cache_dir',
+                    'engine_path', 'intra_op_threads', 'aspect_tolerance', 'allow_relative_model')
+ACTIVATE_PARAMS = ('image_transport', 'mask_queue_size', 'mask_slop', 'mask_max_wait')
+THROTTLE_S = 5.0
+
+
+def _desc(text: str, *, read_only: bool = False, lo=None, hi=None, step=None, constraints: str = '') -> ParameterDescriptor:
+    d = ParameterDescriptor(description=text, read_only=read_only, additional_constraints=constraints)
+    if isinstance(lo, float) or isinstance(hi, float):
+        d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    elif lo is not None:
+        d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=int(step or 1))]
+    return d
+
+
+_WHEN_CONF = 'takes effect on configure; rejected unless the node is unconfigured'
+_WHEN_ACT = 'takes effect on activate; rejected while the node is active'
+
+# name: (default, descriptor)
+PARAMETERS = {
+    'model_path': ('', _desc('ONNX model (design §3 contract); empty = the bundled model', constraints=_WHEN_CONF)),
+    'backend': ('auto', _desc('inference backend: auto picks TensorRT > ORT TensorRT EP > ORT CUDA EP > ORT CPU',
+                              constraints='one of ' + ', '.join(BACKENDS) + '; ' + _WHEN_CONF)),
+    'precision': ('fp32', _desc('TensorRT precision (ONNX Runtime CPU always runs fp32)',
+                                constraints='one of ' + ', '.join(PRECISIONS) + '; ' + _WHEN_CONF)),
+    'fallback': (True, _desc('fall back to ONNX Runtime when the requested GPU backend fails (else refuse to start)',
+                             constraints=_WHEN_CONF)),
+    'trt_tolerance': (0.02, _desc('largest mean relative depth error vs ONNX Runtime CPU on the start-up check '
+                                  'before a GPU backend is refused', lo=1e-5, hi=1.0, constraints=_WHEN_CONF)),
+    'engine_cache_dir': ('', _desc('TensorRT engine cache; empty = ~/.cache/dynadepth_ros/engines',
+                                   constraints=_WHEN_CONF)),
+    'engine_path': ('', _desc('use this prebuilt TensorRT engine instead of the cache (checked, never rebuilt)',
+                              constraints=_WHEN_CONF)),
+    'intra_op_threads': (0, _desc('ONNX Runtime CPU threads; 0 = one per core', lo=0, hi=256, constraints=_WHEN_CONF)),
+    'aspect_tolerance': (0.05, _desc('relative aspect-ratio difference up to which the image is resized without '
+                                     'cropping; beyond it a centred crop is used and the rest of the depth is NaN',
+                                     lo=0.0, hi=1.0, constraints=_WHEN_CONF)),
+    'allow_relative_model': (False, _desc('accept a model whose metadata says metric=false; its output is NOT in '
+                                          'metres, which REP 118 consumers will misread', constraints=_WHEN_CONF)),
+    'image_transport': ('raw', _desc('raw: sensor_msgs/Image on `image`; compressed: CompressedImage (jpeg/png) on '
+                                     '`<image>/compressed`', constraints='one of raw, compressed; ' + _WHEN_ACT)),
+    'mask_queue_size': (10, _desc('depth frames and masks kept for stamp pairing', lo=1, hi=1000,
+                                  constraints=_WHEN_ACT)),
+    'mask_slop': (0.05, _desc('largest stamp difference (s) between a depth frame and its mask', lo=0.0, hi=10.0,
+                              constraints=_WHEN_ACT)),
+    'mask_max_wait': (1.0, _desc('longest time (s) a depth frame waits for its mask before it is given up',
+                                 lo=0.0, hi=60.0, constraints=_WHEN_ACT)),
+    'output_width': (0, _desc('depth width in pixels; 0 = input image width', lo=0, hi=16384)),
+    'output_height': (0, _desc('depth height in pixels; 0 = input image height', lo=0, hi=16384)),
+    'use_camera_info': (True, _desc('use camera_info for focal-length compensation, depth/camera_info and object '
+                                    'positions (without it the model training intrinsics are assumed)')),
+    'colored_min_depth': (1.0, _desc('depth/colored: nearest depth of the colour scale (m)', lo=0.01, hi=1000.0)),
+    'colored_max_depth': (80.0, _desc('depth/colored: farthest depth of the colour scale (m)', lo=0.02, hi=10000.0)),
+    'min_object_pixels': (20, _desc('smallest instance (pixels with valid depth) reported on `objects`',
+                                    lo=1, hi=100000000)),
+    'autostart': (True, _desc('configure and activate at start (false: wait for a lifecycle manager)',
+                              read_only=True)),
+    'diagnostics_period': (1.0, _desc('seconds between /diagnostics messages', read_only=True, lo=0.1, hi=60.0)),
+}
+
+
+@dataclass
+class _Frame:
+    """A computed depth frame waiting for its mask."""
+    header: object
+    depth: np.ndarray        # float32 [h,w] metres
+    K: np.ndarray            # float64 [3,3] intrinsics of `depth` (from camera_info, or assumed)
+
+
+class DepthNode(LifecycleNode):
+    """Lifecycle node publishing metric depth; see the module docstring."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        super().__init__(node_name, **kwargs)
+        for name, (default, desc) in PARAMETERS.items():
+            self.declare_parameter(name, default, desc)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._phase = 'unconfigured'
+        self._status_error = ''
+        self.estimator: DepthEstimator | None = None
+        self._pubs: dict = {}
+        self._subs: list = []
+        self._lock = threading.Condition()
+        self._slot = None                  # (kind, msg) latest unprocessed image
+        self._masks: list = []              # unprocessed mask messages
+        self._worker: threading.Thread | None = None
+        self._running = False
+        self._camera_info: CameraInfo | None = None
+        self._camera_info_note = 'no camera_info received'
+        self._pairer: MaskPairer | None = None
+        self._reset_stats()
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diag_timer = self.create_timer(float(self.get_parameter('diagnostics_period').value),
+                                             self._publish_diagnostics)
+
+    # ---------------------------------------------------------------- parameters
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for p in params:
+            if p.name in CONFIGURE_PARAMS and self._phase != 'unconfigured':
+                return SetParametersResult(successful=False, reason=(
+                    f'{p.name} takes effect on configure; the node is {self._phase}: deactivate and clean it up, '
+                    f'set {p.name}, then configure and activate'))
+            if p.name in ACTIVATE_PARAMS and self._phase == 'active':
+                return SetParametersResult(successful=False, reason=(
+                    f'{p.name} takes effect on activate; deactivate the node, set it, then activate'))
+            if p.name == 'backend' and p.value not in BACKENDS:
+                return SetParametersResult(successful=False, reason=f'backend must be one of {BACKENDS}')
+            if p.name == 'precision' and p.value not in PRECISIONS:
+                return SetParametersResult(successful=False, reason=f'precision must be one of {PRECISIONS}')
+            if p.name == 'image_transport' and p.value not in TRANSPORTS:
+                return SetParametersResult(successful=False, reason=f'image_transport must be one of {TRANSPORTS}')
+        return SetParametersResult(successful=True)
+
+    def _p(self, name: str):
+        return self.get_parameter(name).value
+
+    # ---------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for name, allowed in (('backend', BACKENDS), ('precision', PRECISIONS), ('image_transport', TRANSPORTS)):
+            if self._p(name) not in allowed:
+                return self._configure_failed(f'parameter {name}={self._p(name)!r} is not one of {allowed}')
+        model_path = self._p('model_path') or None
+        try:
+            est = DepthEstimator(
+                model_path, backend=self._p('backend'), precision=self._p('precision'),
+                engine_cache_dir=self._p('engine_cache_dir') or None, fallback=bool(self._p('fallback')),
+                trt_tolerance=float(self._p('trt_tolerance')), engine_path=self._p('engine_path') or None,
+                aspect_tolerance=float(self._p('aspect_tolerance')), max_batch=1,
+                intra_op_threads=int(self._p('intra_op_threads')), log=self.get_logger().warning)
+        except (ModelFormatError, BackendError, ValueError, OSError) as exc:
+            return self._configure_failed(f'cannot load the model: {exc}')
+        if not est.metadata.metric and not self._p('allow_relative_model'):
+            est.close()
+            return self._configure_failed(
+                f'model {est.model_path} is not metric (dynadepth.metric=false): its depth is relative, not metres, '
+                f'and REP 118 consumers would misread it. Use a metric model, or set allow_relative_model:=true '
+                f'if you accept relative depth on the 32FC1 topic')
+        self.estimator = est
+        for note in est.notes:
+            self.get_logger().warning(note)
+        m = est.metadata
+        self.get_logger().info(
+            f'model {est.model_path} (stage {m.stage}, {"metric" if m.metric else "RELATIVE"}, input '
+            f'{m.input_width}x{m.input_height}, depth {m.min_depth:g}..{m.max_depth:g} m) on {est.backend_name}')
+        pub_qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
+                             durability=QoSDurabilityPolicy.VOLATILE)
+        for key, mtype, topic in (('depth', Image, 'depth'), ('info', CameraInfo, 'depth/camera_info'),
+                                  ('colored', Image, 'depth/colored'), ('objects', MarkerArray, 'objects')):
+            self._pubs[key] = self.create_lifecycle_publisher(
+                mtype, topic, pub_qos, qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+                event_callbacks=PublisherEventCallbacks(incompatible_qos=self._qos_warning(topic, 'publisher')))
+        self._status_error = ''
+        self._phase = 'inactive'
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
+        self._status_error = reason
+        self.get_logger().error(reason)
+        return TransitionCallbackReturn.FAILURE
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        sub_qos = qos_profile_sensor_data
+        opts = QoSOverridingOptions.with_default_policies
+        if self._p('image_transport') == 'compressed':
+            topic = self.resolve_topic_name('image') + '/compressed'
+            self._subs.append(self.create_subscription(
+                CompressedImage, topic, lambda m: self._on_image('compressed', m), sub_qos,
+                qos_overriding_options=opts(), event_callbacks=self._sub_events(topic)))
+        else:
+            self._subs.append(self.create_subscription(
+                Image, 'image', lambda m: self._on_image('raw', m), sub_qos, qos_overriding_options=opts(),
+                event_callbacks=self._sub_events('image')))
+        self._subs.append(self.create_subscription(
+            CameraInfo, 'camera_info', self._on_camera_info, sub_qos, qos_overriding_options=opts(),
+            event_callbacks=self._sub_events('camera_info')))
+        self._subs.append(self.create_subscription(
+            Image, 'instance_mask', self._on_mask, sub_qos, qos_overriding_options=opts(),
+            event_callbacks=self._sub_events('instance_mask')))
+        self._pairer = MaskPairer(int(self._p('mask_queue_size')), float(self._p('mask_slop')),
+                                  float(self._p('mask_max_wait')))
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name='dynadepth-worker', daemon=True)
+        self._worker.start()
+        self._phase = 'active'
+        self.get_logger().info(f'active: depth from {self.resolve_topic_name("image")} '
+                               f'({self._p("image_transport")}) on {self.resolve_topic_name("depth")}')
+        return super().on_activate(state)
+
+    def _stop_worker(self) -> None:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        with self._lock:
+            self._running = False
+            self._slot = None
+            self._masks = []
+            self._lock.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            self._worker = None
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self._phase = 'inactive'
+        return super().on_deactivate(state)
+
+    def _release(self) -> None:
+        self._stop_worker()
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+        if self.estimator is not None:
+            self.estimator.close()
+            self.estimator = None
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._phase = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._phase = 'finalized'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._phase = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    # ---------------------------------------------------------------- QoS events
+    def _qos_warning(self, topic: str, side: str):
+        def warn(event):
+            policy = qos_policy_name_from_kind(event.last_policy_kind)
+            self._stats['qos_incompatible'] += 1
+            fix = (f'qos_overrides.{self.resolve_topic_name(topic)}.{side}.{policy.lower()}'
+                   if policy in ('RELIABILITY', 'DURABILITY', 'HISTORY', 'DEPTH') else 'the QoS of the other side')
+            self.get_logger().error(
+                f'QoS mismatch on {self.resolve_topic_name(topic)}: a {"subscriber" if side == "publisher" else "publisher"} '
+                f'with incompatible {policy} appeared, so no messages flow between us; change {fix} (REP 2003: '
+                f'sensor subscriptions best effort, publishers reliable)')
+        return warn
+
+    def _sub_events(self, topic: str) -> SubscriptionEventCallbacks:
+        return SubscriptionEventCallbacks(incompatible_qos=self._qos_warning(topic, 'subscription'))
+
+    # ---------------------------------------------------------------- callbacks (executor thread: store only)
+    def _on_image(self, kind: str, msg) -> None:
+        self._in_rate.add()
+        with self._lock:
+            if self._slot is not None:
+                self._stats['dropped'] += 1
+            self._slot = (kind, msg)
+            self._lock.notify()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_mask(self, msg: Image) -> None:
+        with self._lock:
+            self._masks.append(msg)
+            if len(self._masks) > max(1, int(self._p('mask_queue_size'))):
+                del self._masks[0]
+                self._stats['masks_dropped'] += 1
+            self._lock.notify()
+
+    # ---------------------------------------------------------------- worker thread
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._running and self._slot is None and not self._masks:
+                    self._lock.wait(timeout=0.2)
+                    if self._pairer is not None and self._running:
+                        break
+                if not self._running:
+                    return
+                item, self._slot = self._slot, None
+                masks, self._masks = self._masks, []
+            try:
+                for m in masks:
+                    self._handle_mask(m)
+                if item is not None:
+                    self._handle_image(*item)
+                self._publish_objects(self._pairer.poll())
+            except Exception as exc:   # a bug must not silently kill the worker: log, count, carry on
+                self._stats['errors'] += 1
+                self.get_logger().error(f'unexpected error while processing a frame: {type(exc).__name__}: {exc}',
+                                        throttle_duration_sec=THROTTLE_S)
+
+    def _image_intrinsics(self, h: int, w: int) -> CameraCalibration | None:
+        info = self._camera_info
+        if info is None or not self._p('use_camera_info'):
+            self._camera_info_note = 'no camera_info received' if info is None else 'disabled (use_camera_info)'
+            return None
+        try:
+            calib, note = image_calibration(ros_messages.camera_info_to_calibration(info), h, w)
+        except CameraInfoError as exc:
+            self._stats['camera_info_errors'] += 1
+            self._camera_info_note = f'ignored: {exc}'
+            self.get_logger().warning(f'camera_info ignored: {exc}', throttle_duration_sec=THROTTLE_S)
+            return None
+        self._camera_info_note = note or 'ok'
+        if note:
+            self.get_logger().warning(note, throttle_duration_sec=THROTTLE_S)
+        return calib
+
+    def _handle_image(self, kind: str, msg) -> None:
+        try:
+            rgb = ros_messages.compressed_to_rgb(msg) if kind == 'compressed' else ros_messages.image_to_rgb(msg)
+        except ImageFormatError as exc:
+            self._stats['bad_frames'] += 1
+            self._last_bad = str(exc)
+            self.get_logger().error(f'skipping camera frame ({self._stats["bad_frames"]} so far): {exc}',
+                                    throttle_duration_sec=THROTTLE_S)
+            return
+        h, w = rgb.shape[:2]
+        oh, ow = int(self._p('output_height')) or h, int(self._p('output_width')) or w
+        calib = self._image_intrinsics(h, w)
+        est = self.estimator
+        res = est.infer_detailed([rgb], None if calib is None else [calib.K], (oh, ow))[0]
+        header = msg.header
+        self._pubs['depth'].publish(ros_messages.depth_to_msg(res.depth, header))
+        now_ns = self.get_clock().now().nanoseconds
+        self._latency.add((now_ns - ros_messages.stamp_ns(header)) / 1e6)
+        self._inference.add(res.inference_ms)
+        self._out_rate.add()
+        self._stats['frames_out'] += 1
+        if calib is not None:
+            out_calib = rescale_calibration(calib, oh, ow)
+            self._pubs['info'].publish(ros_messages.calibration_to_camera_info(out_calib, header))
+            K_out = out_calib.K
+        else:
+            m = est.metadata
+            K_model = denormalise_intrinsics(m.intrinsics, m.input_width, m.input_height)
+            K_out = scale_intrinsics(res.plan.source_intrinsics(K_model), ow / w, oh / h)
+        if self._pubs['colored'].get_subscription_count() > 0:
+            bgr = colorize_depth(res.depth, float(self._p('colored_min_depth')),
+                                 max(float(self._p('colored_max_depth')), float(self._p('colored_min_depth')) * 1.01))
+            self._pubs['colored'].publish(ros_messages.bgr_to_msg(bgr, header))
+            self._stats['colored_out'] += 1
+        self._publish_objects(self._pairer.add_depth(ros_messages.stamp_ns(header), _Frame(header, res.depth, K_out)))
+
+    def _handle_mask(self, msg: Image) -> None:
+        try:
+            labels = ros_messages.mask_to_labels(msg)
+        except ImageFormatError as exc:
+            self._stats['bad_masks'] += 1
+            self.get_logger().error(f'skipping instance mask ({self._stats["bad_masks"]} so far): {exc}',
+                                    throttle_duration_sec=THROTTLE_S)
+            return
+        self._publish_objects(self._pairer.add_mask(ros_messages.stamp_ns(msg.header), labels))
+
+    def _publish_objects(self, pairs) -> None:
+        for frame, labels in pairs:
+            h, w = frame.depth.shape
+            if labels.shape != (h, w):
+                mh, mw = labels.shape
+                if abs((mw / mh) / (w / h) - 1.0) > 0.01:
+                    self.get_logger().warning(
+                        f'instance mask is {mw}x{mh} but depth is {w}x{h} (other aspect ratio); stretching the mask '
+                        f'with nearest neighbour — publish masks at the camera image geometry',
+                        throttle_duration_sec=THROTTLE_S)
+                labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+                self._stats['masks_resized'] += 1
+            objs = instance_depths(frame.depth, labels, frame.K, min_pixels=int(self._p('min_object_pixels')))
+            self._pubs['objects'].publish(ros_messages.objects_to_markers(objs, frame.header))
+            self._stats['objects_out'] += 1
+
+    # ---------------------------------------------------------------- diagnostics
+    def _reset_stats(self) -> None:
+        self._stats = dict(dropped=0, bad_frames=0, bad_masks=0, masks_dropped=0, masks_resized=0, frames_out=0,
+                           objects_out=0, colored_out=0, camera_info_errors=0, qos_incompatible=0, errors=0)
+        self._last_bad = ''
+        self._in_rate = RollingWindow(5.0)
+        self._out_rate = RollingWindow(5.0)
+        self._latency = RollingWindow(5.0)
+        self._inference = RollingWindow(5.0)
+        self._bad_window = (0, 0)
+
+    def _publish_diagnostics(self) -> None:
+        st = dict(self._stats)
+        est = self.estimator
+        lat = self._latency.percentiles() or {}
+        inf = self._inference.percentiles() or {}
+        values = {
+            'state': self._phase,
+            'backend': est.backend_name if est else '',
+            'model': str(est.model_path) if est else (self._p('model_path') or 'bundled'),
+            'model_stage': est.metadata.stage if est else '',
+            'model_metric': str(est.metadata.metric).lower() if est else '',
+            'model_input': f'{est.metadata.input_width}x{est.metadata.input_height}' if est else '',
+            'input_rate_hz': self._in_rate.rate(),
+            'output_rate_hz': self._out_rate.rate(),
+            'latency_p50_ms': lat.get(50, float('nan')),
+            'latency_p95_ms': lat.get(95, float('nan')),
+            'latency_p99_ms': lat.get(99, float('nan')),
+            'inference_p50_ms': inf.get(50, float('nan')),
+            'inference_p95_ms': inf.get(95, float('nan')),
+            'inference_p99_ms': inf.get(99, float('nan')),
+            'frames_in': self._in_rate.total,
+            'frames_out': st['frames_out'],
+            'dropped_frames': st['dropped'],
+            'bad_frames': st['bad_frames'],
+            'last_bad_frame': self._last_bad,
+            'bad_masks': st['bad_masks'],
+            'masks_resized': st['masks_resized'],
+            'objects_published': st['objects_out'],
+            'objects_unpaired': self._pairer.stats.unpaired if self._pairer else 0,
+            'camera_info': self._camera_info_note,
+            'qos_incompatible_events': st['qos_incompatible'],
+            'errors': st['errors'],
+            'backend_notes': ' | '.join(est.notes) if est else '',
+        }
+        prev_bad, prev_err = self._bad_window
+        self._bad_window = (st['bad_frames'], st['errors'] + st['qos_incompatible'])
+        if self._status_error:
+            level, message = DiagnosticStatus.ERROR, self._status_error
+        elif self._phase != 'active':
+            level, message = DiagnosticStatus.WARN, f'node is {self._phase}'
+        elif st['errors'] + st['qos_incompatible'] > prev_err:
+            level, message = DiagnosticStatus.ERROR, 'processing errors or QoS mismatch, see log'
+        elif st['bad_frames'] > prev_bad:
+            level, message = DiagnosticStatus.WARN, f'bad camera frames skipped: {self._last_bad}'
+        elif self._in_rate.count() == 0:
+            level, message = DiagnosticStatus.WARN, f'no images on {self.resolve_topic_name("image")}'
+        else:
+            level, message = DiagnosticStatus.OK, (f'{values["output_rate_hz"]:.1f} Hz, latency p50 '
+                                                   f'{values["latency_p50_ms"]:.1f} ms on {values["backend"]}')
+        status = ros_messages.diagnostic_status(f'{self.get_name()}: depth', level, message,
+                                                Path(values['model']).name, values)
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(arr)
+
+
+def main(args=None) -> int:
+    """Entry point of `depth_node`: create, (auto)start and spin the node until shutdown."""
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = DepthNode()
+        if node.get_parameter('autostart').value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal(f'configure failed, exiting: {node._status_error or "see above"}')
+                return 1
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal('activate failed, exiting')
+                return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            try:
+                node._release()
+            finally:
+                node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
