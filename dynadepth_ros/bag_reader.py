@@ -13,6 +13,7 @@ problem. Helpers accept rosbags messages and rclpy messages alike (same field na
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -128,6 +129,15 @@ class BagReader:
     def message_count(self) -> int:
         return int(self._open_reader().message_count)
 
+    def transient_local_topics(self) -> set[str]:
+        """Topics recorded from a transient-local (latched) publisher, e.g. /tf_static."""
+        out = set()
+        for c in self._open_reader().connections:
+            for q in getattr(c.ext, 'offered_qos_profiles', None) or []:
+                if getattr(getattr(q, 'durability', None), 'name', '') == 'TRANSIENT_LOCAL':
+                    out.add(c.topic)
+        return out
+
     def topics_text(self) -> str:
         """The bag's topics, one per line: '  /topic  type  (N msgs)'."""
         rows = [f'  {t}  {ty}  ({n} msgs)' for t, (ty, n) in self.topics.items()]
@@ -223,6 +233,20 @@ def transform_matrix(translation, rotation) -> np.ndarray:
     T[:3, :3] = quaternion_matrix(rotation.x, rotation.y, rotation.z, rotation.w)
     T[:3, 3] = (translation.x, translation.y, translation.z)
     return T
+
+
+def cdr_header_stamp_ns(raw: bytes) -> int:
+    """header.stamp (ns) of a serialised message whose first field is std_msgs/Header, without decoding it.
+
+    CDR: 4-byte encapsulation (byte 1: 1 = little endian, 0 = big endian), then int32 sec, uint32 nanosec.
+    Raises ValueError for data too short or with an unknown encapsulation.
+    """
+    if len(raw) < 12:
+        raise ValueError(f'message of {len(raw)} bytes is too short to hold a header')
+    if raw[0] != 0 or raw[1] not in (0, 1):
+        raise ValueError(f'unknown CDR encapsulation {raw[0]:#04x}{raw[1]:02x}')
+    sec, nsec = struct.unpack_from('<iI' if raw[1] == 1 else '>iI', raw, 4)
+    return sec * 1_000_000_000 + nsec
 
 
 def stamp_ns(msg) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -32,8 +31,8 @@ import cv2
 import numpy as np
 
 from dynadepth_ros import __version__
-from dynadepth_ros.bag_reader import (BagError, BagReader, camera_info_K, image_msg_depth, image_msg_labels,
-                                      image_msg_rgb)
+from dynadepth_ros.bag_reader import (BagError, BagReader, camera_info_K, cdr_header_stamp_ns, image_msg_depth,
+                                      image_msg_labels, image_msg_rgb)
 from dynadepth_ros.image_codec import ImageFormatError
 from dynadepth_ros.lidar_projection import LidarProjectionError, find_transform, lidar_depth_image
 from dynadepth_ros.metrics import MODES, MetricAccumulator, evaluate_frame
@@ -85,21 +84,6 @@ class EvalConfig:
     @property
     def gt_kind(self) -> str:
         return 'lidar' if self.gt_lidar_topic else 'depth'
-
-
-# ---- stamps straight from CDR --------------------------------------------------------------
-def cdr_header_stamp_ns(raw: bytes) -> int:
-    """header.stamp (ns) of a serialised message whose first field is std_msgs/Header.
-
-    CDR: 4-byte encapsulation (byte 1: 1 = little endian), then int32 sec, uint32 nanosec.
-    Raises ValueError for data too short or with an unknown encapsulation.
-    """
-    if len(raw) < 12:
-        raise ValueError(f'message of {len(raw)} bytes is too short to hold a header')
-    if raw[1] not in (0, 1):
-        raise ValueError(f'unknown CDR encapsulation {raw[0]:#04x}{raw[1]:02x}')
-    sec, nsec = struct.unpack_from('<iI' if raw[1] == 1 else '>iI', raw, 4)
-    return sec * 1_000_000_000 + nsec
 
 
 # ---- per-frame inputs ----------------------------------------------------------------------
