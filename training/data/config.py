@@ -113,8 +113,8 @@ class DataConfig:
     def __post_init__(self):
         if self.source not in SOURCES:
             raise ValueError(f'data.source must be one of {SOURCES}, got {self.source!r}')
-        if self.height < 8 or self.width < 8:
-            raise ValueError(f'data.height/width too small: {self.height}x{self.width}')
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f'data.height/width must be positive, got {self.height}x{self.width}')
         if self.frame_gap < 1:
             raise ValueError(f'data.frame_gap must be >= 1, got {self.frame_gap}')
         if self.source == 'cityscapes' and self.frame_gap != 1:
