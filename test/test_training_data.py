@@ -449,3 +449,20 @@ def test_import_synthetic_generator_bag(tmp_path):
         np.testing.assert_allclose(imp.pose(i), gen.pose(i), atol=1e-4)
     np.testing.assert_allclose(imp.K(0), gen.K(0))
     shutil.rmtree(tmp_path / 'gen')
+
+
+def test_pose_interpolation_slerps_rotation_and_refuses_extrapolation():
+    from training.data.pose_interpolation import interpolate_poses
+
+    def yaw(a, x):
+        T = np.eye(4)
+        T[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+        T[0, 3] = x
+        return T
+    poses = np.stack([yaw(0.0, 0.0), yaw(np.pi / 2, 4.0)])
+    mid, quarter, outside = interpolate_poses(np.array([10.0, 11.0]), poses, np.array([10.5, 10.25, 11.2]))
+    np.testing.assert_allclose(mid, yaw(np.pi / 4, 2.0), atol=1e-9)
+    np.testing.assert_allclose(quarter, yaw(np.pi / 8, 1.0), atol=1e-9)
+    assert outside is None
+    [edge] = interpolate_poses(np.array([10.0, 11.0]), poses, np.array([11.05]), tolerance_s=0.1)
+    np.testing.assert_allclose(edge, poses[1])
