@@ -34,6 +34,16 @@ def _interface(path: Path) -> dict:
     }
 
 
+def _check_shape(path: Path, meta: ModelMetadata, info: dict) -> None:
+    """ModelFormatError when the graph's fixed input size contradicts the metadata."""
+    dims = info['inputs'].get('image') or []
+    if len(dims) != 4 or dims[1] not in (3, 0, '') or any(
+            isinstance(d, int) and d > 0 and d != want for d, want in zip(dims[2:], (meta.input_height, meta.input_width))):
+        raise ModelFormatError(f'{path}: input image has shape {dims}, the metadata says '
+                               f'[N, 3, {meta.input_height}, {meta.input_width}]; fix dynadepth.input_height/width '
+                               f'or re-export')
+
+
 def _set_props(path: Path, assignments: list[str]) -> ModelMetadata:
     import onnx
 
@@ -50,6 +60,7 @@ def _set_props(path: Path, assignments: list[str]) -> ModelMetadata:
     props = {p.key: p.value for p in model.metadata_props}
     props.update(updates)
     meta = ModelMetadata.from_props(props, source=str(path))       # validate before touching the file
+    _check_shape(path, meta, _interface(path))
     write_metadata(path, meta)
     return meta
 
@@ -82,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             _set_props(args.model, args.set)
         meta = read_metadata(args.model)
         info = _interface(args.model)
+        _check_shape(args.model, meta, info)
         from dynadepth_ros.inference.tensorrt_backend import file_sha256
         info.update(file=str(args.model), bytes=args.model.stat().st_size, sha256=file_sha256(args.model))
         info['metadata'] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in meta.__dict__.items()}

@@ -4,8 +4,9 @@ For each instance id (> 0) with at least `min_pixels` pixels of finite depth ins
   distance  = median z (metres) of those pixels — robust to a mask that bleeds onto the background;
   near      = `near_percentile` (default 10th) percentile of z — the close side of the object;
   position  = 3-D point in the camera optical frame (x right, y down, z forward): the median of the
-              back-projected x and y of the pixels, and z = distance; needs K, else None;
-  size      = robust width/height (metres): 10th–90th percentile spread of back-projected x and y; needs K.
+              back-projected x and y of the object's inlier pixels (|z - distance| <= inlier_band * distance,
+              which drops background the mask bleeds onto), and z = distance; needs K, else None;
+  size      = robust width/height (metres): 10th–90th percentile spread of the inliers' x and y; needs K.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class ObjectDepth:
 
 
 def instance_depths(depth: np.ndarray, labels: np.ndarray, K: np.ndarray | None = None, *, min_pixels: int = 20,
-                    near_percentile: float = 10.0) -> list[ObjectDepth]:
+                    near_percentile: float = 10.0, inlier_band: float = 0.15) -> list[ObjectDepth]:
     """ObjectDepth per instance, sorted by id.
 
     depth: float32 [H,W] metres, NaN = invalid; labels: integer [H,W], 0 = background, same size as depth;
@@ -67,8 +68,10 @@ def instance_depths(depth: np.ndarray, labels: np.ndarray, K: np.ndarray | None 
         near = float(np.percentile(zs, near_percentile))
         pos = size = None
         if K is not None:
-            x = (uu[s:e] - K[0, 2]) / K[0, 0] * zs
-            y = (vv[s:e] - K[1, 2]) / K[1, 1] * zs
+            inl = np.abs(zs - dist) <= inlier_band * dist
+            zi = zs[inl]
+            x = (uu[s:e][inl] - K[0, 2]) / K[0, 0] * zi
+            y = (vv[s:e][inl] - K[1, 2]) / K[1, 1] * zi
             pos = (float(np.median(x)), float(np.median(y)), dist)
             xl, xh = np.percentile(x, [10, 90])
             yl, yh = np.percentile(y, [10, 90])

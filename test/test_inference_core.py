@@ -1,0 +1,244 @@
+"""Inference core without ROS: aspect policy, depth geometry, focal compensation, camera_info rescaling, the
+estimator on a real ONNX Runtime session, per-instance depth, mask pairing, rolling stats, colour map."""
+import numpy as np
+import pytest
+
+from contract_model import expected_depth, make_contract_model
+from dynadepth_ros.camera import intrinsics_matrix
+from dynadepth_ros.colorize import colorize_depth
+from dynadepth_ros.inference import BackendError, DepthEstimator, default_model_path
+from dynadepth_ros.inference.postprocess import (CameraCalibration, CameraInfoError, clean_depth, focal_scale,
+                                                 image_calibration, rescale_calibration, to_output_geometry)
+from dynadepth_ros.inference.preprocess import plan_crop, to_model_input
+from dynadepth_ros.latency import RollingWindow
+from dynadepth_ros.mask_sync import MaskPairer
+from dynadepth_ros.model_format import ModelFormatError
+from dynadepth_ros.objects import instance_depths
+
+INTR = (0.58, 1.92, 0.5, 0.5)
+
+
+@pytest.fixture(scope='module')
+def model(tmp_path_factory):
+    return make_contract_model(tmp_path_factory.mktemp('m') / 'contract.onnx')
+
+
+@pytest.fixture(scope='module')
+def est(model):
+    e = DepthEstimator(model, backend='onnxruntime', intra_op_threads=1)
+    yield e
+    e.close()
+
+
+# ------------------------------------------------------------------ aspect policy
+def test_plan_keeps_whole_image_when_aspect_matches_and_crops_centre_otherwise():
+    kitti = plan_crop(375, 1242, 64, 192)            # 3.31 vs 3.0: 10 % off -> crop
+    assert kitti.cropped and (kitti.crop_h, kitti.crop_w) == (375, 1125) and kitti.x0 == (1242 - 1125) // 2
+    near = plan_crop(62, 192, 64, 192)                 # 3 % off -> plain resize
+    assert not near.cropped
+    tall = plan_crop(720, 1280, 64, 192)               # 16:9 into 3:1 -> rows cropped, centred
+    assert (tall.crop_w, tall.crop_h, tall.x0, tall.y0) == (1280, 427, 0, (720 - 427) // 2)
+
+
+def test_model_input_is_rgb_unit_range_from_the_crop_window():
+    rgb = np.zeros((64, 256, 3), np.uint8)
+    rgb[:, :32] = (255, 0, 0)                          # left band outside the centred 192-wide crop
+    rgb[:, 32:224] = (10, 128, 250)
+    x = to_model_input(rgb, plan_crop(64, 256, 64, 192))
+    assert x.shape == (3, 64, 192) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, 10, 10], np.array([10, 128, 250]) / 255.0, rtol=1e-6)
+
+
+def test_depth_maps_back_to_the_source_geometry_with_nan_outside_the_crop():
+    plan = plan_crop(192, 640, 64, 192)                # crop 576 wide at x0=32
+    d = to_output_geometry(np.full((64, 192), 5.0, np.float32), plan, 96, 320)   # half-size output
+    assert d.shape == (96, 320)
+    assert np.isnan(d[:, :16]).all() and np.isnan(d[:, -16:]).all()
+    np.testing.assert_allclose(d[:, 16:-16], 5.0, rtol=1e-6)
+
+
+def test_clean_depth_turns_nonfinite_and_nonpositive_into_nan_and_clamps_to_the_model_range():
+    out = clean_depth(np.array([np.inf, -1.0, 0.0, np.nan, 0.01, 5.0, 500.0]), 0.1, 100.0)
+    assert np.isnan(out[:4]).all()
+    np.testing.assert_allclose(out[4:], [0.1, 5.0, 100.0])
+
+
+# ------------------------------------------------------------------ focal compensation
+def test_focal_scale_is_ratio_of_camera_to_training_focal_at_the_model_input():
+    plan = plan_crop(128, 384, 64, 192)                # exact 2x downscale, no crop
+    K = intrinsics_matrix(2 * 0.58 * 192 * 1.5, 2 * 1.92 * 64 * 1.5, 192, 64)   # 1.5x the training focal
+    assert focal_scale(plan.model_intrinsics(K), INTR, 64, 192) == pytest.approx(1.5)
+    with pytest.raises(CameraInfoError, match='calibrated'):
+        focal_scale(plan.model_intrinsics(intrinsics_matrix(0, 0, 192, 64)), INTR, 64, 192)
+
+
+# ------------------------------------------------------------------ camera_info rescaling
+def _calib(w=1280, h=720, fx=700.0, **kw):
+    K = intrinsics_matrix(fx, fx, w / 2, h / 2)
+    P = np.hstack([K, np.array([[-fx * 0.1], [0.0], [0.0]])])
+    return CameraCalibration(width=w, height=h, K=K, P=P, D=(0.1, -0.05, 0, 0, 0), **kw)
+
+
+def test_camera_info_scales_K_P_to_the_output_and_keeps_distortion():
+    calib, note = image_calibration(_calib(), 720, 1280)
+    assert note is None
+    out = rescale_calibration(calib, 360, 640)
+    assert (out.width, out.height) == (640, 360)
+    np.testing.assert_allclose(out.K, [[350, 0, 320], [0, 350, 180], [0, 0, 1]])
+    np.testing.assert_allclose(out.P[0], [350, 0, 320, -35.0])      # Tx = -fx*B scales with fx
+    assert out.D == (0.1, -0.05, 0, 0, 0) and out.roi == (0, 0, 0, 0, False)
+
+
+def test_camera_info_binning_and_roi_are_applied_before_scaling():
+    calib, _ = image_calibration(_calib(binning_x=2, binning_y=2, roi=(100, 60, 1000, 600, False)), 300, 500)
+    np.testing.assert_allclose(calib.K[0], [350, 0, (640 - 100) / 2])
+    np.testing.assert_allclose(calib.K[1], [0, 350, (360 - 60) / 2])
+    assert (calib.binning_x, calib.roi) == (0, (0, 0, 0, 0, False))
+
+
+def test_camera_info_for_another_resolution_is_scaled_with_a_note_or_refused():
+    calib, note = image_calibration(_calib(), 360, 640)                  # same aspect: a plain resize
+    assert 'assuming a plain resize' in note
+    np.testing.assert_allclose(calib.K[0, 0], 350)
+    with pytest.raises(CameraInfoError, match='other aspect'):
+        image_calibration(_calib(), 480, 640)
+    with pytest.raises(CameraInfoError, match='fx=0'):
+        image_calibration(_calib(fx=0.0), 720, 1280)
+
+
+# ------------------------------------------------------------------ estimator on a real ORT session
+def test_estimator_metres_at_input_size_from_contract_model(est):
+    rgb = np.zeros((64, 192, 3), np.uint8)
+    rgb[..., 0] = np.arange(192, dtype=np.uint8)[None, :]
+    d = est.infer(rgb)
+    assert d.dtype == np.float32 and d.shape == (64, 192)
+    np.testing.assert_allclose(d, np.broadcast_to(expected_depth(rgb[..., 0]), d.shape), rtol=1e-5)
+    assert est.backend_name == 'onnxruntime[CPUExecutionProvider]'
+
+
+def test_estimator_focal_compensation_and_output_size(est):
+    rgb = np.zeros((128, 384, 3), np.uint8)
+    rgb[..., 0] = 100
+    K = intrinsics_matrix(0.58 * 384 * 2.0, 1.92 * 128 * 2.0, 192, 64)      # twice the training focal
+    d = est.infer(rgb, K=K, output_size=(32, 96))
+    assert d.shape == (32, 96)
+    np.testing.assert_allclose(d, 2.0 * expected_depth(100), rtol=1e-5)
+
+
+def test_estimator_batch_of_mixed_sizes(est):
+    a = np.full((64, 192, 3), 50, np.uint8)
+    b = np.full((192, 640, 3), 200, np.uint8)
+    da, db = est.infer_batch([a, b])
+    assert da.shape == (64, 192) and db.shape == (192, 640)
+    np.testing.assert_allclose(da, expected_depth(50), rtol=1e-5)
+    assert np.isnan(db[:, :32]).all() and np.allclose(db[:, 32:-32], expected_depth(200), rtol=1e-5)
+
+
+def test_relative_model_is_not_focal_compensated(tmp_path):
+    e = DepthEstimator(make_contract_model(tmp_path / 'rel.onnx', metric=False), backend='onnxruntime')
+    rgb = np.full((64, 192, 3), 100, np.uint8)
+    d = e.infer(rgb, K=intrinsics_matrix(500, 500, 96, 32))
+    assert not e.metadata.metric
+    np.testing.assert_allclose(d, expected_depth(100), rtol=1e-5)
+
+
+def test_model_without_metadata_is_refused_with_a_clear_message(tmp_path):
+    with pytest.raises(ModelFormatError, match='missing dynadepth metadata'):
+        DepthEstimator(make_contract_model(tmp_path / 'bare.onnx', with_metadata=False), backend='onnxruntime')
+
+
+def test_metadata_contradicting_the_graph_input_is_refused(tmp_path):
+    bad = make_contract_model(tmp_path / 'liar.onnx', extra_props={'dynadepth.input_height': '32'})
+    with pytest.raises(BackendError, match='metadata says'):
+        DepthEstimator(bad, backend='onnxruntime')
+
+
+def test_default_model_path_names_the_problem_when_no_model_is_bundled():
+    try:
+        p = default_model_path()
+    except BackendError as exc:
+        assert 'no bundled model; set model_path' in str(exc)
+    else:
+        assert p.name == 'dynadepth.onnx' and p.is_file()
+
+
+def test_estimator_rejects_non_rgb_input(est):
+    with pytest.raises(ValueError, match='uint8'):
+        est.infer(np.zeros((64, 192, 3), np.float32))
+
+
+# ------------------------------------------------------------------ per-instance depth
+def test_instance_depth_is_robust_to_mask_bleeding_and_gives_3d_position():
+    depth = np.full((100, 200), 50.0, np.float32)
+    labels = np.zeros((100, 200), np.int32)
+    labels[40:60, 90:130] = 7
+    depth[40:60, 90:120] = 10.0                        # object body; the last 10 columns bleed onto background
+    depth[40, 90] = np.nan
+    K = intrinsics_matrix(100.0, 100.0, 100.0, 50.0)
+    (ob,) = instance_depths(depth, labels, K)
+    assert ob.instance_id == 7 and ob.mask_pixels == 800 and ob.pixels == 799
+    assert ob.distance == pytest.approx(10.0) and ob.near == pytest.approx(10.0)
+    x, y, z = ob.position
+    assert z == pytest.approx(10.0) and y == pytest.approx((49.5 - 50.0) / 100 * 10, abs=0.06)
+    assert x == pytest.approx((104.5 - 100.0) / 100 * 10, abs=0.06)   # centre of the 30 in-body columns
+
+
+def test_instances_without_K_or_too_small_are_handled():
+    depth = np.full((20, 20), 3.0, np.float32)
+    labels = np.zeros((20, 20), np.int32)
+    labels[:5, :5] = 1                                  # 25 px
+    labels[10, 10] = 2                                  # 1 px: below min_pixels
+    obs = instance_depths(depth, labels, None)
+    assert [o.instance_id for o in obs] == [1] and obs[0].position is None and obs[0].distance == 3.0
+    with pytest.raises(ValueError, match='same size'):
+        instance_depths(depth, labels[:10], None)
+
+
+# ------------------------------------------------------------------ mask pairing
+def test_pairer_pairs_late_masks_and_never_blocks_depth():
+    p = MaskPairer(queue_size=5, slop_s=0.01, max_wait_s=10.0)
+    assert p.add_depth(1000, 'd1', now=0.0) == []       # depth first; mask comes later
+    assert p.add_mask(1000, 'm1', now=0.1) == [('d1', 'm1')]
+    assert p.add_mask(2000, 'm2', now=0.2) == []        # mask first; depth comes later
+    assert p.add_depth(2000, 'd2', now=0.3) == [('d2', 'm2')]
+
+
+def test_pairer_picks_the_nearest_mask_within_slop_and_gives_up_otherwise():
+    ms = 1_000_000
+    p = MaskPairer(queue_size=5, slop_s=0.020, max_wait_s=10.0)
+    p.add_mask(90 * ms, 'early', now=0)
+    assert p.add_depth(100 * ms, 'd', now=0) == []      # a nearer mask may still come
+    assert p.add_mask(105 * ms, 'close', now=0) == [('d', 'close')]
+    p.add_depth(200 * ms, 'lonely', now=0)
+    assert p.add_mask(300 * ms, 'far', now=0) == []     # nearest is 100 ms away > slop
+    assert p.stats.unpaired == 1 and p.stats.paired == 1
+
+
+def test_pairer_decides_after_max_wait_and_on_overflow():
+    ms = 1_000_000
+    p = MaskPairer(queue_size=2, slop_s=0.020, max_wait_s=0.5)
+    p.add_mask(95 * ms, 'm', now=0)
+    p.add_depth(100 * ms, 'd', now=0)
+    assert p.poll(now=0.4) == []
+    assert p.poll(now=0.6) == [('d', 'm')]              # mask stream stalled: best within slop after max_wait
+    for i in range(3):
+        p.add_depth((500 + i) * ms, f'x{i}', now=1.0)
+    assert p.stats.unpaired == 1                        # the oldest was pushed out without a mask
+
+
+# ------------------------------------------------------------------ rolling stats / colour
+def test_rolling_window_rate_and_percentiles_forget_old_samples():
+    w = RollingWindow(window_s=1.0)
+    for i in range(11):
+        w.add(float(i), now=10.0 + i * 0.1)
+    assert w.rate(now=11.0) == pytest.approx(10.0)
+    assert w.percentiles(now=11.0)[50] == pytest.approx(5.0)
+    assert w.count(now=12.05) == 0 and w.percentiles(now=12.05) is None
+
+
+def test_colorize_marks_invalid_black_and_near_warmer_than_far():
+    d = np.array([[1.0, 80.0, np.nan]], np.float32)
+    bgr = colorize_depth(d, 1.0, 80.0)
+    assert bgr.shape == (1, 3, 3) and bgr.dtype == np.uint8
+    assert (bgr[0, 2] == 0).all()
+    assert bgr[0, 0, 2] > bgr[0, 0, 0] and bgr[0, 1, 0] > bgr[0, 1, 2]     # near red, far blue (BGR)
