@@ -173,17 +173,25 @@ class _NeededMessages:
         return self.bag.deserialize(raw, msgtype, topic)
 
 
-def _topic_stamps(bag: BagReader, topic: str, counts: RunCounts) -> tuple[np.ndarray, np.ndarray]:
-    """(header stamps ns int64 [N], receive times ns int64 [N]) of a topic; unreadable headers get -1."""
-    stamps, recv = [], []
-    for _t, _ty, t_ns, raw in bag.raw_messages([topic]):
+def _stamps_by_topic(bag: BagReader, topics, counts: RunCounts) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{topic: (header stamps ns int64 [N], receive times ns int64 [N])} in one pass over the bag.
+
+    A message whose header cannot be read gets a unique far-negative stamp, so it pairs with nothing.
+    """
+    topics = sorted({t for t in topics if t})
+    stamps: dict = {t: [] for t in topics}
+    recv: dict = {t: [] for t in topics}
+    bad = 0
+    for topic, _ty, t_ns, raw in bag.raw_messages(topics):
         try:
-            stamps.append(cdr_header_stamp_ns(raw))
+            st = cdr_header_stamp_ns(raw)
         except ValueError as exc:
             counts.skip('corrupt_header', f'{topic}: {exc}')
-            stamps.append(-1)
-        recv.append(t_ns)
-    return np.asarray(stamps, dtype=np.int64), np.asarray(recv, dtype=np.int64)
+            bad += 1
+            st = -(10 ** 18) - bad * 10 ** 12
+        stamps[topic].append(st)
+        recv[topic].append(t_ns)
+    return {t: (np.asarray(stamps[t], dtype=np.int64), np.asarray(recv[t], dtype=np.int64)) for t in topics}
 
 
 @dataclass
@@ -216,16 +224,18 @@ def _plan_bag(cfg: EvalConfig, bag: BagReader, pred_bag: BagReader | None, count
             counts.messages[t] = n
 
     tol = int(round(cfg.slop * 1e9))
-    img_st, _ = _topic_stamps(bag, cfg.image_topic, counts)
-    gt_st, _ = _topic_stamps(bag, gt_topic, counts)
-    gt_pairs = pair_by_stamp(img_st, gt_st, tol)
+    st = _stamps_by_topic(bag, wanted, counts)
+    pst_bag = st if pred_bag is bag else (
+        _stamps_by_topic(pred_bag, [cfg.prediction_topic, cfg.image_topic if cfg.image_topic in pred_bag.topics
+                                    else ''], counts) if cfg.prediction_topic else {})
+    img_st = st[cfg.image_topic][0]
+    gt_pairs = pair_by_stamp(img_st, st[gt_topic][0], tol)
     counts.unmatched['image_without_gt'] = len(gt_pairs.unmatched_a)
     counts.unmatched['gt_without_image'] = len(gt_pairs.unmatched_b)
-    frames = [{'image': ia, 'gt': ib} for ia, ib in gt_pairs.pairs if img_st[ia] >= 0]
+    frames = [{'image': ia, 'gt': ib} for ia, ib in gt_pairs.pairs]
 
-    def attach(name: str, st: np.ndarray, unmatched_key: str) -> None:
-        pairing = pair_by_stamp(img_st, st, tol)
-        by_image = dict(pairing.pairs)
+    def attach(name: str, stamps: np.ndarray, unmatched_key: str) -> None:
+        by_image = dict(pair_by_stamp(img_st, stamps, tol).pairs)
         keep = []
         for f in frames:
             j = by_image.get(f['image'])
@@ -238,19 +248,18 @@ def _plan_bag(cfg: EvalConfig, bag: BagReader, pred_bag: BagReader | None, count
         frames[:] = keep
 
     if cfg.mask_topic:
-        attach('mask', _topic_stamps(bag, cfg.mask_topic, counts)[0], 'image_without_mask')
+        attach('mask', st[cfg.mask_topic][0], 'image_without_mask')
     latency: list = []
     if cfg.prediction_topic:
-        pst, precv = _topic_stamps(pred_bag, cfg.prediction_topic, counts)
+        pst, precv = pst_bag[cfg.prediction_topic]
         counts.messages[f'prediction:{cfg.prediction_topic}'] = int(pst.size)
         attach('pred', pst, 'image_without_prediction')
-        if cfg.image_topic in pred_bag.topics:
+        if cfg.image_topic in pst_bag:
             # a recording that also holds the (replayed) images: image → depth latency from receive times
-            ist, irecv = _topic_stamps(pred_bag, cfg.image_topic, counts)
-            lp = pair_by_stamp(ist, pst, 0)
-            latency = [float(precv[j] - irecv[i]) / 1e6 for i, j in lp.pairs]
+            ist, irecv = pst_bag[cfg.image_topic]
+            latency = [float(precv[j] - irecv[i]) / 1e6 for i, j in pair_by_stamp(ist, pst, 0).pairs]
     if cfg.camera_info_topic:
-        info_st, _ = _topic_stamps(bag, cfg.camera_info_topic, counts)
+        info_st = st[cfg.camera_info_topic][0]
         for f in frames:
             f['info'] = nearest_index(info_st, int(img_st[f['image']]))
     counts.pairs = len(frames)
