@@ -1,0 +1,327 @@
+"""Orchestration: world + traffic + renderer -> dataset folder (design section 6) and optional rosbag2.
+
+Seeds: every sequence gets its own numpy SeedSequence(entropy=seed, spawn_key=(split, index)), so
+train / val / test never share a stream, and the output is byte-identical for the same arguments
+whatever the number of worker processes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from ..dataset_layout import SPLITS, Calib, Frame, Instance, SequenceWriter
+from .materials import MaterialTable
+from .primitives import PrimitiveSet
+from .render import CameraRays, Scene
+from .rig import T_base_camera, T_base_lidar, pose_matrix, synth_intrinsics
+from .shading import RoadPaint, shade_camera
+from .textures import MipTexture, fractal_noise_tile
+from .traffic import StaticTrack, plan_traffic, random_ego
+from .world import build_street, random_crossings, random_layout
+
+GENERATOR_VERSION = 1
+FPS = 10.0
+LEAD_RANGE = 30.0            # a frame "contains a lead car" when it is visible and closer than this (m)
+MOVING_SPEED = 0.05          # m/s; slower objects are flagged static in that frame
+SPLIT_KEYS = {s: k for k, s in enumerate(SPLITS)}
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """What one generated sequence depends on (besides its seed)."""
+    frames: int
+    height: int
+    width: int
+    noise: float = 0.01            # std of additive Gaussian sensor noise, in [0,1] intensity units
+    bag: bool = False
+    storage: str = 'mcap'
+
+    def validate(self) -> None:
+        if self.frames < 2:
+            raise ValueError(f'frames must be >= 2 (got {self.frames}): sequences are for temporal training')
+        if self.height < 16 or self.width < 16:
+            raise ValueError(f'image size {self.height}x{self.width} is too small; use at least 16x16 (e.g. 192x640)')
+        if not 0.0 <= self.noise <= 0.2:
+            raise ValueError(f'noise must be in [0, 0.2] (std in [0,1] intensity units), got {self.noise}')
+        if self.storage not in ('mcap', 'sqlite3'):
+            raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {self.storage!r}")
+
+
+def sequence_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
+    """The seed sequence of sequence `index` of `split`: distinct for every (seed, split, index)."""
+    if split not in SPLIT_KEYS:
+        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    if seed < 0:
+        raise ValueError(f'seed must be a non-negative integer, got {seed}')
+    return np.random.SeedSequence(entropy=int(seed), spawn_key=(SPLIT_KEYS[split], int(index)))
+
+
+def sequence_seed_id(seed: int, split: str, index: int) -> str:
+    """A printable 128-bit identifier of the sequence's random stream (recorded in synth.json)."""
+    words = sequence_seed(seed, split, index).generate_state(4, np.uint32)
+    return ''.join(f'{int(w):08x}' for w in words)
+
+
+def has_lead_car(index: int, fraction: float) -> bool:
+    """Whether sequence `index` gets a lead car. Sequences 0..N-1 then hold ceil(N * fraction) lead
+    sequences for every N, spread evenly (sequence 0 always has one when fraction > 0)."""
+    return math.ceil((index + 1) * fraction - 1e-9) > math.ceil(index * fraction - 1e-9)
+
+
+def sequence_name(index: int) -> str:
+    return f'seq_{index:04d}'
+
+
+class SequenceRenderer:
+    """Builds one sequence's world from its seed and renders frames of it."""
+
+    def __init__(self, ss: np.random.SeedSequence, params: SynthParams, has_lead: bool):
+        rng = np.random.default_rng(ss)
+        self.params = params
+        duration = (params.frames - 1) / FPS
+        # cross-section first (the lane count shapes the ego path), then the ego, then crossings ahead of it
+        self.layout = random_layout(rng)
+        self.ego = random_ego(rng, self.layout, duration)
+        x_e0, x_e1 = float(self.ego.x(0.0)), float(self.ego.x(duration))
+        self.layout.crossings = random_crossings(rng, x_e0 + 30.0, x_e1 + 50.0)
+        mats = MaterialTable()
+        x_lo, x_hi = x_e0 - 80.0, x_e1 + 200.0
+        static, self.ground, obstacles = build_street(rng, self.layout, x_lo, x_hi, mats)
+        plan = plan_traffic(rng, self.layout, self.ego, duration, has_lead, mats, obstacles, x_lo, x_hi)
+        self.actors = {a.id: a for a in plan.actors}
+        self.moving = [a for a in plan.actors if not isinstance(a.track, StaticTrack)]
+        parked = [a.primitives_at(0.0) for a in plan.actors if isinstance(a.track, StaticTrack)]
+        self.static = PrimitiveSet.concat([static] + parked)
+        self.mats = mats.freeze()
+        self.reflectivity = self.mats.color.mean(axis=1).astype(np.float32)
+        self.texture = MipTexture(fractal_noise_tile(rng, 256))
+        self.paint = RoadPaint(self.layout.lanes_per_dir, self.layout.lane_width, self.layout.crossings)
+        self.K = synth_intrinsics(params.height, params.width)
+        self.T_base_cam = T_base_camera()
+        self.T_base_lidar = T_base_lidar()
+        self.noise_rng = np.random.default_rng(rng.integers(1 << 62))
+        self.lead_id = next((a.id for a in plan.actors if a.role == 'lead'), None)
+
+    def base_pose(self, t: float) -> np.ndarray:
+        """float64 [4,4] T_world_base_link at time t."""
+        x, y, yaw = (float(v) for v in self.ego.pose(np.array(t)))
+        pitch, roll = (float(v) for v in self.ego.attitude(np.array(t)))
+        return pose_matrix(x, y, 0.0, yaw, pitch, roll)
+
+    def base_twist(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """(linear, angular) velocity of base_link expressed in base_link (m/s, rad/s)."""
+        h = 1e-3
+        T0, T1 = self.base_pose(t - h), self.base_pose(t + h)
+        v_world = (T1[:3, 3] - T0[:3, 3]) / (2 * h)
+        R = self.base_pose(t)[:3, :3]
+        dR = (T1[:3, :3] - T0[:3, :3]) / (2 * h)
+        W = R.T @ dR                                           # skew(omega) in the body frame
+        omega = np.array([W[2, 1] - W[1, 2], W[0, 2] - W[2, 0], W[1, 0] - W[0, 1]]) / 2
+        return R.T @ v_world, omega
+
+    def scene_at(self, t: float) -> Scene:
+        return Scene(PrimitiveSet.concat([self.static] + [a.primitives_at(t) for a in self.moving]), self.ground)
+
+    def render(self, index: int) -> tuple[Frame, Scene, np.ndarray]:
+        """(frame, scene, T_world_base) of frame `index`."""
+        p = self.params
+        t = index / FPS
+        T_wb = self.base_pose(t)
+        T_wc = T_wb @ self.T_base_cam
+        scene = self.scene_at(t)
+        rays = CameraRays(self.K, p.height, p.width, T_wc)
+        g = scene.cast(rays)
+        rgb = shade_camera(scene, g, rays, self.mats, self.texture, self.paint)
+        if p.noise > 0:
+            rgb += self.noise_rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(p.noise)
+        rgb8 = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        valid = g.prim >= 0
+        depth = np.where(valid, g.t, np.float32(0)).astype(np.float32)
+        mask = np.where(valid, scene.inst[np.maximum(g.prim, 0)], 0).astype(np.uint16)
+        instances = self.instances(mask, t, T_wc)
+        return Frame(index=index, rgb=rgb8, depth=depth, mask=mask, instances=instances, pose=T_wc), scene, T_wb
+
+    def instances(self, mask: np.ndarray, t: float, T_world_cam: np.ndarray) -> list[Instance]:
+        """Metadata of every instance visible in `mask` (sorted by id)."""
+        T_cam_world = np.linalg.inv(T_world_cam)
+        out = []
+        for iid in np.unique(mask):
+            if iid == 0:
+                continue
+            a = self.actors[int(iid)]
+            R, pos = a.transform(t)
+            vx, vy = (float(v) for v in a.track.velocity(np.array(t)))
+            L, W, H = a.size
+            c_world = pos + np.array([0.0, 0.0, H / 2])
+            c_cam = T_cam_world[:3, :3] @ c_world + T_cam_world[:3, 3]
+            yaw = float(np.arctan2(R[1, 0], R[0, 0]))
+            box = {'center_world': [float(v) for v in c_world], 'center_cam': [float(v) for v in c_cam],
+                   'size': [float(L), float(W), float(H)], 'yaw_world': yaw}
+            out.append(Instance(id=int(iid), cls=a.cls, moving=bool(math.hypot(vx, vy) > MOVING_SPEED),
+                                velocity=[vx, vy, 0.0], box=box))
+        return out
+
+
+
+def _params_record(params: SynthParams, seed: int, split: str, index: int, lead: bool) -> dict:
+    """What synth.json records about how a sequence was made (compared to skip up-to-date sequences)."""
+    return {'generator': 'dynadepth_ros.synth', 'version': GENERATOR_VERSION, 'seed': int(seed), 'split': split,
+            'index': int(index), 'seed_id': sequence_seed_id(seed, split, index), 'has_lead': bool(lead),
+            **asdict(params)}
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def is_up_to_date(seq_dir: Path, record: dict) -> bool:
+    """True when seq_dir is a complete sequence made with exactly these parameters."""
+    try:
+        meta = json.loads((Path(seq_dir) / 'synth.json').read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get('params') != record:
+        return False
+    return not record['bag'] or (Path(seq_dir) / 'bag' / 'metadata.yaml').is_file()
+
+
+def generate_sequence(out_dir: str | os.PathLike, split: str, index: int, params: SynthParams, seed: int,
+                      has_lead: bool, progress=None) -> Path:
+    """Render and write one sequence (dataset folder + optional bag); returns its directory.
+
+    progress: optional callable(n_frames_done_since_last_call) for progress reporting.
+    """
+    params.validate()
+    timings = {'build': 0.0, 'render': 0.0, 'write': 0.0, 'lidar': 0.0, 'bag': 0.0}
+    t0 = time.perf_counter()
+    r = SequenceRenderer(sequence_seed(seed, split, index), params, has_lead)
+    timings['build'] = time.perf_counter() - t0
+    calib = Calib(K=r.K, height=params.height, width=params.width, fps=FPS)
+    writer = SequenceWriter(out_dir, split, sequence_name(index), calib)
+    bagw = None
+    if params.bag:
+        from .bag import SequenceBagWriter          # rosbags only needed with --bag
+        bagw = SequenceBagWriter(writer.path / 'bag', params.storage, r.K, params.height, params.width,
+                                 r.T_base_cam, r.T_base_lidar, FPS)
+    lead_frames = []
+    try:
+        for i in range(params.frames):
+            t1 = time.perf_counter()
+            frame, scene, T_wb = r.render(i)
+            t2 = time.perf_counter()
+            writer.write(frame)
+            t3 = time.perf_counter()
+            timings['render'] += t2 - t1
+            timings['write'] += t3 - t2
+            lead = next((x for x in frame.instances if x.id == r.lead_id), None)
+            lead_frames.append(bool(lead is not None and lead.box['center_cam'][2] < LEAD_RANGE))
+            if bagw is not None:
+                from .lidar import scan
+                points = scan(scene, T_wb @ r.T_base_lidar, r.reflectivity)
+                t4 = time.perf_counter()
+                lin, ang = r.base_twist(i / FPS)
+                bagw.write_frame(i, frame.rgb, frame.depth, frame.mask, T_wb, lin, ang, points)
+                timings['lidar'] += t4 - t3
+                timings['bag'] += time.perf_counter() - t4
+            if progress is not None:
+                progress(1)
+        if bagw is not None:
+            bagw.close()
+            bagw = None
+    except BaseException:
+        if bagw is not None:
+            bagw.abort()
+        raise
+    summary = {
+        'params': _params_record(params, seed, split, index, has_lead),
+        'lead_id': r.lead_id, 'lead_frames': lead_frames,
+        'street': {'lanes_per_dir': r.layout.lanes_per_dir, 'lane_width': r.layout.lane_width,
+                   'road_half_width': r.layout.road_half, 'curb_height': r.layout.curb_height,
+                   'crossings_x': list(r.layout.crossings)},
+        'ego': {'mean_speed_mps': r.ego.v0, 'lane_changes': len(r.ego.lane_changes)},
+        'actors': [{'id': a.id, 'class': a.cls, 'role': a.role, 'size': [float(v) for v in a.size]}
+                   for a in r.actors.values()],
+        'frames_tf': {'T_base_camera': r.T_base_cam.tolist(), 'T_base_lidar': r.T_base_lidar.tolist()},
+    }
+    _write_json_atomic(writer.path / 'synth.json', summary)
+    path = writer.close()
+    timings['total'] = time.perf_counter() - t0
+    _LAST_TIMINGS.clear()
+    _LAST_TIMINGS.update(timings)
+    return path
+
+
+_LAST_TIMINGS: dict = {}
+
+
+def last_timings() -> dict:
+    """Seconds spent per phase (build, render, write, lidar, bag, total) by the last generate_sequence in
+    this process."""
+    return dict(_LAST_TIMINGS)
+
+
+def _worker(args) -> tuple[str, dict]:
+    out_dir, split, index, params, seed, lead = args
+    import cv2
+    cv2.setNumThreads(1)                              # one process per core; no thread oversubscription
+    path = generate_sequence(out_dir, split, index, params, seed, lead)
+    return str(path), last_timings()
+
+
+def generate_split(out_dir: str | os.PathLike, split: str, sequences: int, frames: int, height: int, width: int,
+                   seed: int, bag: bool = False, storage: str = 'mcap', noise: float = 0.01,
+                   lead_car_fraction: float = 0.5, workers: int | None = None, skip_existing: bool = True,
+                   progress: bool = True) -> list[Path]:
+    """Generate `sequences` sequences of `frames` frames into <out_dir>/<split>/seq_NNNN.
+
+    Deterministic: byte-identical files for the same arguments, whatever `workers`. Sequences already
+    present with identical parameters (their synth.json) are kept when skip_existing. At least
+    ceil(sequences * lead_car_fraction) sequences have a lead car within 30 m in every frame.
+    workers: processes (default: one per CPU, at most `sequences`). Returns the sequence directories.
+    """
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    if sequences < 1:
+        raise ValueError(f'sequences must be >= 1, got {sequences}')
+    if not 0.0 <= lead_car_fraction <= 1.0:
+        raise ValueError(f'lead_car_fraction must be in [0, 1], got {lead_car_fraction}')
+    params = SynthParams(frames=int(frames), height=int(height), width=int(width), noise=float(noise),
+                         bag=bool(bag), storage=storage)
+    params.validate()
+    out = Path(out_dir)
+    (out / split).mkdir(parents=True, exist_ok=True)
+    jobs, paths = [], []
+    for i in range(sequences):
+        lead = has_lead_car(i, lead_car_fraction)
+        path = out / split / sequence_name(i)
+        paths.append(path)
+        if skip_existing and is_up_to_date(path, _params_record(params, seed, split, i, lead)):
+            continue
+        jobs.append((str(out), split, i, params, int(seed), lead))
+    if not jobs:
+        return paths
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    from tqdm import tqdm
+    with tqdm(total=len(jobs) * params.frames, unit='frame', desc=f'synth {split}', disable=not progress,
+              dynamic_ncols=True) as bar:
+        if n_workers == 1:
+            for job in jobs:
+                generate_sequence(*job, progress=bar.update)
+        else:
+            ctx = get_context('spawn')                  # safe even when the caller has threads (torch, ROS)
+            with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_worker, job) for job in jobs]
+                for fut in as_completed(futures):
+                    fut.result()
+                    bar.update(params.frames)
+    return paths
