@@ -35,7 +35,7 @@ from dynadepth_ros.bag_reader import (BagError, BagReader, camera_info_K, cdr_he
                                       image_msg_labels, image_msg_rgb)
 from dynadepth_ros.image_codec import ImageFormatError
 from dynadepth_ros.lidar_projection import LidarProjectionError, find_transform, lidar_depth_image
-from dynadepth_ros.metrics import MODES, MetricAccumulator, evaluate_frame
+from dynadepth_ros.metrics import MODES, MetricAccumulator, eigen_metrics, evaluate_frame, valid_mask
 from dynadepth_ros.stamp_pairing import nearest_index, pair_by_stamp
 
 REGIONS = ('all', 'static', 'dynamic')
@@ -437,29 +437,15 @@ class Evaluation:
             dyn = dynamic_region(frame.labels, frame.moving_ids)
             regions = {'static': ~dyn, 'dynamic': dyn}
             self.has_regions = True
-        bins = {}
-        with np.errstate(invalid='ignore'):
-            for lo, hi in self.bins:
-                in_bin = (gt >= lo) & (gt < hi)
-                bins[f'{lo:g}-{hi:g}|all'] = in_bin
-                for name, reg in regions.items():
-                    bins[f'{lo:g}-{hi:g}|{name}'] = in_bin & reg
-        res = evaluate_frame(gt, pred, {**regions, **bins}, min_depth=self.cfg.min_depth, max_depth=self.cfg.max_depth)
-        main = {'scale': res['scale'], 'valid_pixels': {}, **{m: {} for m in MODES}}
-        binned = {'scale': float('nan'), 'valid_pixels': {}, **{m: {} for m in MODES}}
-        for name, n in res['valid_pixels'].items():
-            target = binned if '|' in name else main
-            target['valid_pixels'][name] = n
-            for m in MODES:
-                target[m][name] = res[m][name]
+        main = evaluate_frame(gt, pred, regions, min_depth=self.cfg.min_depth, max_depth=self.cfg.max_depth)
         if main['valid_pixels']['all'] == 0:
             counts.skip('no_valid_gt', f'{frame.key}: no pixel with GT in ({self.cfg.min_depth:g}, '
                                        f'{self.cfg.max_depth:g}) m and a finite prediction')
             return
         self.acc.add(main)
-        self.bin_acc.add(binned)
+        self.bin_acc.add(self._binned(gt, pred, regions, main['scale']))
         counts.evaluated += 1
-        row = {'key': frame.key, 'stamp': frame.stamp_s, 'scale': res['scale'],
+        row = {'key': frame.key, 'stamp': frame.stamp_s, 'scale': main['scale'],
                'valid_pixels': main['valid_pixels']['all']}
         for m in MODES:
             for r in REGIONS:
@@ -467,7 +453,36 @@ class Evaluation:
                 row[f'{m}.{r}.abs_rel'] = None if v is None else v['abs_rel']
         self.series.append(row)
         if index in self.sample_at and frame.rgb is not None:
-            self.samples.append({'key': frame.key, 'rgb': frame.rgb, 'pred': pred, 'gt': gt, 'scale': res['scale']})
+            self.samples.append({'key': frame.key, 'rgb': frame.rgb, 'pred': pred, 'gt': gt, 'scale': main['scale']})
+
+    def _binned(self, gt: np.ndarray, pred: np.ndarray, regions: dict, scale: float) -> dict:
+        """evaluate_frame-shaped result for the regions '<lo>-<hi>|<all|static|dynamic>' (GT-distance bins).
+
+        Same protocol as metrics.evaluate_frame (valid pixels, the frame's one median ratio, clamping to
+        the depth range, eigen_metrics), computed on the valid pixels sorted by bin so each bin is one slice.
+        """
+        lo_d, hi_d = self.cfg.min_depth, self.cfg.max_depth
+        valid = valid_mask(gt, pred, lo_d, hi_d)
+        g = gt[valid].astype(np.float64)
+        p = pred[valid].astype(np.float64)
+        reg = {name: mask[valid] for name, mask in regions.items()}
+        edges = np.array([hi for _lo, hi in self.bins])
+        which = np.searchsorted(edges, g, side='right')          # bin k holds lo_k <= g < hi_k
+        order = np.argsort(which, kind='stable')
+        g, p, which = g[order], p[order], which[order]
+        reg = {name: m[order] for name, m in reg.items()}
+        bounds = np.searchsorted(which, np.arange(len(self.bins) + 1), side='left')
+        out: dict = {'scale': float('nan'), 'valid_pixels': {}, **{m: {} for m in MODES}}
+        for k, (lo, hi) in enumerate(self.bins):
+            sl = slice(bounds[k], bounds[k + 1])
+            for name in ('all', *reg):
+                sel = np.ones(sl.stop - sl.start, bool) if name == 'all' else reg[name][sl]
+                key = f'{lo:g}-{hi:g}|{name}'
+                gk, pk = g[sl][sel], p[sl][sel]
+                out['valid_pixels'][key] = int(gk.size)
+                for mode, factor in (('median_scaled', scale), ('metric', 1.0)):
+                    out[mode][key] = (eigen_metrics(gk, np.clip(pk * factor, lo_d, hi_d)) if gk.size else None)
+        return out
 
     def by_distance(self) -> dict:
         s = self.bin_acc.summary()
