@@ -62,6 +62,22 @@ def test_model_on_bag_matches_direct_metrics(tmp_path, model, capsys):
     assert len(rep['frames']) == 6 and rep['frames'][1]['stamp'] == pytest.approx(T0_NS * 1e-9 + 1 / FPS)
     bins = rep['by_distance']
     assert bins['bins'][0] == [0.0, 10.0] and bins['metric']['all'][0]['frames'] == 6
+    # each distance bin = metrics.evaluate_frame restricted to lo <= GT < hi (frame's own median ratio)
+    for k, (lo, hi) in enumerate(bins['bins']):
+        acc = MetricAccumulator()
+        for i in range(6):
+            s = scene_arrays(i)
+            with np.errstate(invalid='ignore'):
+                in_bin = (s['gt'] >= lo) & (s['gt'] < hi)
+            acc.add(evaluate_frame(s['gt'], s['pred'], {'bin': in_bin}))
+        exp = acc.summary()
+        for mode in MODES:
+            got = bins[mode]['all'][k]
+            if 'bin' not in exp[mode]:
+                assert got is None
+                continue
+            for name in METRIC_NAMES:
+                assert got[name] == pytest.approx(exp[mode]['bin'][name], rel=1e-5), (lo, mode, name)
     for f in ('report.md', 'frames.csv', 'error_by_distance.png', 'abs_rel_over_time.png', 'samples.png'):
         assert (tmp_path / 'r' / f).stat().st_size > 100, f
     md = (tmp_path / 'r' / 'report.md').read_text()
