@@ -218,3 +218,39 @@ def test_interrupt_writes_partial_report(tmp_path, model, monkeypatch):
     rep = load(tmp_path / 'r')
     assert rep['status'] == 'interrupted' and rep['counts']['evaluated'] == 2 and rep['counts']['planned'] == 5
     assert_metrics_match(rep, expected(range(2)))
+
+
+@pytest.fixture(scope='module')
+def synthetic(tmp_path_factory):
+    """One sequence of the project's synthetic generator, with its rosbag2."""
+    from dynadepth_ros.synth.generate import generate_split
+    root = tmp_path_factory.mktemp('synth')
+    [seq] = generate_split(root, 'test', sequences=1, frames=4, height=64, width=192, seed=5, bag=True,
+                           workers=1, progress=False)
+    return root, seq
+
+
+def test_synthetic_bag_and_its_dataset_folder_agree(tmp_path, model, synthetic, capsys):
+    root, seq = synthetic
+    rc, _, err = run_cli([str(seq / 'bag'), '--model', str(model), '--moving-ids-from', str(seq),
+                          '--out', str(tmp_path / 'bag')], capsys)
+    assert rc == 0, err
+    rc, _, err = run_cli(['--dataset', str(root), '--split', 'test', '--model', str(model),
+                          '--out', str(tmp_path / 'ds')], capsys)
+    assert rc == 0, err
+    a, b = load(tmp_path / 'bag'), load(tmp_path / 'ds')
+    assert a['counts']['evaluated'] == b['counts']['evaluated'] == 4
+    for mode in MODES:
+        for region in REGIONS:
+            if b['metrics'][mode][region] is None:
+                assert a['metrics'][mode][region] is None
+                continue
+            for k in METRIC_NAMES:
+                assert a['metrics'][mode][region][k] == pytest.approx(b['metrics'][mode][region][k], rel=1e-6)
+    # GT from the bag's lidar through its tf_static: sparse, same scene
+    rc, _, err = run_cli([str(seq / 'bag'), '--model', str(model), '--gt-lidar-topic', '/lidar/points',
+                          '--out', str(tmp_path / 'lidar')], capsys)
+    assert rc == 0, err
+    c = load(tmp_path / 'lidar')
+    assert c['counts']['evaluated'] == 4
+    assert 0 < c['metrics']['metric']['all']['pixels'] < a['metrics']['metric']['all']['pixels']
