@@ -28,6 +28,10 @@ class BagError(RuntimeError):
     """A bag that cannot be used as asked; the message names the bag and says what to do."""
 
 
+class MessageDecodeError(BagError):
+    """One message's bytes cannot be decoded (the rest of the bag may still be fine)."""
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().rstrip('.') or type(exc).__name__
     return f'{type(exc).__name__}: {text}' if type(exc).__name__ not in text else text
@@ -184,11 +188,11 @@ class BagReader:
             yield topic, t_ns, self.deserialize(raw, msgtype, topic)
 
     def deserialize(self, raw: bytes, msgtype: str, topic: str = '?') -> object:
-        """A rosbags message from CDR bytes; BagError if the type is unknown or the bytes are corrupt."""
+        """A rosbags message from CDR bytes; MessageDecodeError if the type is unknown or the bytes are corrupt."""
         try:
             return self._typestore.deserialize_cdr(raw, msgtype)
         except Exception as exc:
-            raise BagError(f'bag {self.path}: a {msgtype} message on {topic} cannot be decoded '
+            raise MessageDecodeError(f'bag {self.path}: a {msgtype} message on {topic} cannot be decoded '
                            f'({_describe(exc)}); the bag is corrupt or uses an unknown message definition') from None
 
     def static_transforms(self, topic: str = TF_STATIC_TOPIC) -> dict[tuple[str, str], np.ndarray]:

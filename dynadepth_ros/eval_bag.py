@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 
 from dynadepth_ros import __version__
-from dynadepth_ros.bag_reader import (BagError, BagReader, camera_info_K, cdr_header_stamp_ns, image_msg_depth,
-                                      image_msg_labels, image_msg_rgb)
+from dynadepth_ros.bag_reader import (BagError, BagReader, MessageDecodeError, camera_info_K, cdr_header_stamp_ns,
+                                      image_msg_depth, image_msg_labels, image_msg_rgb)
 from dynadepth_ros.image_codec import ImageFormatError
 from dynadepth_ros.lidar_projection import LidarProjectionError, find_transform, lidar_depth_image
 from dynadepth_ros.metrics import MODES, MetricAccumulator, eigen_metrics, evaluate_frame, valid_mask
@@ -164,13 +164,18 @@ class _NeededMessages:
                 raise BagError(f'bag {self.bag.path}: message {i} of {topic} vanished between the two passes') from None
             k = (t, self.index[t])
             self.index[t] += 1
-            if k in self.refs:
+            if self.refs.get(k, 0) > 0:
                 self.buffer[k] = (msgtype, raw)
         msgtype, raw = self.buffer[key]
-        self.refs[key] -= 1
-        if self.refs[key] <= 0:
-            del self.buffer[key]
+        self.release(topic, i)
         return self.bag.deserialize(raw, msgtype, topic)
+
+    def release(self, topic: str, i: int) -> None:
+        """One use of (topic, i) is done (or abandoned); drop it once nobody needs it."""
+        key = (topic, i)
+        self.refs[key] = self.refs.get(key, 0) - 1
+        if self.refs[key] <= 0:
+            self.buffer.pop(key, None)
 
 
 def _stamps_by_topic(bag: BagReader, topics, counts: RunCounts) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -318,14 +323,24 @@ def _iter_bag_frames(cfg: EvalConfig, bag: BagReader, pred_bag: BagReader | None
     T_cache: dict = {}
 
     for f in plan.frames:
-        img_msg = main.get(cfg.image_topic, f['image'])
-        gt_msg = main.get(gt_topic, f['gt'])
-        mask_msg = main.get(cfg.mask_topic, f['mask']) if f.get('mask') is not None else None
-        info_msg = main.get(cfg.camera_info_topic, f['info']) if f.get('info') is not None else None
-        pred_msg = preds.get(cfg.prediction_topic, f['pred']) if f.get('pred') is not None else None
+        key = f'{cfg.image_topic}#{f["image"]}'
+        wanted = [(name, preds if name == 'pred' else main, topic, f[name])
+                  for name, topic in (('image', cfg.image_topic), ('gt', gt_topic), ('mask', cfg.mask_topic),
+                                      ('info', cfg.camera_info_topic), ('pred', cfg.prediction_topic))
+                  if topic and f.get(name) is not None]
+        msgs: dict = {}
+        try:
+            for n, (name, stream, topic, idx) in enumerate(wanted):
+                msgs[name] = stream.get(topic, idx)
+        except MessageDecodeError as exc:
+            for _name, stream, topic, idx in wanted[n + 1:]:
+                stream.release(topic, idx)
+            counts.skip('corrupt_message', f'{key}: {exc}')
+            continue
+        img_msg, gt_msg = msgs['image'], msgs['gt']
+        mask_msg, info_msg, pred_msg = msgs.get('mask'), msgs.get('info'), msgs.get('pred')
         st = img_msg.header.stamp
         stamp = st.sec + st.nanosec * 1e-9
-        key = f'{cfg.image_topic}#{f["image"]}'
         try:
             rgb = image_msg_rgb(img_msg)
         except ImageFormatError as exc:

@@ -102,16 +102,18 @@ def test_recorded_prediction_with_latency(tmp_path, capsys):
 
 
 def test_pairing_counts_and_skips(tmp_path, model, capsys):
-    spec = BagSpec(frames=6, gt_offset_ns=5_000_000, drop_gt=(2,), extra_gt=2, bad_image_encoding=(4,))
+    spec = BagSpec(frames=6, gt_offset_ns=5_000_000, drop_gt=(2,), extra_gt=2, bad_image_encoding=(4,),
+                   corrupt_image=(1,))
     bag = write_eval_bag(tmp_path / 'bag', spec)
     rc, _, err = run_cli([str(bag), '--model', str(model), '--out', str(tmp_path / 'r')], capsys)
     assert rc == 0, err
     rep = load(tmp_path / 'r')
     c = rep['counts']
     assert c['pairs'] == 5 and c['unmatched']['image_without_gt'] == 1 and c['unmatched']['gt_without_image'] == 2
-    assert c['skipped'] == {'image_encoding': 1} and "'yuv422'" in c['skip_examples'][0]
-    assert c['evaluated'] == 4
-    assert_metrics_match(rep, expected([0, 1, 3, 5]))
+    assert c['skipped'] == {'image_encoding': 1, 'corrupt_message': 1}
+    assert any("'yuv422'" in e for e in c['skip_examples']) and any('cannot be decoded' in e for e in c['skip_examples'])
+    assert c['evaluated'] == 3
+    assert_metrics_match(rep, expected([0, 3, 5]))
 
     # a tolerance below the 5 ms offset pairs nothing: one clear error, report of what was done
     rc, _, err = run_cli([str(bag), '--model', str(model), '--out', str(tmp_path / 'r2'), '--slop', '0.001'], capsys)
