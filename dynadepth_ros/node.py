@@ -146,6 +146,7 @@ class DepthNode(LifecycleNode):
         self._camera_info: CameraInfo | None = None
         self._camera_info_note = 'no camera_info received'
         self._pairer: MaskPairer | None = None
+        self._throttle: dict[str, tuple[float, int]] = {}
         self._reset_stats()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diag_timer = self.create_timer(float(self.get_parameter('diagnostics_period').value),
@@ -171,6 +172,17 @@ class DepthNode(LifecycleNode):
 
     def _p(self, name: str):
         return self.get_parameter(name).value
+
+    def _log_throttled(self, key: str, level: str, text: str) -> None:
+        """Log `text` now if `key` is new or was last logged THROTTLE_S ago, with how many were suppressed."""
+        now = time.monotonic()
+        last, suppressed = self._throttle.get(key, (-1e9, 0))
+        if now - last < THROTTLE_S:
+            self._throttle[key] = (last, suppressed + 1)
+            return
+        self._throttle[key] = (now, 0)
+        more = f' ({suppressed} similar in the last {THROTTLE_S:.0f} s not shown)' if suppressed else ''
+        getattr(self.get_logger(), level)(text + more)
 
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -342,8 +354,8 @@ class DepthNode(LifecycleNode):
                 self._publish_objects(self._pairer.poll())
             except Exception as exc:   # a bug must not silently kill the worker: log, count, carry on
                 self._stats['errors'] += 1
-                self.get_logger().error(f'unexpected error while processing a frame: {type(exc).__name__}: {exc}',
-                                        throttle_duration_sec=THROTTLE_S)
+                self._log_throttled(f'error:{type(exc).__name__}', 'error',
+                                    f'unexpected error while processing a frame: {type(exc).__name__}: {exc}')
 
     def _image_intrinsics(self, h: int, w: int) -> CameraCalibration | None:
         info = self._camera_info
@@ -355,11 +367,11 @@ class DepthNode(LifecycleNode):
         except CameraInfoError as exc:
             self._stats['camera_info_errors'] += 1
             self._camera_info_note = f'ignored: {exc}'
-            self.get_logger().warning(f'camera_info ignored: {exc}', throttle_duration_sec=THROTTLE_S)
+            self._log_throttled('camera_info:' + str(exc)[:60], 'warning', f'camera_info ignored: {exc}')
             return None
         self._camera_info_note = note or 'ok'
         if note:
-            self.get_logger().warning(note, throttle_duration_sec=THROTTLE_S)
+            self._log_throttled('camera_info_note:' + note[:60], 'warning', note)
         return calib
 
     def _handle_image(self, kind: str, msg) -> None:
@@ -368,8 +380,8 @@ class DepthNode(LifecycleNode):
         except ImageFormatError as exc:
             self._stats['bad_frames'] += 1
             self._last_bad = str(exc)
-            self.get_logger().error(f'skipping camera frame ({self._stats["bad_frames"]} so far): {exc}',
-                                    throttle_duration_sec=THROTTLE_S)
+            self._log_throttled('frame:' + str(exc)[:40], 'error',
+                                f'skipping camera frame ({self._stats["bad_frames"]} so far): {exc}')
             return
         h, w = rgb.shape[:2]
         oh, ow = int(self._p('output_height')) or h, int(self._p('output_width')) or w
@@ -403,8 +415,8 @@ class DepthNode(LifecycleNode):
             labels = ros_messages.mask_to_labels(msg)
         except ImageFormatError as exc:
             self._stats['bad_masks'] += 1
-            self.get_logger().error(f'skipping instance mask ({self._stats["bad_masks"]} so far): {exc}',
-                                    throttle_duration_sec=THROTTLE_S)
+            self._log_throttled('mask:' + str(exc)[:40], 'error',
+                                f'skipping instance mask ({self._stats["bad_masks"]} so far): {exc}')
             return
         self._publish_objects(self._pairer.add_mask(ros_messages.stamp_ns(msg.header), labels))
 
@@ -414,10 +426,10 @@ class DepthNode(LifecycleNode):
             if labels.shape != (h, w):
                 mh, mw = labels.shape
                 if abs((mw / mh) / (w / h) - 1.0) > 0.01:
-                    self.get_logger().warning(
-                        f'instance mask is {mw}x{mh} but depth is {w}x{h} (other aspect ratio); stretching the mask '
-                        f'with nearest neighbour — publish masks at the camera image geometry',
-                        throttle_duration_sec=THROTTLE_S)
+                    self._log_throttled('mask_aspect', 'warning',
+                                        f'instance mask is {mw}x{mh} but depth is {w}x{h} (other aspect ratio); '
+                                        f'stretching the mask with nearest neighbour — publish masks at the camera '
+                                        f'image geometry')
                 labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
                 self._stats['masks_resized'] += 1
             objs = instance_depths(frame.depth, labels, frame.K, min_pixels=int(self._p('min_object_pixels')))
@@ -463,6 +475,7 @@ class DepthNode(LifecycleNode):
             'bad_masks': st['bad_masks'],
             'masks_resized': st['masks_resized'],
             'objects_published': st['objects_out'],
+            'colored_published': st['colored_out'],
             'objects_unpaired': self._pairer.stats.unpaired if self._pairer else 0,
             'camera_info': self._camera_info_note,
             'qos_incompatible_events': st['qos_incompatible'],

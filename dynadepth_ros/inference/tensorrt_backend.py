@@ -287,6 +287,8 @@ class TensorRTBackend:
                  runtime: TensorRTRuntime | None = None, log: Callable[[str], None] = print):
         if precision not in ('fp32', 'fp16'):
             raise BackendError(f'precision {precision!r} is not one of fp32, fp16')
+        if engine_path:
+            read_engine(engine_path, None)     # integrity first: a corrupt file is named even without TensorRT
         self.runtime = runtime if runtime is not None else TensorRTRuntime()
         self.precision, self.max_batch = precision, int(max_batch)
         model_path = Path(model_path)
