@@ -172,13 +172,14 @@ class Replayer:
             if cls is None:
                 entry = self.skipped_types.setdefault(msgtype, {'topics': [], 'messages': 0})
                 entry['topics'].append(topic)
-                log(f'warning: message type {msgtype} is not available in this ROS install; '
-                    f'not replaying {topic} ({have[topic][1]} messages)')
                 continue
             qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL if topic in latched
                              else DurabilityPolicy.VOLATILE)
             self.publishers[topic] = node.create_publisher(cls, topic, qos)
+        for msgtype, entry in self.skipped_types.items():
+            log(f'warning: message type {msgtype} is not available in this ROS install; not replaying '
+                f'{", ".join(entry["topics"])} ({sum(have[t][1] for t in entry["topics"])} messages)')
         self.latched = latched & set(self.publishers)
         self.topics = selected
         self.origin_ns = bag.start_ns + int(round(start_offset * 1e9))
