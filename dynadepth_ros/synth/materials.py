@@ -26,18 +26,19 @@ class MaterialTable:
         self._rows: list[tuple] = []
 
     def add(self, kind: int, color, *, contrast: float = 0.25, texel: float = 0.02, seed: int = 0,
-            params=(), color2=None) -> int:
+            params=(), color2=None, coarse: float = 0.6) -> int:
         """Add a material and return its index.
 
-        color, color2: RGB in [0,1] (color2 = secondary paint, e.g. window frames, light colour);
+        color, color2: RGB in [0,1] (color2 = secondary paint, e.g. window frames, leaves);
         contrast: relative albedo modulation by the noise; texel: metres per noise texel (level 0);
+        coarse: weight of the 4.3x coarser, rotated second noise layer (the fine layer has weight 0.6);
         seed: per-material integer used for hashing cells and for noise offsets.
         """
         p = np.zeros(N_PARAMS, np.float32)
         p[:len(params)] = params
         c2 = color if color2 is None else color2
         self._rows.append((int(kind), np.asarray(color, np.float32), np.asarray(c2, np.float32), float(contrast),
-                           float(texel), int(seed) & 0x7FFFFFFF, p))
+                           float(texel), int(seed) & 0x7FFFFFFF, p, float(coarse)))
         return len(self._rows) - 1
 
     def __len__(self) -> int:
@@ -52,7 +53,7 @@ class MaterialTable:
 
 
 class FrozenMaterials:
-    """kind int32 [M]; color, color2 float32 [M,3]; contrast, texel float32 [M]; seed int64 [M];
+    """kind int32 [M]; color, color2 float32 [M,3]; contrast, inv_texel, coarse float32 [M]; seed int64 [M];
     offset float32 [M,2] (noise offset, texels); params float32 [M,N_PARAMS]."""
 
     def __init__(self, rows: list[tuple]):
@@ -67,6 +68,7 @@ class FrozenMaterials:
         self.offset = np.stack([(s * np.uint64(2654435761) % np.uint64(65536)).astype(np.float32),
                                 (s * np.uint64(40503) % np.uint64(65521)).astype(np.float32)], axis=1)
         self.params = np.array([r[6] for r in rows], np.float32).reshape(-1, N_PARAMS)
+        self.coarse = np.array([r[7] for r in rows], np.float32)
 
     def __len__(self) -> int:
         return len(self.kind)

@@ -147,7 +147,7 @@ def _car_side(alb, s, q, fp, p):
 def _glass(alb, s, q, fp, p):
     length, height = p[0], p[1]
     grad = np.clip(q / np.float32(max(height, 0.1)), 0, 1)
-    alb = alb * (0.75 + 0.6 * grad)[:, None]
+    alb = alb * (0.6 + 1.1 * grad * grad)[:, None]           # sky reflected towards the top
     if length > 0:   # B-pillar on side windows
         pillar = box_coverage(s - np.float32(length * 0.5), np.float32(0.06), fp)
         alb = _mix(alb, (0.05, 0.05, 0.05), pillar)
@@ -192,7 +192,7 @@ def shade_camera(scene: Scene, g: GBuffer, rays: CameraRays, mats: FrozenMateria
     u2 = (_ROT_C * u - _ROT_S * v) * _COARSE + np.float32(37.25)
     v2 = (_ROT_S * u + _ROT_C * v) * _COARSE + np.float32(91.75)
     n2 = tex.sample(u2, v2, fpt * _COARSE)
-    noise = np.float32(0.6) * n1 + np.float32(0.6) * n2
+    noise = np.float32(0.6) * n1 + mats.coarse[mat] * n2
     mod = np.float32(1.0) + mats.contrast[mat] * noise
     np.clip(mod, np.float32(0.15), np.float32(2.0), out=mod)
     alb = mats.color[mat] * mod[:, None]

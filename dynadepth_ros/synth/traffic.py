@@ -193,7 +193,7 @@ def car_parts(rng: np.random.Generator, mats: MaterialTable, inst: int, van: boo
     body_front = mats.add(M.CAR_FRONT, paint, contrast=0.10, texel=0.01, seed=sd + 1, params=(W, hb))
     body_rear = mats.add(M.CAR_REAR, paint, contrast=0.10, texel=0.01, seed=sd + 2, params=(W, hb))
     roof = mats.add(M.PLAIN, paint, contrast=0.10, texel=0.01, seed=sd + 3)
-    glass_col = (0.09, 0.11, 0.13)
+    glass_col = (0.19, 0.23, 0.27)
     if van:
         cab_len = L - 1.1
         cab_x = -0.45
@@ -369,6 +369,12 @@ def plan_traffic(rng: np.random.Generator, layout: StreetLayout, ego: EgoTrack, 
         track = FollowTrack(ego, gap0, amp, 2 * np.pi * amp / eps, float(rng.uniform(0, 2 * np.pi)), size[0])
         if not place('car', 'lead', track, 0.0, parts, size):
             raise RuntimeError('lead car collides with the ego; this is a bug in the traffic planner')
+        # keep the view from the ego to its lead car clear: nobody enters the corridor between them
+        ex, ey, eyaw = ego.pose(times)
+        front = np.stack([ex + np.cos(eyaw) * EGO_SIZE[0] / 2, ey + np.sin(eyaw) * EGO_SIZE[0] / 2], axis=1)
+        lx, ly, _ = track.pose(times)
+        w = np.linspace(0.0, 1.0, 14)[None, :, None]
+        occ.add(front[:, None, :] + w * (np.stack([lx, ly], axis=1)[:, None, :] - front[:, None, :]), 1.0)
 
     # parked cars along both curbs, leaving the crossings free
     for left in (True, False):

@@ -63,8 +63,8 @@ def random_crossings(rng: np.random.Generator, x_from: float, x_to: float) -> tu
 
 
 def ground_materials(rng: np.random.Generator, mats: MaterialTable) -> tuple[int, int, int, int, int]:
-    asphalt = jitter_color(rng, (0.33, 0.33, 0.34), 0.05)
-    road = mats.add(M.ROAD, asphalt, contrast=0.32, texel=0.012, seed=int(rng.integers(1 << 30)))
+    asphalt = np.full(3, rng.uniform(0.27, 0.36)) + np.array([0.0, 0.0, 0.01])
+    road = mats.add(M.ROAD, asphalt, contrast=0.24, texel=0.006, coarse=0.25, seed=int(rng.integers(1 << 30)))
     slab = (float(rng.uniform(0.3, 0.6)), float(rng.uniform(0.3, 0.6)))
     sw = jitter_color(rng, (0.62, 0.60, 0.57), 0.05)
     side_l = mats.add(M.SIDEWALK, sw, contrast=0.22, texel=0.01, seed=int(rng.integers(1 << 30)), params=slab)
@@ -99,8 +99,9 @@ def _facade_material(rng: np.random.Generator, mats: MaterialTable, cell_w: floa
     win_h = float(rng.uniform(0.45, 0.6)) * floor_h
     sill = float(rng.uniform(0.22, 0.3)) * floor_h
     shop = float(rng.random() < 0.4)
-    return mats.add(M.FACADE, col, color2=trim, contrast=float(rng.uniform(0.22, 0.35)),
-                    texel=float(rng.uniform(0.015, 0.03)), seed=int(rng.integers(1 << 30)),
+    return mats.add(M.FACADE, col, color2=trim, contrast=float(rng.uniform(0.16, 0.28)),
+                    texel=float(rng.uniform(0.012, 0.025)), coarse=float(rng.uniform(0.35, 0.6)),
+                    seed=int(rng.integers(1 << 30)),
                     params=(cell_w, floor_h, win_w, win_h, sill, shop))
 
 
@@ -167,8 +168,15 @@ def _street_furniture(rng, b: PrimitiveBuilder, layout: StreetLayout, left: bool
             b.cylinder((x, y, hc + th / 2), r, th / 2, bark)
             rx = float(rng.uniform(1.4, 2.4))
             rz = float(rng.uniform(1.4, 2.4))   # canopy bottom stays above 2.3 m (vans park below)
-            b.ellipsoid((x, y, hc + th + rz * 0.75), (rx, rx * rng.uniform(0.85, 1.1), rz), leaves,
+            zc = hc + th + rz * 0.75
+            b.ellipsoid((x, y, zc), (rx, rx * rng.uniform(0.85, 1.1), rz), leaves,
                         rot=rot_z(float(rng.uniform(0, np.pi))))
+            for _ in range(int(rng.integers(2, 4))):          # lumps so crowns are not perfect spheres
+                ang = float(rng.uniform(0, 2 * np.pi))
+                rr = rx * float(rng.uniform(0.45, 0.6))
+                off = rx * float(rng.uniform(0.45, 0.65))
+                b.ellipsoid((x + off * np.cos(ang), y + off * np.sin(ang), zc + rz * float(rng.uniform(0.0, 0.45))),
+                            (rr, rr, rr * float(rng.uniform(0.8, 1.0))), leaves)
             obstacles.append((x, y, r + 0.3))
         elif kind == 'lamp':
             h = float(rng.uniform(6.0, 8.0))
