@@ -619,6 +619,10 @@ def run(cfg: EvalConfig) -> dict:
     finally:
         for b in bags:
             b.close()
+    if status == 'complete' and counts.evaluated == 0:
+        error = (f'no frame could be evaluated (planned {counts.planned}, skipped {counts.skipped}); '
+                 f'see counts.skip_examples in report.json')
+        status, exc_to_raise = 'error', EvalError(error)
     elapsed = time.perf_counter() - t_start
     loop_s = time.perf_counter() - t_loop
     metrics, scale = evaluation.metrics()

@@ -134,6 +134,13 @@ def test_missing_topics_list_the_bag_and_no_mask_mode(tmp_path, model, capsys):
     assert rep['dynamic_definition'] == 'no instance masks'
 
 
+def test_nothing_evaluable_is_an_error(tmp_path, model, capsys):
+    bag = write_eval_bag(tmp_path / 'bag', BagSpec(frames=2, bad_image_encoding=(0, 1)))
+    rc, _, err = run_cli([str(bag), '--model', str(model), '--out', str(tmp_path / 'r')], capsys)
+    assert rc == 1 and 'no frame could be evaluated' in err and "'image_encoding': 2" in err
+    assert load(tmp_path / 'r')['counts']['skipped'] == {'image_encoding': 2}
+
+
 def test_corrupt_bag_is_one_clear_error_with_report(tmp_path, model, capsys):
     bag = write_eval_bag(tmp_path / 'bag', BagSpec(frames=3))
     f = next(bag.glob('*.mcap'))
