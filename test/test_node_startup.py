@@ -1,0 +1,99 @@
+"""Node start-up over a real ROS graph: models and engines it must refuse clearly, the TensorRT → ONNX Runtime
+fallback for a corrupt engine, and the lifecycle without autostart."""
+import subprocess
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from contract_model import expected_depth, make_contract_model  # noqa: E402
+from dynadepth_ros.inference.estimator import BUNDLED_MODEL  # noqa: E402
+from dynadepth_ros.inference.tensorrt_backend import EngineKey, write_engine  # noqa: E402
+from test_node_graph import Graph, depth_array, depth_node_cmd, image_msg, next_stamp, send_and_wait  # noqa: E402
+
+
+def _corrupt_engine(path):
+    write_engine(path, b'serialized-engine-bytes' * 100, EngineKey('0' * 64, '10.3.0', (8, 7), 'fp16', (64, 192), 1))
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_unusable_models_and_engines_are_refused_with_a_clear_message(tmp_path):
+    bare = make_contract_model(tmp_path / 'bare.onnx', with_metadata=False)
+    truncated = tmp_path / 'truncated.onnx'
+    truncated.write_bytes(make_contract_model(tmp_path / 'full.onnx').read_bytes()[:300])
+    relative = make_contract_model(tmp_path / 'relative.onnx', metric=False)
+    engine = _corrupt_engine(tmp_path / 'model.engine')
+    cases = {
+        'bare': (['-p', f'model_path:={bare}'], 'missing dynadepth metadata'),
+        'truncated': (['-p', f'model_path:={truncated}'], 'not a readable ONNX file'),
+        'relative': (['-p', f'model_path:={relative}'], 'is not metric'),
+        'engine': (['-p', f'model_path:={tmp_path / "full.onnx"}', '-p', 'backend:=tensorrt', '-p', 'fallback:=false',
+                    '-p', f'engine_path:={engine}'], 'is corrupt: sha256'),
+        'backend': (['-p', f'model_path:={tmp_path / "full.onnx"}', '-p', 'backend:=cuda'], "backend='cuda'"),
+    }
+    if not BUNDLED_MODEL.is_file():
+        cases['bundled'] = ([], 'no bundled model; set model_path')
+    procs = {name: subprocess.Popen(depth_node_cmd() + ['--ros-args', '-r', f'__node:=dd_refuse_{name}'] + args,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name, (args, _) in cases.items()}
+    for name, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f'{name}: the node kept running instead of refusing to start')
+        assert proc.returncode == 1, f'{name}: exit {proc.returncode}\n{out}'
+        assert cases[name][1] in out and 'configure failed' in out, f'{name}:\n{out}'
+        assert 'Traceback' not in out, f'{name}: crashed instead of refusing:\n{out}'
+
+
+def test_corrupt_engine_falls_back_to_onnxruntime_under_lifecycle_control(tmp_path):
+    """autostart:=false: the node waits unconfigured; configure falls back from the corrupt engine; depth flows."""
+    model = make_contract_model(tmp_path / 'm.onnx')
+    engine = _corrupt_engine(tmp_path / 'm.engine')
+    ns, name = '/dd_startup_ns', 'dd_startup'
+    log_path = tmp_path / 'node.log'
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(depth_node_cmd() + [
+            '--ros-args', '-p', f'model_path:={model}', '-p', 'backend:=tensorrt', '-p', f'engine_path:={engine}',
+            '-p', 'autostart:=false', '-r', f'__node:={name}', '-r', f'__ns:={ns}'], stdout=log, stderr=subprocess.STDOUT)
+    g = Graph()
+    try:
+        g.sub(DiagnosticArray, '/diagnostics')
+
+        def status():
+            for arr in reversed(g.msgs('/diagnostics')):
+                for st in arr.status:
+                    if st.name == f'{name}: depth':
+                        return st, {kv.key: kv.value for kv in st.values}
+            return None
+        st, v = g.wait(status, 30) or pytest.fail(f'no diagnostics from the node:\n{log_path.read_text()}')
+        assert v['state'] == 'unconfigured' and st.level == DiagnosticStatus.WARN
+        cli = g.node.create_client(ChangeState, f'{ns}/{name}/change_state')
+        assert cli.wait_for_service(15)
+        for tid in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+            assert g.call(cli.call_async(ChangeState.Request(transition=Transition(id=tid)))).success, \
+                log_path.read_text()
+        g.sub(Image, f'{ns}/depth')
+        pub = g.pub(Image, f'{ns}/image')
+        assert g.wait(lambda: pub.get_subscription_count() > 0, 15)
+        rgb = np.full((64, 192, 3), 120, np.uint8)
+        out = send_and_wait(g, f'{ns}/image', image_msg(rgb, next_stamp()), out=f'{ns}/depth')
+        np.testing.assert_allclose(depth_array(out), expected_depth(120), rtol=1e-5)
+        _, v = g.wait(lambda: (lambda r: r if r and r[1]['state'] == 'active' else None)(status()), 10)
+        assert v['backend'] == 'onnxruntime[CPUExecutionProvider]'
+        assert 'is corrupt: sha256' in v['backend_notes']
+        log = log_path.read_text()
+        assert 'TensorRT backend not used' in log and 'is corrupt' in log
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        g.close()
