@@ -7,6 +7,8 @@ requested scales. Scale s has resolution H/2^s x W/2^s. Input H and W must be mu
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,13 +113,16 @@ class DepthNet(nn.Module):
         depth, width_mult: ResNet encoder size (width_mult also scales the decoder channels).
         min_depth, max_depth: depth range in metres that disparity 1 and 0 map to.
         scales: decoder output scales.
+        init_depth: depth (metres) the untrained network predicts on average, set through the
+            disparity heads' bias; None keeps the zero bias (sigmoid 0.5, about 2·min_depth).
+            Metric training starts best near the scene's typical depth (see SceneModelConfig).
 
     ``forward(image)``: image float32 [B,3,H,W], RGB in [0,1], H and W multiples of 32 →
     dict {s: disp float32 [B,1,H/2^s,W/2^s] in [0,1]}; depth via ``disp_to_depth``.
     """
 
     def __init__(self, depth: int = 18, width_mult: float = 1.0, min_depth: float = 0.1, max_depth: float = 100.0,
-                 scales: tuple[int, ...] = (0, 1, 2, 3)):
+                 scales: tuple[int, ...] = (0, 1, 2, 3), init_depth: float | None = None):
         super().__init__()
         if not 0 < min_depth < max_depth:
             raise ValueError(f'need 0 < min_depth < max_depth, got {min_depth}, {max_depth}')
@@ -126,6 +131,13 @@ class DepthNet(nn.Module):
         self.encoder = ResNetEncoder(depth, width_mult, in_channels=3)
         dec = tuple(max(4, int(round(c * width_mult))) for c in DECODER_CHANNELS)
         self.decoder = DepthDecoder(self.encoder.num_ch_enc, scales, dec)
+        if init_depth is not None:
+            if not min_depth < init_depth < max_depth:
+                raise ValueError(f'init_depth {init_depth} must lie inside ({min_depth}, {max_depth})')
+            sigma = (1.0 / init_depth - 1.0 / max_depth) / (1.0 / min_depth - 1.0 / max_depth)
+            with torch.no_grad():
+                for head in self.decoder.heads.values():
+                    head.conv.bias.fill_(math.log(sigma / (1.0 - sigma)))
 
     @property
     def scales(self) -> tuple[int, ...]:
