@@ -121,7 +121,8 @@ def _write_kitti(root, n=3):
     (date / 'calib_velo_to_cam.txt').write_text(
         f'calib_time: 15-Mar-2012 11:37:16\nR: {_fmt(VELO_R)}\nT: {_fmt(VELO_T)}\n'
         'delta_f: 0.000000e+00 0.000000e+00\ndelta_c: 0.000000e+00 0.000000e+00\n')
-    (date / 'calib_imu_to_velo.txt').write_text(f'calib_time: 25-May-2012 16:47:16\nR: {_fmt(IMU_R)}\nT: {_fmt(IMU_T)}\n')
+    (date / 'calib_imu_to_velo.txt').write_text(
+        f'calib_time: 25-May-2012 16:47:16\nR: {_fmt(IMU_R)}\nT: {_fmt(IMU_T)}\n')
     drive = date / DRIVE
     for cam in ('02', '03'):
         d = drive / f'image_{cam}' / 'data'

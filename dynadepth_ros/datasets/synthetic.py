@@ -105,7 +105,8 @@ class SyntheticSource(FrameSource):
         d = self.root / split
         if not d.is_dir():
             raise DatasetError(f'{d} does not exist; expected the layout <root>/<split>/<sequence>/ '
-                               f'(generate it with dynadepth-synth or import bags with `python -m training import-bag`)')
+                               f'(generate it with dynadepth-synth, or import bags with '
+                               f'`python -m training import-bag`)')
         dirs = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith('.'))
         if not dirs:
             raise DatasetError(f'{d} holds no sequences')

@@ -207,7 +207,8 @@ def _plan(scan: _Scan, every_nth: int, name: str, pair_tolerance_s: float | None
             continue
         unique.append(int(o))
     if len(unique) < len(order):
-        log.warning('bag %s: %d camera frames repeat an earlier stamp; they are left out', bag, len(order) - len(unique))
+        log.warning('bag %s: %d camera frames repeat an earlier stamp; they are left out', bag,
+                    len(order) - len(unique))
     if len(unique) < MIN_SEQUENCE_FRAMES:
         raise RosbagImportError(f'bag {bag}: only {len(unique)} camera frames; at least {MIN_SEQUENCE_FRAMES} '
                                 f'are needed for one training triplet')
@@ -340,7 +341,8 @@ def _write_segments(reader: BagReader, scan: _Scan, segments: list[_Segment], sp
                 if labels.min() < 0 or labels.max() > 65535:
                     raise RosbagImportError(f'bag {reader.path}: {topic} has instance ids outside 0..65535 '
                                             f'({labels.min()}..{labels.max()}); the layout stores 16-bit ids')
-                cv2.imwrite(str(d / 'mask' / f'{j:06d}.png'), labels.astype(np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+                cv2.imwrite(str(d / 'mask' / f'{j:06d}.png'), labels.astype(np.uint16),
+                            [cv2.IMWRITE_PNG_COMPRESSION, 1])
             else:
                 depth = image_msg_depth(msg)
                 np.save(d / 'depth' / f'{j:06d}.npy', np.where(np.isfinite(depth), depth, 0.0).astype(np.float32))
@@ -428,7 +430,8 @@ def import_bag(bag: Path, out: Path, name: str, image_topic: str, camera_info_to
             _write_text_atomic(d / 'calib.json', json.dumps(Calib(K=scan.K, height=h, width=w, fps=fps).to_json(),
                                                             indent=1))
             poses = _poses(reader, scan, seg, T_base_cam)
-            lines = [' '.join('nan' if not np.isfinite(v) else f'{v:.9g}' for v in P[:3, :4].reshape(-1)) for P in poses]
+            lines = [' '.join('nan' if not np.isfinite(v) else f'{v:.9g}' for v in P[:3, :4].reshape(-1))
+                     for P in poses]
             (d / 'poses.txt').write_text('\n'.join(lines) + '\n')
             (d / 'stamps.txt').write_text('\n'.join(f'{t:.9f}' for t in stamps) + '\n')
             record = {'format': IMPORT_FORMAT, 'bag': str(bag.resolve()), 'signature': signature, **options,
