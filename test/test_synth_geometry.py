@@ -131,3 +131,26 @@ def test_intrinsics_are_kitti_like():
     K = synth_intrinsics(192, 640)
     assert K[0, 0] == pytest.approx(0.58 * 640) and K[1, 1] == pytest.approx(1.92 * 192, rel=0.01)
     assert (K[0, 2], K[1, 2]) == (320.0, 96.0)
+
+
+@pytest.mark.parametrize('sensor', ['camera', 'lidar'])
+def test_culling_changes_nothing(sensor, frames, monkeypatch):
+    """Testing each primitive only on the rays its bounds can reach must give exactly the image of
+    testing every primitive against every ray."""
+    from dynadepth_ros.synth.lidar import lidar_rays
+    from dynadepth_ros.synth.render import CameraRays
+
+    r = frames[0][0]
+    scene = r.scene_at(0.3)
+    T_wb = r.base_pose(0.3)
+    if sensor == 'camera':
+        rays = CameraRays(r.K, H, W, T_wb @ r.T_base_cam)
+    else:
+        rays = lidar_rays(T_wb @ r.T_base_lidar, n_azimuth=360)
+    culled = scene.cast(rays)
+    R, C = rays.shape
+    monkeypatch.setattr(type(rays), 'rects', lambda self, corners, edges: np.array(
+        [(i, 0, R, 0, C) for i in range(len(corners))], np.int64).reshape(-1, 5))
+    full = scene.cast(rays)
+    np.testing.assert_array_equal(culled.prim, full.prim)
+    np.testing.assert_array_equal(culled.t, full.t)

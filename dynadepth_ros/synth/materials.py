@@ -16,6 +16,7 @@ CAR_SIDE = 6     # door seams, dark sill (p0 face length)
 GLASS = 7        # dark glass with a soft reflection gradient
 FOLIAGE = 8      # high-contrast two-tone leaves
 SIGN = 9         # sign plate with a border and a stripe (p0 width, p1 height)
+N_KINDS = 10
 N_PARAMS = 6
 
 
@@ -63,6 +64,7 @@ class FrozenMaterials:
         self.contrast = np.array([r[3] for r in rows], np.float32)
         self.inv_texel = (1.0 / np.array([r[4] for r in rows], np.float32)).astype(np.float32)
         self.seed = np.array([r[5] for r in rows], np.int64)
+        self.seed32 = self.seed.astype(np.uint32)
         # noise offsets decorrelate surfaces that share a texture tile (deterministic from the seed)
         s = self.seed.astype(np.uint64)
         self.offset = np.stack([(s * np.uint64(2654435761) % np.uint64(65536)).astype(np.float32),

@@ -109,7 +109,7 @@ class CameraRays(RayGrid):
         a, b = pc[:, edges[:, 0]], pc[:, edges[:, 1]]            # [N,E,3]
         za, zb = a[..., 2], b[..., 2]
         crosses = (za - NEAR) * (zb - NEAR) < 0
-        with np.errstate(divide='ignore', invalid='ignore'):
+        with np.errstate(all='ignore'):
             w = np.where(crosses, (NEAR - za) / (zb - za), 0.0)
         clip = a + w[..., None] * (b - a)
         pts = np.concatenate([pc, clip], axis=1)
@@ -156,39 +156,43 @@ class LidarRays(RayGrid):
         self.inv_norm = np.ones(self.dx.shape, np.float32)
 
     def rects(self, corners: np.ndarray, edges: np.ndarray) -> np.ndarray:
-        if corners.shape[0] == 0:
+        n = corners.shape[0]
+        if n == 0:
             return np.zeros((0, 5), np.int64)
         pl = (corners - self.origin) @ self.R_world_lidar              # lidar frame [N,M,3]
-        c = pl.mean(axis=1)
-        rad = np.linalg.norm(pl - c[:, None], axis=2).max(axis=1) + 1e-3
-        rh = np.hypot(c[:, 0], c[:, 1])
-        zmax, zmin = c[:, 2] + rad, c[:, 2] - rad
-        rmin = np.maximum(rh - rad, 1e-3)
-        rmax = rh + rad
-        el_hi = np.arctan2(zmax, np.where(zmax > 0, rmin, rmax))
-        el_lo = np.arctan2(zmin, np.where(zmin < 0, rmin, rmax))
+        xy = pl[..., :2]
+        # horizontal distance range of the (convex) footprint: nearest point on any projected edge
+        a, b = xy[:, edges[:, 0]], xy[:, edges[:, 1]]
+        ab = b - a
+        w = np.clip(-np.einsum('nek,nek->ne', a, ab) / np.maximum(np.einsum('nek,nek->ne', ab, ab), 1e-12), 0, 1)
+        rmin = np.linalg.norm(a + w[..., None] * ab, axis=2).min(axis=1)
+        r = np.linalg.norm(xy, axis=2)
+        rmax = r.max(axis=1)
+        zmax, zmin = pl[..., 2].max(axis=1), pl[..., 2].min(axis=1)
+        rmin_ = np.maximum(rmin, 1e-6)
+        el_hi = np.arctan2(zmax, np.where(zmax > 0, rmin_, rmax))
+        el_lo = np.arctan2(zmin, np.where(zmin < 0, rmin_, rmax))
         el = self.elevations
-        # rows with el_lo <= elevation <= el_hi (elevations descending)
-        r0 = np.searchsorted(-el, -el_hi, side='left')
+        r0 = np.searchsorted(-el, -el_hi, side='left')          # rows with el_lo <= elevation <= el_hi
         r1 = np.searchsorted(-el, -el_lo, side='right')
-        full = rh <= rad
-        half_width = np.arcsin(np.clip(rad / np.maximum(rh, 1e-9), 0, 1))
-        az_c = np.arctan2(c[:, 1], c[:, 0])
+        # azimuth range: the vertices span it when the footprint does not surround the lidar
+        az = np.arctan2(xy[..., 1], xy[..., 0])
+        ref = np.arctan2(xy[..., 1].mean(axis=1), xy[..., 0].mean(axis=1))
+        rel = np.mod(az - ref[:, None] + np.pi, 2 * np.pi) - np.pi
+        lo, hi = ref + rel.min(axis=1), ref + rel.max(axis=1)
         step = 2 * np.pi / self.n_azimuth
-        a0 = np.floor((az_c - half_width) / step).astype(np.int64)
-        a1 = np.ceil((az_c + half_width) / step).astype(np.int64) + 1
-        rows = []
-        for i in np.flatnonzero(r1 > r0):
-            if full[i] or a1[i] - a0[i] >= self.n_azimuth:
-                rows.append((i, r0[i], r1[i], 0, self.n_azimuth))
-                continue
-            lo, hi = a0[i] % self.n_azimuth, a0[i] % self.n_azimuth + (a1[i] - a0[i])
-            if hi <= self.n_azimuth:
-                rows.append((i, r0[i], r1[i], lo, hi))
-            else:
-                rows.append((i, r0[i], r1[i], lo, self.n_azimuth))
-                rows.append((i, r0[i], r1[i], 0, hi - self.n_azimuth))
-        return np.array(rows, np.int64).reshape(-1, 5)
+        a0 = np.floor(lo / step).astype(np.int64)
+        a1 = np.ceil(hi / step).astype(np.int64) + 1
+        full = (rel.max(axis=1) - rel.min(axis=1) > np.pi - 1e-3) | (rmin < 1e-3) | (a1 - a0 >= self.n_azimuth)
+        keep = r1 > r0
+        na = self.n_azimuth
+        start = np.where(full, 0, np.mod(a0, na))
+        stop = np.where(full, na, start + (a1 - a0))
+        idx = np.arange(n)
+        main = np.stack([idx, r0, r1, start, np.minimum(stop, na)], axis=1)[keep]
+        wrap = keep & (stop > na)
+        extra = np.stack([idx, r0, r1, np.zeros(n, np.int64), stop - na], axis=1)[wrap]
+        return np.concatenate([main, extra]).astype(np.int64)
 
 
 class Scene:
@@ -259,7 +263,7 @@ class Scene:
         rh, hc = gr.road_half, gr.curb_height
         if abs(oy) >= rh or oz <= hc:
             raise ValueError('ray origin must be above the road, between the curbs')
-        with np.errstate(divide='ignore', invalid='ignore'):
+        with np.errstate(all='ignore'):
             inv_dz = np.float32(1.0) / np.where(down, dz, np.float32(-1e-30))
             t0 = np.float32(-oz) * inv_dz                        # road plane z = 0
             y0 = oy + t0 * dy
@@ -282,9 +286,9 @@ class Scene:
         inv_n = rays.inv_norm[sl]
         g.cos[sl] = np.where(curb, np.abs(dy), np.abs(dz)) * inv_n
         if g.surface:
-            x = ox + t * dx
-            g.s[sl] = x
-            g.q[sl] = np.where(curb, oz + t * dz, oy + t * dy)
+            with np.errstate(all='ignore'):             # rays that miss carry t = inf
+                g.s[sl] = ox + t * dx
+                g.q[sl] = np.where(curb, oz + t * dz, oy + t * dy)
             sh_top = np.float32(lambert(np.array([0.0, 0.0, 1.0])))
             sh_l = np.float32(lambert(np.array([0.0, -1.0, 0.0])))   # left curb faces the road (-y)
             sh_r = np.float32(lambert(np.array([0.0, 1.0, 0.0])))
@@ -334,7 +338,7 @@ def _quad_params(q, origin: np.ndarray, shade: np.ndarray) -> dict:
 
 def _quad_math(dx, dy, dz, inv_norm, p, surface):
     nd = p['n0'] * dx + p['n1'] * dy + p['n2'] * dz
-    with np.errstate(divide='ignore', invalid='ignore'):
+    with np.errstate(all='ignore'):
         t = p['dist'] / nd
     s = p['so'] + t * (p['a0'] * dx + p['a1'] * dy + p['a2'] * dz)
     q = p['qo'] + t * (p['b0'] * dx + p['b1'] * dy + p['b2'] * dz)
@@ -384,7 +388,7 @@ def _cylinder_math(dx, dy, dz, inv_norm, p, surface):
     a = lx * lx + ly * ly
     b = ox * lx + oy * ly
     disc = b * b - a * p['cc']
-    with np.errstate(divide='ignore', invalid='ignore'):
+    with np.errstate(all='ignore'):
         ts = (-b - np.sqrt(np.maximum(disc, np.float32(0)))) / a
         side = (disc > 0) & (ts > 0) & (np.abs(oz + ts * lz) <= h)
         tc = (p['capz'] - oz) / lz                  # NaN where the origin is level with the side
@@ -400,7 +404,7 @@ def _cylinder_math(dx, dy, dz, inv_norm, p, surface):
     cos = np.abs(nx * lx + ny * ly + nz * lz) * inv_norm
     if not surface:
         return t, hit, cos, None, None, None
-    with np.errstate(invalid='ignore'):
+    with np.errstate(all='ignore'):
         s = np.where(cap, px, np.arctan2(py, px) * r)
         q = np.where(cap, py, oz + t * lz + h)
         shade = _lambert_local(nx, ny, nz, p)
@@ -425,7 +429,7 @@ def _ellipsoid_math(dx, dy, dz, inv_norm, p, surface):
     a = sx * sx + sy * sy + sz * sz
     b = ox * ix * sx + oy * iy * sy + oz * iz * sz
     disc = b * b - a * p['cc']
-    with np.errstate(divide='ignore', invalid='ignore'):
+    with np.errstate(all='ignore'):
         t = (-b - np.sqrt(np.maximum(disc, np.float32(0)))) / a
     hit = (disc > 0) & (t > 0)
     px, py, pz = ox + t * lx, oy + t * ly, oz + t * lz

@@ -63,8 +63,12 @@ def _road(alb, x, y, fp, noise, paint: RoadPaint):
     return _mix(alb, paint_col, cov * np.float32(0.9))
 
 
+# Pattern painters below work on the compacted pixels of one pattern kind at once: s, q, fp are
+# float32 [n]; p is float32 [n, N_PARAMS] (each pixel's material parameters), seed uint32 [n] and
+# color2 float32 [n,3] likewise; alb float32 [n,3] is returned updated.
+
 def _sidewalk(alb, x, y, fp, p, seed):
-    sl, sw = p[0], p[1]
+    sl, sw = p[:, 0], p[:, 1]
     joints = np.maximum(box_coverage(periodic_offset(x, sl), np.float32(0.012), fp),
                         box_coverage(periodic_offset(y, sw), np.float32(0.012), fp))
     tint = hash_cells(np.floor(x / sl).astype(np.int32), np.floor(y / sw).astype(np.int32), seed)
@@ -74,33 +78,25 @@ def _sidewalk(alb, x, y, fp, p, seed):
 
 
 def _facade(alb, s, q, fp, p, seed, color2):
-    cw, fh, ww, wh, sill, shop = (p[k] for k in range(6))
+    cw, fh, ww, wh, sill, shop = (p[:, k] for k in range(6))
     ls = periodic_offset(s - cw / 2, cw)
     floor_i = np.floor(q / fh)
     fz = q - fh * floor_i
     cell_i = np.floor(s / cw).astype(np.int32)
-    ground = floor_i < 0.5
-    if shop > 0.5:
-        hw = np.where(ground, np.float32(cw * 0.42), np.float32(ww / 2))
-        hh = np.where(ground, np.float32((fh - 0.9) / 2), np.float32(wh / 2))
-        cz = np.where(ground, np.float32(0.5 + (fh - 0.9) / 2), np.float32(sill + wh / 2))
-    else:
-        hw, hh, cz = np.float32(ww / 2), np.float32(wh / 2), np.float32(sill + wh / 2)
+    shop_floor = (floor_i < 0.5) & (shop > 0.5)          # shop windows on ground floors
+    hw = np.where(shop_floor, cw * np.float32(0.42), ww / 2)
+    hh = np.where(shop_floor, (fh - np.float32(0.9)) / 2, wh / 2)
+    cz = np.where(shop_floor, np.float32(0.5) + hh, sill + wh / 2)
     dz = fz - cz
     win = box_coverage(ls, hw, fp) * box_coverage(dz, hh, fp)
     frame = box_coverage(ls, hw + np.float32(0.09), fp) * box_coverage(dz, hh + np.float32(0.09), fp)
     h = hash_cells(cell_i, floor_i.astype(np.int32), seed)
-    glass = np.empty((len(s), 3), np.float32)
     g = np.float32(0.10) + np.float32(0.22) * h
-    glass[:, 0] = g
-    glass[:, 1] = g * np.float32(1.12)
-    glass[:, 2] = g * np.float32(1.3)
+    glass = np.stack([g, g * np.float32(1.12), g * np.float32(1.3)], axis=1)
     lit = h > 0.88                                  # curtains / lit rooms
     glass[lit] = np.float32([0.78, 0.70, 0.52]) * (0.8 + 0.2 * h[lit, None])
-    # mullion in the middle of wide windows
-    mull = box_coverage(ls, np.float32(0.035), fp) * (hw > 0.5)
-    # cornice band at each floor line
-    band = box_coverage(periodic_offset(q, fh), np.float32(0.10), fp) * np.float32(0.35)
+    mull = box_coverage(ls, np.float32(0.035), fp) * (hw > 0.5)      # mullion of wide windows
+    band = box_coverage(periodic_offset(q, fh), np.float32(0.10), fp) * np.float32(0.35)   # cornices
     alb = alb * (1 - band)[:, None]
     alb = _mix(alb, color2, np.clip(frame - win, 0, 1))
     alb = _mix(alb, glass, win * (1 - mull))
@@ -108,58 +104,60 @@ def _facade(alb, s, q, fp, p, seed, color2):
 
 
 def _car_rear(alb, s, q, fp, p):
-    w, hb = p[0], p[1]
-    lights = (box_coverage(np.abs(s - w / 2) - np.float32(w / 2 - 0.24), np.float32(0.15), fp)
-              * box_coverage(q - np.float32(hb - 0.2), np.float32(0.1), fp))
-    plate = box_coverage(s - w / 2, np.float32(0.26), fp) * box_coverage(q - np.float32(0.25), np.float32(0.06), fp)
+    w, hb = p[:, 0], p[:, 1]
+    c = s - w / 2
+    lights = (box_coverage(np.abs(c) - (w / 2 - np.float32(0.24)), np.float32(0.15), fp)
+              * box_coverage(q - (hb - np.float32(0.2)), np.float32(0.1), fp))
+    plate = box_coverage(c, np.float32(0.26), fp) * box_coverage(q - np.float32(0.25), np.float32(0.06), fp)
     bumper = box_coverage(q, np.float32(0.13), fp)
-    alb = _mix(alb, (0.08, 0.08, 0.08), bumper * 0.8)
+    alb = _mix(alb, (0.08, 0.08, 0.08), bumper * np.float32(0.8))
     alb = _mix(alb, (0.75, 0.06, 0.05), lights)
     return _mix(alb, (0.92, 0.92, 0.86), plate)
 
 
 def _car_front(alb, s, q, fp, p):
-    w, hb = p[0], p[1]
-    lights = (box_coverage(np.abs(s - w / 2) - np.float32(w / 2 - 0.25), np.float32(0.16), fp)
-              * box_coverage(q - np.float32(hb - 0.17), np.float32(0.08), fp))
-    grille = box_coverage(s - w / 2, np.float32(0.38), fp) * box_coverage(q - np.float32(hb * 0.55), np.float32(0.1), fp)
-    plate = box_coverage(s - w / 2, np.float32(0.26), fp) * box_coverage(q - np.float32(0.22), np.float32(0.06), fp)
-    alb = _mix(alb, (0.08, 0.08, 0.08), box_coverage(q, np.float32(0.12), fp) * 0.8)
+    w, hb = p[:, 0], p[:, 1]
+    c = s - w / 2
+    lights = (box_coverage(np.abs(c) - (w / 2 - np.float32(0.25)), np.float32(0.16), fp)
+              * box_coverage(q - (hb - np.float32(0.17)), np.float32(0.08), fp))
+    grille = box_coverage(c, np.float32(0.38), fp) * box_coverage(q - hb * np.float32(0.55), np.float32(0.1), fp)
+    plate = box_coverage(c, np.float32(0.26), fp) * box_coverage(q - np.float32(0.22), np.float32(0.06), fp)
+    alb = _mix(alb, (0.08, 0.08, 0.08), box_coverage(q, np.float32(0.12), fp) * np.float32(0.8))
     alb = _mix(alb, (0.05, 0.05, 0.06), grille)
     alb = _mix(alb, (0.85, 0.86, 0.88), lights)
     return _mix(alb, (0.92, 0.92, 0.86), plate)
 
 
 def _car_side(alb, s, q, fp, p):
-    length, hb = p[0], p[1]
-    seams = np.maximum(box_coverage(s - np.float32(length * 0.40), np.float32(0.012), fp),
-                       box_coverage(s - np.float32(length * 0.66), np.float32(0.012), fp))
+    length, hb = p[:, 0], p[:, 1]
+    seams = np.maximum(box_coverage(s - length * np.float32(0.40), np.float32(0.012), fp),
+                       box_coverage(s - length * np.float32(0.66), np.float32(0.012), fp))
     seams = seams * (q > hb * 0.25)
-    trim = box_coverage(q - np.float32(hb * 0.55), np.float32(0.02), fp)
+    trim = box_coverage(q - hb * np.float32(0.55), np.float32(0.02), fp)
     sill = box_coverage(q, np.float32(0.09), fp)
-    handle = (box_coverage(q - np.float32(hb * 0.68), np.float32(0.025), fp)
-              * np.maximum(box_coverage(s - np.float32(length * 0.47), np.float32(0.09), fp),
-                           box_coverage(s - np.float32(length * 0.72), np.float32(0.09), fp)))
-    alb = _mix(alb, (0.06, 0.06, 0.06), np.maximum(np.maximum(seams, sill * 0.8), handle * 0.6))
+    handle = (box_coverage(q - hb * np.float32(0.68), np.float32(0.025), fp)
+              * np.maximum(box_coverage(s - length * np.float32(0.47), np.float32(0.09), fp),
+                           box_coverage(s - length * np.float32(0.72), np.float32(0.09), fp)))
+    alb = _mix(alb, (0.06, 0.06, 0.06), np.maximum(np.maximum(seams, sill * np.float32(0.8)), handle * np.float32(0.6)))
     return alb * (1 + np.float32(0.15) * trim)[:, None]
 
 
 def _glass(alb, s, q, fp, p):
-    length, height = p[0], p[1]
-    grad = np.clip(q / np.float32(max(height, 0.1)), 0, 1)
-    alb = alb * (0.6 + 1.1 * grad * grad)[:, None]           # sky reflected towards the top
-    if length > 0:   # B-pillar on side windows
-        pillar = box_coverage(s - np.float32(length * 0.5), np.float32(0.06), fp)
-        alb = _mix(alb, (0.05, 0.05, 0.05), pillar)
-    frame = np.maximum(box_coverage(q, np.float32(0.04), fp), box_coverage(q - np.float32(height), np.float32(0.04), fp))
+    length, height = p[:, 0], p[:, 1]
+    grad = np.clip(q / np.maximum(height, np.float32(0.1)), 0, 1)
+    alb = alb * (np.float32(0.6) + np.float32(1.1) * grad * grad)[:, None]     # sky reflected towards the top
+    pillar = box_coverage(s - length * np.float32(0.5), np.float32(0.06), fp) * (length > 0)   # B-pillar, sides
+    alb = _mix(alb, (0.05, 0.05, 0.05), pillar)
+    frame = np.maximum(box_coverage(q, np.float32(0.04), fp), box_coverage(q - height, np.float32(0.04), fp))
     return _mix(alb, (0.04, 0.04, 0.04), frame)
 
 
 def _sign(alb, s, q, fp, p, color2):
-    w, h = p[0], p[1]
-    border = 1 - box_coverage(s - w / 2, np.float32(w / 2 - 0.05), fp) * box_coverage(q - h / 2, np.float32(h / 2 - 0.05), fp)
-    stripe = box_coverage(q - h / 2, np.float32(h * 0.12), fp) * box_coverage(s - w / 2, np.float32(w * 0.32), fp)
-    alb = _mix(alb, (0.95, 0.95, 0.95), border)
+    w, h = p[:, 0], p[:, 1]
+    inner = (box_coverage(s - w / 2, w / 2 - np.float32(0.05), fp)
+             * box_coverage(q - h / 2, h / 2 - np.float32(0.05), fp))
+    stripe = box_coverage(q - h / 2, h * np.float32(0.12), fp) * box_coverage(s - w / 2, w * np.float32(0.32), fp)
+    alb = _mix(alb, (0.95, 0.95, 0.95), 1 - inner)
     return _mix(alb, color2, stripe)
 
 
@@ -198,7 +196,8 @@ def shade_camera(scene: Scene, g: GBuffer, rays: CameraRays, mats: FrozenMateria
     alb = mats.color[mat] * mod[:, None]
 
     kind = mats.kind[mat]
-    for k in np.unique(kind):
+    present = np.flatnonzero(np.bincount(kind, minlength=M.N_KINDS))
+    for k in present:
         if k == M.PLAIN:
             continue
         sel = np.flatnonzero(kind == k)
@@ -209,27 +208,20 @@ def shade_camera(scene: Scene, g: GBuffer, rays: CameraRays, mats: FrozenMateria
         elif k == M.FOLIAGE:
             mix = np.clip(np.float32(0.5) + np.float32(0.8) * n2[sel], 0, 1)
             a = _mix(a, mats.color2[ms] * mod[sel, None], mix)
-        else:
-            # materials of one kind differ in parameters: handle each material separately
-            for m in np.unique(ms):
-                sm = np.flatnonzero(ms == m)
-                pm = mats.params[m]
-                am, sm_s, sm_q, fm = a[sm], ss[sm], qs[sm], f[sm]
-                if k == M.SIDEWALK:
-                    am = _sidewalk(am, sm_s, sm_q, fm, pm, int(mats.seed[m]))
-                elif k == M.FACADE:
-                    am = _facade(am, sm_s, sm_q, fm, pm, int(mats.seed[m]), mats.color2[m])
-                elif k == M.CAR_REAR:
-                    am = _car_rear(am, sm_s, sm_q, fm, pm)
-                elif k == M.CAR_FRONT:
-                    am = _car_front(am, sm_s, sm_q, fm, pm)
-                elif k == M.CAR_SIDE:
-                    am = _car_side(am, sm_s, sm_q, fm, pm)
-                elif k == M.GLASS:
-                    am = _glass(am, sm_s, sm_q, fm, pm)
-                elif k == M.SIGN:
-                    am = _sign(am, sm_s, sm_q, fm, pm, mats.color2[m])
-                a[sm] = am
+        elif k == M.SIDEWALK:
+            a = _sidewalk(a, ss, qs, f, mats.params[ms], mats.seed32[ms])
+        elif k == M.FACADE:
+            a = _facade(a, ss, qs, f, mats.params[ms], mats.seed32[ms], mats.color2[ms])
+        elif k == M.CAR_REAR:
+            a = _car_rear(a, ss, qs, f, mats.params[ms])
+        elif k == M.CAR_FRONT:
+            a = _car_front(a, ss, qs, f, mats.params[ms])
+        elif k == M.CAR_SIDE:
+            a = _car_side(a, ss, qs, f, mats.params[ms])
+        elif k == M.GLASS:
+            a = _glass(a, ss, qs, f, mats.params[ms])
+        elif k == M.SIGN:
+            a = _sign(a, ss, qs, f, mats.params[ms], mats.color2[ms])
         alb[sel] = a
     shade = g.shade.reshape(-1)[hit]
     out[hit] = alb * shade[:, None]

@@ -90,14 +90,15 @@ class MipTexture:
         return a
 
 
-def hash_cells(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
-    """float32 in [0,1) from integer cell coordinates (any int arrays, same shape) and a seed.
+def hash_cells(a: np.ndarray, b: np.ndarray, seed) -> np.ndarray:
+    """float32 in [0,1) from integer cell coordinates (any int arrays, same shape) and a seed
+    (an int, or a uint32 array of the same shape).
 
     A cheap avalanche hash: no visible correlation between neighbouring cells, no period in practice.
     """
     h = a.astype(np.uint32) * np.uint32(0x8DA6B343)
     h ^= b.astype(np.uint32) * np.uint32(0xD8163841)
-    h ^= np.uint32(seed & 0xFFFFFFFF)
+    h ^= np.asarray(seed).astype(np.uint32)
     h ^= h >> np.uint32(15)
     h *= np.uint32(0x2C1B3C6D)
     h ^= h >> np.uint32(12)
