@@ -1,0 +1,218 @@
+"""Benchmark: the depth node end to end over ROS vs the raw backend, same model and input, one run, CPU.
+
+    .venv/bin/python test/bench/bench_node.py [--model M.onnx] [--seconds 10] [--threads 2]
+
+Model: a ResNet18 U-Net (training/networks/depth.py, random weights, 192x640) exported with the training
+export (torch only in this script), unless --model is given. Input: 640x192 rgb8.
+
+  raw backend   ONNX Runtime CPU session run on a preprocessed [1,3,192,640] batch in a loop (frames/s, ms),
+                measured before and after the node phases (the machine is shared; both are printed).
+  node, flood   images published at 2x the raw rate: output frames/s at saturation (latest-frame-wins drops
+                the excess) → throughput ratio node / raw (target >= 0.90).
+  node, paced   images published at 0.5x the raw rate: stamp→receive latency p50/p99 in this process (stamp
+                = publish time) and the node's own stamp→publish latency from /diagnostics; overhead = node
+                p50 - raw backend p50 (target <= 5 ms).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+os.environ.setdefault('ROS_DOMAIN_ID', str(150 + os.getpid() % 50))
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(REPO / 'config' / 'fastdds_large_images.xml'))
+
+
+def export_resnet18(path: Path) -> Path:
+    import torch
+
+    from dynadepth_ros.model_format import ModelMetadata
+    from training.export import export_depth_onnx
+    from training.networks.depth import DepthNet
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    net = DepthNet(depth=18, min_depth=0.1, max_depth=100.0, init_depth=15.0).eval()
+    meta = ModelMetadata(input_height=192, input_width=640, min_depth=0.1, max_depth=100.0, metric=True,
+                         intrinsics=(0.58, 1.92, 0.5, 0.5), stage='final', dataset='bench-random-weights',
+                         config_hash='bench', version='bench')
+    info = export_depth_onnx(net, path, meta, max_batch=4)
+    print(f'exported ResNet18 DepthNet ({sum(p.numel() for p in net.parameters()) / 1e6:.1f} M params) to {path} '
+          f'in {info["seconds"]:.1f} s')
+    return path
+
+
+class RawBackend:
+    """The raw backend: the ONNX Runtime CPU session run on a preprocessed [1,3,192,640] batch."""
+
+    def __init__(self, model: Path, threads: int):
+        from dynadepth_ros.inference import DepthEstimator
+        from dynadepth_ros.inference.preprocess import to_model_batch
+
+        self.est = DepthEstimator(model, backend='onnxruntime', intra_op_threads=threads, max_batch=1)
+        self.rgb = np.random.default_rng(0).integers(0, 256, (192, 640, 3), dtype=np.uint8)
+        self.batch = to_model_batch([self.rgb], [self.est.plan_for(192, 640)])
+        for _ in range(3):
+            self.est._backend.run(self.batch)
+
+    def measure(self, seconds: float) -> list[float]:
+        """Per-run times (ms) of backend.run for `seconds`."""
+        times = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            self.est._backend.run(self.batch)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+
+class Client:
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        rclpy.init()
+        self.rclpy = rclpy
+        self.node = rclpy.create_node('bench_node_client')
+        self.recv: list[tuple[int, int]] = []          # (receive time ns, stamp ns)
+        self.diag: dict = {}
+        self.lock = threading.Lock()
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub = self.node.create_publisher(Image, '/bench/image', qos)
+        self.node.create_subscription(Image, '/bench/depth', self._on_depth, qos)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_depth(self, msg):
+        now = time.time_ns()
+        with self.lock:
+            self.recv.append((now, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec))
+
+    def _on_diag(self, arr):
+        for st in arr.status:
+            if st.name == 'bench_dynadepth: depth':
+                self.diag = {kv.key: kv.value for kv in st.values}
+
+    def run(self, rate_hz: float, seconds: float, msg) -> list[tuple[int, int]]:
+        with self.lock:
+            self.recv.clear()
+        period = 1.0 / rate_hz
+        t_next = time.perf_counter()
+        end = t_next + seconds
+        while time.perf_counter() < end:
+            ns = time.time_ns()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = ns // 1_000_000_000, ns % 1_000_000_000
+            self.pub.publish(msg)
+            t_next += period
+            delay = t_next - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        time.sleep(1.0)
+        with self.lock:
+            return list(self.recv)
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.shutdown()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--model', type=Path, help='design §3 ONNX model (default: export a ResNet18 DepthNet)')
+    ap.add_argument('--rounds', type=int, default=3, help='interleaved rounds of raw / node flood / node paced')
+    ap.add_argument('--seconds', type=float, default=4.0, help='duration of each phase in a round')
+    ap.add_argument('--threads', type=int, default=2, help='ONNX Runtime threads (raw and node)')
+    args = ap.parse_args()
+    work = Path(tempfile.gettempdir()) / 'dynadepth_bench'
+    work.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if model is None:
+        model = work / 'resnet18_192x640.onnx'
+        if not model.exists():
+            export_resnet18(model)
+    load = os.getloadavg()
+    print(f'model {model}; input 640x192 rgb8; ONNX Runtime CPU, {args.threads} threads')
+    print(f'load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores '
+          f'(shared machine: phases are interleaved, {args.rounds} rounds)')
+
+    from sensor_msgs.msg import Image
+    raw = RawBackend(model, args.threads)
+    exe = Path(sys.prefix) / 'bin' / 'depth_node'
+    cmd = ([str(exe)] if exe.exists() else [sys.executable, '-m', 'dynadepth_ros.node']) + [
+        '--ros-args', '-p', f'model_path:={model}', '-p', 'backend:=onnxruntime', '-p', f'intra_op_threads:={args.threads}',
+        '-r', '__node:=bench_dynadepth', '-r', 'image:=/bench/image', '-r', 'depth:=/bench/depth']
+    log = open(work / 'node.log', 'w')
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    client = Client()
+    rows = []
+    try:
+        rgb = np.random.default_rng(1).integers(0, 256, (192, 640, 3), dtype=np.uint8)
+        msg = Image(height=192, width=640, encoding='rgb8', step=640 * 3, data=rgb.tobytes())
+        msg.header.frame_id = 'bench_optical'
+        deadline = time.monotonic() + 60
+        while client.pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.run(5.0, 2.0, msg)                                        # warm-up
+        for r in range(args.rounds):
+            t_raw = np.array(raw.measure(args.seconds))
+            raw_fps = 1e3 / t_raw.mean()
+            flood = client.run(2.0 * raw_fps, args.seconds, msg)
+            recv_t = np.array([a for a, _ in flood], np.float64) / 1e9
+            node_fps = (len(recv_t) - 1) / (recv_t[-1] - recv_t[0]) if len(recv_t) > 1 else 0.0
+            d_flood = dict(client.diag)
+            paced = client.run(0.5 * raw_fps, args.seconds, msg)
+            time.sleep(1.2)
+            d_paced = dict(client.diag)
+            lat = [(a - b) / 1e6 for a, b in paced]
+            rows.append(dict(raw_fps=raw_fps, raw_p50=float(np.percentile(t_raw, 50)), node_fps=node_fps, lat=lat,
+                             node_inf_p50=float(d_paced.get('inference_p50_ms', 'nan')),
+                             node_pub_p50=float(d_paced.get('latency_p50_ms', 'nan')),
+                             dropped=d_flood.get('dropped_frames')))
+            print(f'round {r + 1}: raw {raw_fps:.2f} frames/s (p50 {rows[-1]["raw_p50"]:.1f} ms) | node flood '
+                  f'{node_fps:.2f} frames/s (ratio {node_fps / raw_fps:.3f}, dropped so far {rows[-1]["dropped"]}) | '
+                  f'node paced stamp→receive p50 {np.percentile(lat, 50):.1f} ms, node inference p50 '
+                  f'{rows[-1]["node_inf_p50"]:.1f} ms, stamp→publish p50 {rows[-1]["node_pub_p50"]:.1f} ms')
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+        raw.est.close()
+    lat = np.concatenate([r['lat'] for r in rows])
+    raw_fps = float(np.median([r['raw_fps'] for r in rows]))
+    node_fps = float(np.median([r['node_fps'] for r in rows]))
+    raw_p50 = float(np.median([r['raw_p50'] for r in rows]))
+    node_p50, node_p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    inner = float(np.median([r['node_pub_p50'] - r['node_inf_p50'] for r in rows]))
+    print(f'SUMMARY raw backend {raw_fps:.2f} frames/s (p50 {raw_p50:.1f} ms); node {node_fps:.2f} frames/s, '
+          f'stamp→receive p50 {node_p50:.1f} ms, p99 {node_p99:.1f} ms ({len(lat)} frames)')
+    per_round = ', '.join(f"{r['node_fps'] / r['raw_fps']:.3f}" for r in rows)
+    print(f'RATIO throughput node/raw = {node_fps / raw_fps:.3f} (median of rounds; per round {per_round}; '
+          f'target >= 0.90)')
+    print(f'LATENCY overhead p50: node end to end {node_p50:.1f} - raw backend {raw_p50:.1f} = {node_p50 - raw_p50:.1f} ms; '
+          f'inside the node (stamp→publish - inference, same frames) {inner:.1f} ms (target <= 5 ms)')
+    load = os.getloadavg()
+    print(f'load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
