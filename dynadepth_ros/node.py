@@ -103,8 +103,10 @@ PARAMETERS = {
                               constraints=_WHEN_ACT)),
     'mask_max_wait': (1.0, _desc('longest time (s) a depth frame waits for its mask before it is given up',
                                  lo=0.0, hi=60.0, constraints=_WHEN_ACT)),
-    'output_width': (0, _desc('depth width in pixels; 0 = input image width', lo=0, hi=16384)),
-    'output_height': (0, _desc('depth height in pixels; 0 = input image height', lo=0, hi=16384)),
+    'output_width': (0, _desc('depth width in pixels; 0 = input image width (or from output_height keeping the '
+                              'aspect ratio)', lo=0, hi=16384)),
+    'output_height': (0, _desc('depth height in pixels; 0 = input image height (or from output_width keeping the '
+                               'aspect ratio)', lo=0, hi=16384)),
     'use_camera_info': (True, _desc('use camera_info for focal-length compensation, depth/camera_info and object '
                                     'positions (without it the model training intrinsics are assumed)')),
     'colored_min_depth': (1.0, _desc('depth/colored: nearest depth of the colour scale (m)', lo=0.01, hi=1000.0)),
@@ -146,6 +148,7 @@ class DepthNode(LifecycleNode):
         self._camera_info: CameraInfo | None = None
         self._camera_info_note = 'no camera_info received'
         self._pairer: MaskPairer | None = None
+        self._mask_sub = None
         self._throttle: dict[str, tuple[float, int]] = {}
         self._reset_stats()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -243,9 +246,10 @@ class DepthNode(LifecycleNode):
         self._subs.append(self.create_subscription(
             CameraInfo, 'camera_info', self._on_camera_info, sub_qos, qos_overriding_options=opts(),
             event_callbacks=self._sub_events('camera_info')))
-        self._subs.append(self.create_subscription(
+        self._mask_sub = self.create_subscription(
             Image, 'instance_mask', self._on_mask, sub_qos, qos_overriding_options=opts(),
-            event_callbacks=self._sub_events('instance_mask')))
+            event_callbacks=self._sub_events('instance_mask'))
+        self._subs.append(self._mask_sub)
         self._pairer = MaskPairer(int(self._p('mask_queue_size')), float(self._p('mask_slop')),
                                   float(self._p('mask_max_wait')))
         self._running = True
@@ -384,7 +388,13 @@ class DepthNode(LifecycleNode):
                                 f'skipping camera frame ({self._stats["bad_frames"]} so far): {exc}')
             return
         h, w = rgb.shape[:2]
-        oh, ow = int(self._p('output_height')) or h, int(self._p('output_width')) or w
+        oh, ow = int(self._p('output_height')), int(self._p('output_width'))
+        if not oh and not ow:
+            oh, ow = h, w
+        elif not oh:                   # one side given: keep the image's aspect ratio
+            oh = max(1, round(h * ow / w))
+        elif not ow:
+            ow = max(1, round(w * oh / h))
         calib = self._image_intrinsics(h, w)
         est = self.estimator
         res = est.infer_detailed([rgb], None if calib is None else [calib.K], (oh, ow))[0]
@@ -408,7 +418,10 @@ class DepthNode(LifecycleNode):
                                  max(float(self._p('colored_max_depth')), float(self._p('colored_min_depth')) * 1.01))
             self._pubs['colored'].publish(ros_messages.bgr_to_msg(bgr, header))
             self._stats['colored_out'] += 1
-        self._publish_objects(self._pairer.add_depth(ros_messages.stamp_ns(header), _Frame(header, res.depth, K_out)))
+        if self._mask_sub.get_publisher_count() > 0 or self._pairer.stats.masks_received > 0:
+            # only while a mask source exists: otherwise every frame would wait for nothing
+            self._publish_objects(self._pairer.add_depth(ros_messages.stamp_ns(header),
+                                                         _Frame(header, res.depth, K_out)))
 
     def _handle_mask(self, msg: Image) -> None:
         try:

@@ -165,7 +165,9 @@ def graph(tmp_path_factory):
         g.sub(mtype, f'{NS}/{topic}')
     g.sub(DiagnosticArray, '/diagnostics')
     img_pub = g.pub(Image, f'{NS}/image')
-    ok = g.wait(lambda: img_pub.get_subscription_count() > 0 and g.node.count_publishers(f'{NS}/depth') > 0, 30)
+    mask_pub = g.pub(Image, f'{NS}/instance_mask')     # a mask source exists from the start, like a segmenter
+    ok = g.wait(lambda: img_pub.get_subscription_count() > 0 and mask_pub.get_subscription_count() > 0
+                and g.node.count_publishers(f'{NS}/depth') > 0, 30)
     if not ok:
         proc.kill()
         pytest.fail(f'depth_node did not come up; log:\n{log_path.read_text()}')
@@ -486,6 +488,12 @@ def test_parameters_have_descriptors_and_reject_impossible_changes(graph):
     vals = graph.call(params.get_parameters([f'qos_overrides.{NS}/image.subscription.reliability',
                                              f'qos_overrides.{NS}/depth.publisher.reliability'])).values
     assert [v.string_value for v in vals] == ['best_effort', 'reliable']       # REP 2003 defaults
+    assert graph.call(params.set_parameters([Parameter('output_width', value=192)])).results[0].successful
+    try:
+        out = send_and_wait(graph, f'{NS}/image', image_msg(np.full((128, 384, 3), 10, np.uint8), next_stamp()))
+        assert (out.height, out.width) == (64, 192), 'one output side given: the other keeps the aspect ratio'
+    finally:
+        assert graph.call(params.set_parameters([Parameter('output_width', value=0)])).results[0].successful
 
 
 def test_sigint_shuts_the_node_down_cleanly(graph):
