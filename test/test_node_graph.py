@@ -403,6 +403,19 @@ def test_missing_mask_gives_depth_but_no_objects(graph):
     assert not [m for m in graph.msgs(f'{NS}/objects') if same_stamp(m.markers[0].header.stamp, s)]
 
 
+def test_bad_mask_is_skipped_counted_and_the_node_keeps_running(graph):
+    before = int(diag_values(graph)['bad_masks'])
+    rgb, labels = _scene()
+    s = next_stamp()
+    bad = label_msg(labels, s, '16UC1')
+    bad.encoding = 'rgb8'                          # a colour image is not an instance label image
+    graph.pub(Image, f'{NS}/instance_mask').publish(bad)
+    v = diag_values(graph, lambda v: int(v['bad_masks']) > before)
+    assert graph.proc.poll() is None and v['state'] == 'active'
+    assert 'is not a label image' in graph.log_path.read_text()
+    send_and_wait(graph, f'{NS}/image', image_msg(rgb, next_stamp()))
+
+
 # ---------------------------------------------------------------------------- depth/colored
 def test_colored_depth_is_computed_only_while_subscribed(graph):
     rgb = np.full((128, 384, 3), 100, np.uint8)
