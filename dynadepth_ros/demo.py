@@ -21,12 +21,12 @@ import numpy as np
 from .dataset_layout import Sequence
 
 
-def colorize_depth(depth: np.ndarray, near: float = 3.0, far: float = 80.0) -> np.ndarray:
-    """uint8 RGB [H,W,3] from depth float32 [H,W] metres: inverse depth mapped linearly from 1/far
-    (dark) to 1/near (bright) with the magma colour map; invalid (0) = black."""
+def colorize_depth(depth: np.ndarray, near: float = 2.0, far: float = 100.0) -> np.ndarray:
+    """uint8 RGB [H,W,3] from depth float32 [H,W] metres: log depth from `near` (bright) to `far`
+    (dark purple) on the magma colour map; invalid (0, sky) = black."""
     valid = depth > 0
-    inv = np.where(valid, 1.0 / np.maximum(depth, 1e-3), 0.0)
-    scaled = np.clip((inv - 1.0 / far) / (1.0 / near - 1.0 / far), 0, 1)
+    rel = np.log(np.clip(depth, near, far) / near) / np.log(far / near)
+    scaled = np.where(valid, 1.0 - 0.82 * rel, 0.0)
     img = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_MAGMA)[:, :, ::-1].copy()
     img[~valid] = 0
     return img
@@ -66,7 +66,7 @@ def make_preview(seq: Sequence, indices: list[int], lead_id: int | None = None) 
         tag = f'frame {i}: {len(f.instances)} objects, {moving} moving'
         if lead is not None:
             tag += f', lead car {lead.box["center_cam"][2]:.1f} m'
-        rows.append(np.concatenate([_label(f.rgb, tag), _label(colorize_depth(f.depth), 'GT depth, 3-80 m (sky black)'),
+        rows.append(np.concatenate([_label(f.rgb, tag), _label(colorize_depth(f.depth), 'GT depth, log scale 2-100 m (sky = invalid, black)'),
                                     _label(colorize_mask(f.mask), 'instance ids')], axis=1))
         rows.append(np.full((3, rows[-1].shape[1], 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=0)
@@ -103,6 +103,14 @@ def summarize(seq: Sequence) -> dict:
             'lead_frame_flags': meta['lead_frames']}
 
 
+def pick_preview_frames(seq: Sequence, rows: int, lead_flags: list[bool]) -> list[int]:
+    """One frame from each of `rows` equal stretches of the sequence: the one with the most moving
+    objects in view (a lead-car frame preferred), so the preview shows the dynamic cases."""
+    score = [(sum(x.moving for x in seq.instances(i)) + 100 * bool(lead_flags[i]), -i) for i in range(len(seq))]
+    edges = np.linspace(0, len(seq), rows + 1).round().astype(int)
+    return [-max(score[a:b])[1] for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
 def run_synthetic_demo(out: Path, frames: int = 60, height: int = 192, width: int = 640, seed: int = 0,
                        storage: str = 'mcap', preview_rows: int = 4) -> dict:
     """Generate one synthetic sequence (+ bag) under `out`, write out/preview.png, return a summary dict."""
@@ -118,10 +126,7 @@ def run_synthetic_demo(out: Path, frames: int = 60, height: int = 192, width: in
     info['timings_s'] = {k: round(v, 2) for k, v in last_timings().items()}
     info['wall_s'] = round(wall, 2)
     info['sequence'] = str(path)
-    lead_frames = [i for i, f in enumerate(info['lead_frame_flags']) if f]
-    picks = np.linspace(0, frames - 1, preview_rows).round().astype(int).tolist()
-    if lead_frames and not any(i in lead_frames for i in picks):
-        picks[0] = lead_frames[0]
+    picks = pick_preview_frames(seq, preview_rows, info['lead_frame_flags'])
     info['preview'] = str(out / 'preview.png')
     write_png_atomic(out / 'preview.png', make_preview(seq, picks, info['lead_id']))
     return info

@@ -31,7 +31,27 @@ GENERATOR_VERSION = 1
 FPS = 10.0
 LEAD_RANGE = 30.0            # a frame "contains a lead car" when it is visible and closer than this (m)
 MOVING_SPEED = 0.05          # m/s; slower objects are flagged static in that frame
+IN_PROCESS_FRAMES = 64       # single-worker jobs up to this many frames run in the calling process
 SPLIT_KEYS = {s: k for k, s in enumerate(SPLITS)}
+
+
+def _gaussian_quantiles(n: int = 256) -> np.ndarray:
+    """float32 [n]: the (k+0.5)/n quantiles of N(0,1). Indexing it with uniform random bytes gives
+    Gaussian sensor noise quantised to 1/256 of its distribution, ~6x cheaper than standard_normal."""
+    out = np.empty(n, np.float32)
+    for k in range(n):
+        p, lo, hi = (k + 0.5) / n, -10.0, 10.0
+        for _ in range(60):                                  # bisection on the normal CDF
+            mid = 0.5 * (lo + hi)
+            if 0.5 * (1.0 + math.erf(mid / math.sqrt(2.0))) < p:
+                lo = mid
+            else:
+                hi = mid
+        out[k] = 0.5 * (lo + hi)
+    return out
+
+
+_GAUSS_TABLE = _gaussian_quantiles()
 
 
 @dataclass(frozen=True)
@@ -141,7 +161,7 @@ class SequenceRenderer:
         g = scene.cast(rays)
         rgb = shade_camera(scene, g, rays, self.mats, self.texture, self.paint)
         if p.noise > 0:
-            rgb += self.noise_rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(p.noise)
+            rgb += _GAUSS_TABLE[self.noise_rng.integers(0, 256, rgb.shape, dtype=np.uint8)] * np.float32(p.noise)
         rgb8 = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
         valid = g.prim >= 0
         depth = np.where(valid, g.t, np.float32(0)).astype(np.float32)
@@ -270,10 +290,27 @@ def last_timings() -> dict:
     return dict(_LAST_TIMINGS)
 
 
-def _worker(args) -> tuple[str, dict]:
-    out_dir, split, index, params, seed, lead = args
+def _init_worker() -> None:
+    """Worker-process setup: one thread per process, and a malloc that keeps freed memory.
+
+    Rendering allocates many short-lived arrays of a few hundred kB; glibc serves those with mmap and
+    returns them to the kernel, so every frame pays page faults (~20 % of the time). Raising the mmap
+    and trim thresholds in the worker makes it reuse the memory instead.
+    """
     import cv2
     cv2.setNumThreads(1)                              # one process per core; no thread oversubscription
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 256 << 20)                   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 512 << 20)                   # M_TRIM_THRESHOLD
+        libc.mallopt(-2, 64 << 20)                    # M_TOP_PAD
+    except (OSError, AttributeError):                 # not glibc: keep the defaults
+        pass
+
+
+def _worker(args) -> tuple[str, dict]:
+    out_dir, split, index, params, seed, lead = args
     path = generate_sequence(out_dir, split, index, params, seed, lead)
     return str(path), last_timings()
 
@@ -287,7 +324,8 @@ def generate_split(out_dir: str | os.PathLike, split: str, sequences: int, frame
     Deterministic: byte-identical files for the same arguments, whatever `workers`. Sequences already
     present with identical parameters (their synth.json) are kept when skip_existing. At least
     ceil(sequences * lead_car_fraction) sequences have a lead car within 30 m in every frame.
-    workers: processes (default: one per CPU, at most `sequences`). Returns the sequence directories.
+    workers: processes (default: one per CPU, at most `sequences`); a single-worker job of at most
+    IN_PROCESS_FRAMES frames runs in the calling process. Returns the sequence directories.
     """
     if split not in SPLITS:
         raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
@@ -310,16 +348,18 @@ def generate_split(out_dir: str | os.PathLike, split: str, sequences: int, frame
         jobs.append((str(out), split, i, params, int(seed), lead))
     if not jobs:
         return paths
+    if workers is not None and workers < 1:
+        raise ValueError(f'workers must be >= 1, got {workers}')
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    total = len(jobs) * params.frames
     from tqdm import tqdm
-    with tqdm(total=len(jobs) * params.frames, unit='frame', desc=f'synth {split}', disable=not progress,
-              dynamic_ncols=True) as bar:
-        if n_workers == 1:
-            for job in jobs:
+    with tqdm(total=total, unit='frame', desc=f'synth {split}', disable=not progress, dynamic_ncols=True) as bar:
+        if n_workers == 1 and total <= IN_PROCESS_FRAMES:
+            for job in jobs:                            # small job: not worth starting a process
                 generate_sequence(*job, progress=bar.update)
         else:
             ctx = get_context('spawn')                  # safe even when the caller has threads (torch, ROS)
-            with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_worker) as pool:
                 futures = [pool.submit(_worker, job) for job in jobs]
                 for fut in as_completed(futures):
                     fut.result()

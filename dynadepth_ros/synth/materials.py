@@ -59,6 +59,7 @@ class FrozenMaterials:
 
     def __init__(self, rows: list[tuple]):
         self.kind = np.array([r[0] for r in rows], np.int32)
+        self.kind8 = self.kind.astype(np.uint8)             # radix-sortable
         self.color = np.array([r[1] for r in rows], np.float32).reshape(-1, 3)
         self.color2 = np.array([r[2] for r in rows], np.float32).reshape(-1, 3)
         self.contrast = np.array([r[3] for r in rows], np.float32)
@@ -71,6 +72,11 @@ class FrozenMaterials:
                                 (s * np.uint64(40503) % np.uint64(65521)).astype(np.float32)], axis=1)
         self.params = np.array([r[6] for r in rows], np.float32).reshape(-1, N_PARAMS)
         self.coarse = np.array([r[7] for r in rows], np.float32)
+        # row-contiguous copy of what every pixel needs, gathered in one go by the shader:
+        # inv_texel, offset u, offset v, contrast, coarse weight, r, g, b
+        self.surface = np.ascontiguousarray(np.concatenate(
+            [self.inv_texel[:, None], self.offset, self.contrast[:, None], self.coarse[:, None], self.color], axis=1),
+            dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.kind)

@@ -174,55 +174,60 @@ def shade_camera(scene: Scene, g: GBuffer, rays: CameraRays, mats: FrozenMateria
     if len(hit) == 0:
         return out.reshape(H, W, 3)
 
-    p = prim[hit]
-    mat = scene.material[p]
+    # order the hit pixels by pattern kind, so each painter works on one contiguous slice
+    mat = scene.material[prim[hit]]
+    kind = mats.kind8[mat]
+    order = np.argsort(kind, kind='stable')
+    hit, mat, kind = hit[order], mat[order], kind[order]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(kind, minlength=M.N_KINDS))])
+
     t = g.t.reshape(-1)[hit]
     s = g.s.reshape(-1)[hit]
     q = g.q.reshape(-1)[hit]
     cos = g.cos.reshape(-1)[hit]
     fp = t / rays.inv_norm.reshape(-1)[hit] * np.float32(rays.pixel_angle) / np.maximum(cos, np.float32(0.04))
 
-    inv_texel = mats.inv_texel[mat]
-    u = s * inv_texel + mats.offset[mat, 0]
-    v = q * inv_texel + mats.offset[mat, 1]
+    ms = mats.surface[mat]                                     # [n,8], see FrozenMaterials.surface
+    inv_texel = ms[:, 0]
+    u = s * inv_texel + ms[:, 1]
+    v = q * inv_texel + ms[:, 2]
     fpt = fp * inv_texel
     n1 = tex.sample(u, v, fpt)
     u2 = (_ROT_C * u - _ROT_S * v) * _COARSE + np.float32(37.25)
     v2 = (_ROT_S * u + _ROT_C * v) * _COARSE + np.float32(91.75)
     n2 = tex.sample(u2, v2, fpt * _COARSE)
-    noise = np.float32(0.6) * n1 + mats.coarse[mat] * n2
-    mod = np.float32(1.0) + mats.contrast[mat] * noise
+    noise = np.float32(0.6) * n1 + ms[:, 4] * n2
+    mod = np.float32(1.0) + ms[:, 3] * noise
     np.clip(mod, np.float32(0.15), np.float32(2.0), out=mod)
-    alb = mats.color[mat] * mod[:, None]
+    alb = ms[:, 5:8] * mod[:, None]
 
-    kind = mats.kind[mat]
-    present = np.flatnonzero(np.bincount(kind, minlength=M.N_KINDS))
-    for k in present:
-        if k == M.PLAIN:
+    for k in range(M.N_KINDS):
+        lo, hi = bounds[k], bounds[k + 1]
+        if k == M.PLAIN or hi == lo:
             continue
-        sel = np.flatnonzero(kind == k)
-        ms = mat[sel]
-        a, ss, qs, f = alb[sel], s[sel], q[sel], fp[sel]
+        sl = slice(lo, hi)
+        m = mat[sl]
+        a, ss, qs, f = alb[sl], s[sl], q[sl], fp[sl]
         if k == M.ROAD:
-            a = _road(a, ss, qs, f, noise[sel], paint)
+            a = _road(a, ss, qs, f, noise[sl], paint)
         elif k == M.FOLIAGE:
-            mix = np.clip(np.float32(0.5) + np.float32(0.8) * n2[sel], 0, 1)
-            a = _mix(a, mats.color2[ms] * mod[sel, None], mix)
+            mix = np.clip(np.float32(0.5) + np.float32(0.8) * n2[sl], 0, 1)
+            a = _mix(a, mats.color2[m] * mod[sl, None], mix)
         elif k == M.SIDEWALK:
-            a = _sidewalk(a, ss, qs, f, mats.params[ms], mats.seed32[ms])
+            a = _sidewalk(a, ss, qs, f, mats.params[m], mats.seed32[m])
         elif k == M.FACADE:
-            a = _facade(a, ss, qs, f, mats.params[ms], mats.seed32[ms], mats.color2[ms])
+            a = _facade(a, ss, qs, f, mats.params[m], mats.seed32[m], mats.color2[m])
         elif k == M.CAR_REAR:
-            a = _car_rear(a, ss, qs, f, mats.params[ms])
+            a = _car_rear(a, ss, qs, f, mats.params[m])
         elif k == M.CAR_FRONT:
-            a = _car_front(a, ss, qs, f, mats.params[ms])
+            a = _car_front(a, ss, qs, f, mats.params[m])
         elif k == M.CAR_SIDE:
-            a = _car_side(a, ss, qs, f, mats.params[ms])
+            a = _car_side(a, ss, qs, f, mats.params[m])
         elif k == M.GLASS:
-            a = _glass(a, ss, qs, f, mats.params[ms])
+            a = _glass(a, ss, qs, f, mats.params[m])
         elif k == M.SIGN:
-            a = _sign(a, ss, qs, f, mats.params[ms], mats.color2[ms])
-        alb[sel] = a
+            a = _sign(a, ss, qs, f, mats.params[m], mats.color2[m])
+        alb[sl] = a
     shade = g.shade.reshape(-1)[hit]
     out[hit] = alb * shade[:, None]
     np.clip(out, 0, 1, out=out)
