@@ -21,6 +21,9 @@ import numpy as np
 from .dataset_layout import Sequence
 
 
+DEPTH_LABEL = 'GT depth, log scale 2-100 m (sky = invalid, black)'
+
+
 def colorize_depth(depth: np.ndarray, near: float = 2.0, far: float = 100.0) -> np.ndarray:
     """uint8 RGB [H,W,3] from depth float32 [H,W] metres: log depth from `near` (bright) to `far`
     (dark purple) on the magma colour map; invalid (0, sky) = black."""
@@ -66,7 +69,7 @@ def make_preview(seq: Sequence, indices: list[int], lead_id: int | None = None) 
         tag = f'frame {i}: {len(f.instances)} objects, {moving} moving'
         if lead is not None:
             tag += f', lead car {lead.box["center_cam"][2]:.1f} m'
-        rows.append(np.concatenate([_label(f.rgb, tag), _label(colorize_depth(f.depth), 'GT depth, log scale 2-100 m (sky = invalid, black)'),
+        rows.append(np.concatenate([_label(f.rgb, tag), _label(colorize_depth(f.depth), DEPTH_LABEL),
                                     _label(colorize_mask(f.mask), 'instance ids')], axis=1))
         rows.append(np.full((3, rows[-1].shape[1], 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=0)
@@ -75,7 +78,7 @@ def make_preview(seq: Sequence, indices: list[int], lead_id: int | None = None) 
 def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp.png')
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+    if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise OSError(f'could not write {tmp}')
     os.replace(tmp, path)
 

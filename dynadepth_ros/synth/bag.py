@@ -103,7 +103,8 @@ def pointcloud_msg(t_ns: int, points: np.ndarray):
     """PointCloud2 from float32 [N,4] (x, y, z, intensity) in the lidar frame."""
     pts = np.ascontiguousarray(points, dtype=np.float32)
     PF = _T['sensor_msgs/msg/PointField']
-    fields = [PF(name=n, offset=4 * k, datatype=PF.FLOAT32, count=1) for k, n in enumerate(('x', 'y', 'z', 'intensity'))]
+    fields = [PF(name=name, offset=4 * k, datatype=PF.FLOAT32, count=1)
+              for k, name in enumerate(('x', 'y', 'z', 'intensity'))]
     n = len(pts)
     return _T['sensor_msgs/msg/PointCloud2'](header=_header(t_ns, LIDAR_FRAME), height=1, width=n, fields=fields,
                                              is_bigendian=False, point_step=16, row_step=16 * n,

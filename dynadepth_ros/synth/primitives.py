@@ -235,15 +235,15 @@ class PrimitiveBuilder:
                                         np.array([b[2] for b in boxes]), np.array([b[3] for b in boxes]),
                                         np.array([b[4] for b in boxes], np.int32), faces))
         if self._cyl:
-            cyl = Cylinders(np.array([c[0] for c in self._cyl]), np.array([c[1] for c in self._cyl]),
-                            np.array([c[2] for c in self._cyl]), np.array([c[3] for c in self._cyl]),
-                            np.array([c[4] for c in self._cyl], np.int32), np.array([c[5] for c in self._cyl], np.int32))
+            cols = list(zip(*self._cyl))
+            cyl = Cylinders(np.array(cols[0]), np.array(cols[1]), np.array(cols[2]), np.array(cols[3]),
+                            np.array(cols[4], np.int32), np.array(cols[5], np.int32))
         else:
             cyl = empty_cylinders()
         if self._ell:
-            ell = Ellipsoids(np.array([e[0] for e in self._ell]), np.array([e[1] for e in self._ell]),
-                             np.array([e[2] for e in self._ell]), np.array([e[3] for e in self._ell], np.int32),
-                             np.array([e[4] for e in self._ell], np.int32))
+            cols = list(zip(*self._ell))
+            ell = Ellipsoids(np.array(cols[0]), np.array(cols[1]), np.array(cols[2]), np.array(cols[3], np.int32),
+                             np.array(cols[4], np.int32))
         else:
             ell = empty_ellipsoids()
         return PrimitiveSet(concat_quads(quads), cyl, ell)

@@ -43,6 +43,10 @@ class StaticTrack(Track):
         t = np.asarray(t, float)
         return np.full(t.shape, self.x), np.full(t.shape, self.y), np.full(t.shape, self.yaw)
 
+    def velocity(self, t):
+        t = np.asarray(t, float)
+        return np.zeros(t.shape), np.zeros(t.shape)
+
 
 @dataclass
 class LinearTrack(Track):
@@ -59,6 +63,11 @@ class LinearTrack(Track):
         tau = np.clip(t, self.t_start, self.t_stop) - (self.t_start if np.isfinite(self.t_start) else 0.0)
         yaw = np.arctan2(self.vy, self.vx)
         return self.x0 + self.vx * tau, self.y0 + self.vy * tau, np.full(t.shape, yaw)
+
+    def velocity(self, t):
+        t = np.asarray(t, float)
+        on = (t > self.t_start) & (t < self.t_stop)
+        return np.where(on, self.vx, 0.0), np.where(on, self.vy, 0.0)
 
 
 @dataclass
@@ -189,10 +198,10 @@ def car_parts(rng: np.random.Generator, mats: MaterialTable, inst: int, van: boo
     H = zb + hb + hcab
     paint = jitter_color(rng, M.CAR_COLORS[rng.integers(len(M.CAR_COLORS))], 0.04)
     sd = int(rng.integers(1 << 30))
-    body_side = mats.add(M.CAR_SIDE, paint, contrast=0.10, texel=0.01, seed=sd, params=(L, hb))
-    body_front = mats.add(M.CAR_FRONT, paint, contrast=0.10, texel=0.01, seed=sd + 1, params=(W, hb))
-    body_rear = mats.add(M.CAR_REAR, paint, contrast=0.10, texel=0.01, seed=sd + 2, params=(W, hb))
-    roof = mats.add(M.PLAIN, paint, contrast=0.10, texel=0.01, seed=sd + 3)
+    body_side = mats.add(M.CAR_SIDE, paint, contrast=0.15, texel=0.01, seed=sd, params=(L, hb))
+    body_front = mats.add(M.CAR_FRONT, paint, contrast=0.15, texel=0.01, seed=sd + 1, params=(W, hb))
+    body_rear = mats.add(M.CAR_REAR, paint, contrast=0.15, texel=0.01, seed=sd + 2, params=(W, hb))
+    roof = mats.add(M.PLAIN, paint, contrast=0.15, texel=0.01, seed=sd + 3)
     glass_col = (0.19, 0.23, 0.27)
     if van:
         cab_len = L - 1.1
