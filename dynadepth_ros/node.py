@@ -401,8 +401,10 @@ class DepthNode(LifecycleNode):
         header = msg.header
         self._pubs['depth'].publish(ros_messages.depth_to_msg(res.depth, header))
         now_ns = self.get_clock().now().nanoseconds
-        self._latency.add((now_ns - ros_messages.stamp_ns(header)) / 1e6)
+        latency_ms = (now_ns - ros_messages.stamp_ns(header)) / 1e6
+        self._latency.add(latency_ms)
         self._inference.add(res.inference_ms)
+        self._overhead.add(latency_ms - res.inference_ms)
         self._out_rate.add()
         self._stats['frames_out'] += 1
         if calib is not None:
@@ -458,6 +460,7 @@ class DepthNode(LifecycleNode):
         self._out_rate = RollingWindow(5.0)
         self._latency = RollingWindow(5.0)
         self._inference = RollingWindow(5.0)
+        self._overhead = RollingWindow(5.0)        # per frame: stamp→publish latency minus inference time
         self._bad_window = (0, 0)
 
     def _publish_diagnostics(self) -> None:
@@ -465,6 +468,7 @@ class DepthNode(LifecycleNode):
         est = self.estimator
         lat = self._latency.percentiles() or {}
         inf = self._inference.percentiles() or {}
+        ovh = self._overhead.percentiles() or {}
         values = {
             'state': self._phase,
             'backend': est.backend_name if est else '',
@@ -480,6 +484,8 @@ class DepthNode(LifecycleNode):
             'inference_p50_ms': inf.get(50, float('nan')),
             'inference_p95_ms': inf.get(95, float('nan')),
             'inference_p99_ms': inf.get(99, float('nan')),
+            'overhead_p50_ms': ovh.get(50, float('nan')),
+            'overhead_p95_ms': ovh.get(95, float('nan')),
             'frames_in': self._in_rate.total,
             'frames_out': st['frames_out'],
             'dropped_frames': st['dropped'],

@@ -294,7 +294,7 @@ def test_diagnostics_report_rates_latency_backend_and_model(graph):
     assert v['state'] == 'active' and v['backend'] == 'onnxruntime[CPUExecutionProvider]'
     assert v['model'] == str(graph.model) and v['_hw'] == graph.model.name
     assert v['model_stage'] == 'final' and v['model_metric'] == 'true' and v['model_input'] == '192x64'
-    for key in ('latency_p50_ms', 'latency_p95_ms', 'latency_p99_ms', 'inference_p50_ms'):
+    for key in ('latency_p50_ms', 'latency_p95_ms', 'latency_p99_ms', 'inference_p50_ms', 'overhead_p50_ms'):
         assert 0 <= float(v[key]) < 60_000, key
     assert float(v['latency_p50_ms']) <= float(v['latency_p95_ms']) <= float(v['latency_p99_ms'])
     assert float(v['output_rate_hz']) > 0 and 'dropped_frames' in v
