@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f'dynadepth-synth: error: {e}', file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f'dynadepth-synth: error: cannot write the dataset under {args.out}: {e}', file=sys.stderr)
+        return 1
     dt = time.perf_counter() - t0
     lead = sum(sum(json.loads((p / 'synth.json').read_text())['lead_frames']) for p in paths)
     total = len(paths) * args.frames
