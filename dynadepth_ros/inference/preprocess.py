@@ -94,8 +94,9 @@ def resize_interpolation(src_h: int, src_w: int, dst_h: int, dst_w: int) -> int:
     return cv2.INTER_AREA if dst_h <= src_h and dst_w <= src_w else cv2.INTER_LINEAR
 
 
-def to_model_input(rgb: np.ndarray, plan: CropPlan) -> np.ndarray:
-    """float32 [3, model_h, model_w] RGB in [0,1] from uint8 [H,W,3] RGB (H, W = plan.src_h, plan.src_w)."""
+def to_model_input(rgb: np.ndarray, plan: CropPlan, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 [3, model_h, model_w] RGB in [0,1] from uint8 [H,W,3] RGB (H, W = plan.src_h, plan.src_w),
+    written into `out` when given."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f'expected a uint8 [H,W,3] RGB image, got {rgb.dtype} {rgb.shape}')
     if rgb.shape[:2] != (plan.src_h, plan.src_w):
@@ -104,7 +105,8 @@ def to_model_input(rgb: np.ndarray, plan: CropPlan) -> np.ndarray:
     if (plan.crop_h, plan.crop_w) != (plan.model_h, plan.model_w):
         win = cv2.resize(win, (plan.model_w, plan.model_h),
                          interpolation=resize_interpolation(plan.crop_h, plan.crop_w, plan.model_h, plan.model_w))
-    out = np.empty((3, plan.model_h, plan.model_w), np.float32)
+    if out is None:
+        out = np.empty((3, plan.model_h, plan.model_w), np.float32)
     np.multiply(np.moveaxis(win, 2, 0), np.float32(1.0 / 255.0), out=out, casting='unsafe')
     return out
 
@@ -113,4 +115,9 @@ def to_model_batch(rgbs: list[np.ndarray], plans: list[CropPlan]) -> np.ndarray:
     """float32 [N,3,model_h,model_w] from N uint8 RGB images and their plans (same model size)."""
     if len(rgbs) != len(plans) or not rgbs:
         raise ValueError(f'need one plan per image and at least one image (got {len(rgbs)} images, {len(plans)} plans)')
-    return np.stack([to_model_input(im, p) for im, p in zip(rgbs, plans)])
+    out = np.empty((len(rgbs), 3, plans[0].model_h, plans[0].model_w), np.float32)
+    for i, (im, p) in enumerate(zip(rgbs, plans)):
+        if (p.model_h, p.model_w) != out.shape[2:]:
+            raise ValueError(f'plans disagree on the model size: {p.model_h}x{p.model_w} vs {out.shape[2:]}')
+        to_model_input(im, p, out[i])
+    return out
