@@ -145,6 +145,11 @@ def test_bag_matches_folder(which, mcap_split, sqlite_split):
         T_odom_base = _T(type('T', (), {'rotation': p.orientation, 'translation': p.position}))
         np.testing.assert_allclose(T_odom_base @ T_base_cam, f.pose, atol=1e-5)
         assert 5.0 < odom.twist.twist.linear.x < 15.0 and abs(odom.twist.twist.linear.y) < 0.5
+    # the twist is the ego's real motion: speed matches the pose differences between frames
+    pos = np.array([[m.pose.pose.position.x, m.pose.pose.position.y] for _, m in msgs['/odom']])
+    speed = np.linalg.norm(np.diff(pos, axis=0), axis=1) * 10.0
+    twist = np.array([m.twist.twist.linear.x for _, m in msgs['/odom']])
+    np.testing.assert_allclose(speed, 0.5 * (twist[1:] + twist[:-1]), rtol=0.02)
 
 
 def _lidar_depth_errors(seq: Sequence, msgs: dict) -> np.ndarray:

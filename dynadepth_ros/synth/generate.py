@@ -120,6 +120,9 @@ class SequenceRenderer:
         self.moving = [a for a in plan.actors if not isinstance(a.track, StaticTrack)]
         parked = [a.primitives_at(0.0) for a in plan.actors if isinstance(a.track, StaticTrack)]
         self.static = PrimitiveSet.concat([static] + parked)
+        self._static_shadows = np.concatenate(
+            [np.zeros((0, 5))] + [_footprint(a, 0.0) for a in plan.actors
+                                  if a.cls == 'car' and isinstance(a.track, StaticTrack)])
         self.mats = mats.freeze()
         self.reflectivity = self.mats.color.mean(axis=1).astype(np.float32)
         self.texture = MipTexture(fractal_noise_tile(rng, 256))
@@ -148,7 +151,10 @@ class SequenceRenderer:
         return R.T @ v_world, omega
 
     def scene_at(self, t: float) -> Scene:
-        return Scene(PrimitiveSet.concat([self.static] + [a.primitives_at(t) for a in self.moving]), self.ground)
+        moving_cars = [a for a in self.moving if a.cls == 'car']
+        shadows = [self._static_shadows] + [_footprint(a, t) for a in moving_cars]
+        return Scene(PrimitiveSet.concat([self.static] + [a.primitives_at(t) for a in self.moving]), self.ground,
+                     np.concatenate(shadows))
 
     def render(self, index: int) -> tuple[Frame, Scene, np.ndarray]:
         """(frame, scene, T_world_base) of frame `index`."""
@@ -189,6 +195,12 @@ class SequenceRenderer:
                                 velocity=[vx, vy, 0.0], box=box))
         return out
 
+
+
+def _footprint(actor, t: float) -> np.ndarray:
+    """float64 [1,5] (x, y, yaw, half length, half width) of an actor on the ground at time t."""
+    x, y, yaw = (float(v) for v in actor.track.pose(np.array(t)))
+    return np.array([[x, y, yaw, actor.size[0] / 2, actor.size[1] / 2]])
 
 
 def _params_record(params: SynthParams, seed: int, split: str, index: int, lead: bool) -> dict:

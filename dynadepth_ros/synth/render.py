@@ -201,9 +201,12 @@ class Scene:
     Global primitive index: quads [0, Nq), cylinders [Nq, Nq+Nc), ellipsoids next, then the five
     ground surfaces (road, sidewalk left, sidewalk right, curb left, curb right)."""
 
-    def __init__(self, prims: PrimitiveSet, ground: Ground):
+    def __init__(self, prims: PrimitiveSet, ground: Ground, shadows: np.ndarray | None = None):
+        """shadows: float64 [N,5] (x, y, yaw, half length, half width) footprints of vehicles standing
+        on the road; the road under and around them is darkened (contact shadow / ambient occlusion)."""
         self.prims = prims
         self.ground = ground
+        self.shadows = np.zeros((0, 5)) if shadows is None else np.asarray(shadows, np.float64).reshape(-1, 5)
         q, c, e = prims.quads, prims.cylinders, prims.ellipsoids
         self.n_quads, self.n_cyl, self.n_ell = len(q), len(c), len(e)
         self.cyl_base = self.n_quads
@@ -247,7 +250,37 @@ class Scene:
                 p = {k: v[prim] for k, v in params.items()}
                 res = math(*(a.reshape(-1)[pix] for a in (rays.dx, rays.dy, rays.dz, rays.inv_norm)), p, surface)
                 _write_pixels(g, pix, base + prim, *res)
+        if surface and len(self.shadows):
+            self._contact_shadows(rays, g)
         return g
+
+    def _contact_shadows(self, rays: RayGrid, g: GBuffer) -> None:
+        """Darken road pixels under and just around vehicle footprints (fixed to the vehicle)."""
+        x, y, yaw, hl, hw = (self.shadows[:, k] for k in range(5))
+        hl, hw = hl + CONTACT_MARGIN, hw + CONTACT_MARGIN
+        c, s = np.cos(yaw), np.sin(yaw)
+        sx = np.array([-1.0, 1.0, 1.0, -1.0])
+        sy = np.array([-1.0, -1.0, 1.0, 1.0])
+        cx = x[:, None] + c[:, None] * sx * hl[:, None] - s[:, None] * sy * hw[:, None]
+        cy = y[:, None] + s[:, None] * sx * hl[:, None] + c[:, None] * sy * hw[:, None]
+        corners = np.stack([cx, cy, np.zeros_like(cx)], axis=2)
+        rects = rays.rects(corners, QUAD_EDGES)
+        if len(rects) == 0:
+            return
+        k, pix = _expand_rects(rects, rays.shape[1])
+        road = g.prim.reshape(-1)[pix] == self.ground_base
+        k, pix = k[road], pix[road]
+        if len(pix) == 0:
+            return
+        t = g.t.reshape(-1)[pix]
+        px = rays.origin[0] + t * rays.dx.reshape(-1)[pix] - x[k]
+        py = rays.origin[1] + t * rays.dy.reshape(-1)[pix] - y[k]
+        lx = np.abs(c[k] * px + s[k] * py)
+        ly = np.abs(-s[k] * px + c[k] * py)
+        inside = np.clip(np.minimum(hl[k] - lx, hw[k] - ly) / (2 * CONTACT_MARGIN), 0, 1)
+        factor = np.ones(g.shade.size, np.float32)
+        np.minimum.at(factor, pix, (1 - CONTACT_DARKNESS * inside).astype(np.float32))
+        g.shade *= factor.reshape(g.shade.shape)
 
     # ---- ground ---------------------------------------------------------------------------------
     def _cast_ground(self, rays: RayGrid, g: GBuffer) -> None:
@@ -301,6 +334,8 @@ class Scene:
 # (t, hit, cos, s, q, shade) with s, q, shade None when surface=False.
 
 SMALL_RECT = 384      # primitives covering at most this many rays are batched together
+CONTACT_MARGIN = 0.3  # metres around a vehicle footprint over which its contact shadow fades out
+CONTACT_DARKNESS = 0.55
 
 
 def _f32(a) -> np.ndarray:
