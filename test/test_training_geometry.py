@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from training.geometry import (BackprojectDepth, backproject, forward_splat, invert_transform, pixels_to_grid,
-                               project, render_reference_in_source, scale_intrinsics, transfer_flow_to_reference,
-                               warp, warp_coordinates)
+                               project, render_reference_in_source, scale_intrinsics, splat_to_source,
+                               transfer_flow_to_reference, warp, warp_coordinates)
 from training.networks.pose import transformation_from_parameters
 
 B, H, W = 2, 64, 192
@@ -140,6 +140,22 @@ def test_forward_splat_keeps_the_nearest_surface():
     assert torch.allclose(out[..., 20:60], torch.tensor(20.0), atol=1e-3)
     # dis-occluded strip behind the foreground's left edge has no data
     assert bool((out[..., 84:88] == 0).all())
+
+
+def test_splat_carries_values_with_residual_flow_and_occlusion():
+    """A mask of the foreground, moved 3 px further right by its own motion, lands where the object is."""
+    K, _ = intrinsics()
+    depth = two_layer_scene()
+    mask = torch.zeros(B, 1, H, W)
+    mask[..., 80:100] = 1.0
+    flow = torch.zeros(B, 2, H, W)
+    flow[:, 0, :, 80:100] = 3.0
+    depth_src, mask_src = splat_to_source(depth, K, pose(tx=0.5), values=mask, residual_flow=flow)
+    # rigidly the patch goes to columns 90..109, with its motion to 93..112; it hides the background there
+    assert torch.allclose(mask_src[..., 94:112], torch.tensor(1.0))
+    assert torch.allclose(depth_src[..., 94:112], torch.tensor(5.0), atol=1e-3)
+    assert float(mask_src[..., 20:80].abs().max()) == 0.0 and float(mask_src[..., 115:].abs().max()) == 0.0
+    assert torch.allclose(forward_splat(depth, K, pose(tx=0.5)), splat_to_source(depth, K, pose(tx=0.5))[0])
 
 
 def test_render_reference_in_source_identity_and_holes():

@@ -140,34 +140,64 @@ def scale_intrinsics(K: torch.Tensor, factor: float) -> torch.Tensor:
     return out
 
 
+def splat_to_source(depth_ref: torch.Tensor, K: torch.Tensor, T_ref_to_src: torch.Tensor,
+                    values: torch.Tensor | None = None, residual_flow: torch.Tensor | None = None,
+                    upsample: int = 3) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Forward-warp the reference into view s with a z-buffer (nearest surface wins).
+
+    depth_ref: float32 [B,1,H,W] metres (values <= 0 are ignored); K [B,3,3]; T_ref_to_src [B,4,4];
+    values: optional float32 [B,C,H,W] carried along (e.g. an instance mask, to find it in frame s);
+    residual_flow: optional [B,2,H,W] on the reference grid, source pixels, added after the division
+    (the same convention as ``warp``). upsample: each reference pixel is split into upsample² sub-pixels
+    (nearest) first, which fills the holes that magnification (moving towards the scene) would leave.
+    Returns (depth_src float32 [B,1,H,W] z-depth in camera s, 0 where nothing landed;
+    values_src [B,C,H,W] the mean of the values of the winning (nearest) points per pixel, 0 where
+    nothing landed, or None). Not differentiable.
+    """
+    with torch.no_grad():
+        b, _, h, w = depth_ref.shape
+        if upsample > 1:
+            up = lambda x: F.interpolate(x, scale_factor=upsample, mode='nearest')  # noqa: E731
+            depth_up, K_up = up(depth_ref), scale_intrinsics(K, float(upsample))
+        else:
+            up = lambda x: x  # noqa: E731
+            depth_up, K_up = depth_ref, K
+        pix, z = project(backproject(depth_up, torch.linalg.inv(K_up)), K, T_ref_to_src)
+        if residual_flow is not None:
+            if residual_flow.shape != (b, 2, h, w):
+                raise ValueError(f'residual_flow must be [B,2,H,W]={[b, 2, h, w]}, got {list(residual_flow.shape)}')
+            pix = pix + up(residual_flow).reshape(b, 2, -1)
+        ui = torch.round(pix[:, 0])
+        vi = torch.round(pix[:, 1])
+        ok = (depth_up.reshape(b, -1) > 0) & (z[:, 0] > 1e-3) & (ui >= 0) & (ui <= w - 1) & (vi >= 0) & (vi <= h - 1)
+        index = ((vi * w + ui).long().clamp(0, h * w - 1)
+                 + (torch.arange(b, device=depth_ref.device) * h * w)[:, None]).reshape(-1)
+        inv_z = torch.where(ok, 1.0 / z[:, 0].clamp(min=1e-3), torch.zeros_like(z[:, 0])).reshape(-1)
+        buffer = torch.zeros(b * h * w, dtype=depth_ref.dtype, device=depth_ref.device)
+        buffer.scatter_reduce_(0, index, inv_z, reduce='amax', include_self=True)
+        depth_src = torch.where(buffer > 0, 1.0 / buffer.clamp(min=1e-12), torch.zeros_like(buffer)).view(b, 1, h, w)
+        if values is None:
+            return depth_src, None
+        c = values.shape[1]
+        winner = ok.reshape(-1) & (inv_z >= buffer[index])
+        vals = up(values).reshape(b, c, -1).permute(1, 0, 2).reshape(c, -1)  # [C, B*N]
+        total = torch.zeros(c, b * h * w, dtype=values.dtype, device=values.device)
+        total.index_add_(1, index[winner], vals[:, winner])
+        count = torch.zeros(b * h * w, dtype=values.dtype, device=values.device)
+        count.index_add_(0, index[winner], torch.ones_like(index[winner], dtype=values.dtype))
+        values_src = (total / count.clamp(min=1)).view(c, b, h, w).permute(1, 0, 2, 3)
+        return depth_src, values_src.contiguous()
+
+
 def forward_splat(depth_ref: torch.Tensor, K: torch.Tensor, T_ref_to_src: torch.Tensor,
                   upsample: int = 3) -> torch.Tensor:
     """Render the reference depth into view s with a z-buffer (nearest surface wins).
 
     depth_ref: float32 [B,1,H,W] metres (values <= 0 are ignored); K [B,3,3]; T_ref_to_src [B,4,4].
-    upsample: each reference pixel is split into upsample² sub-pixels first (nearest), which fills
-    the holes that magnification (moving towards the scene) would leave.
-    Returns float32 [B,1,H,W] z-depth in camera s at each source pixel, 0 where nothing landed.
-    Not differentiable (it is the input of the motion net and of visibility tests).
+    Returns float32 [B,1,H,W] z-depth in camera s at each source pixel, 0 where nothing landed
+    (``splat_to_source`` without values). Not differentiable: it feeds the motion net and visibility tests.
     """
-    with torch.no_grad():
-        b, _, h, w = depth_ref.shape
-        if upsample > 1:
-            depth_up = F.interpolate(depth_ref, scale_factor=upsample, mode='nearest')
-            K_up = scale_intrinsics(K, float(upsample))
-        else:
-            depth_up, K_up = depth_ref, K
-        pts = backproject(depth_up, torch.linalg.inv(K_up))
-        pix, z = project(pts, K, T_ref_to_src)
-        ui = torch.round(pix[:, 0])
-        vi = torch.round(pix[:, 1])
-        ok = (depth_up.reshape(b, -1) > 0) & (z[:, 0] > 1e-3) & (ui >= 0) & (ui <= w - 1) & (vi >= 0) & (vi <= h - 1)
-        index = (vi * w + ui).long().clamp(0, h * w - 1) + (torch.arange(b, device=depth_ref.device) * h * w)[:, None]
-        inv_z = torch.where(ok, 1.0 / z[:, 0].clamp(min=1e-3), torch.zeros_like(z[:, 0]))
-        buffer = torch.zeros(b * h * w, dtype=depth_ref.dtype, device=depth_ref.device)
-        buffer.scatter_reduce_(0, index.reshape(-1), inv_z.reshape(-1), reduce='amax', include_self=True)
-        buffer = buffer.view(b, 1, h, w)
-        return torch.where(buffer > 0, 1.0 / buffer.clamp(min=1e-12), torch.zeros_like(buffer))
+    return splat_to_source(depth_ref, K, T_ref_to_src, upsample=upsample)[0]
 
 
 def render_reference_in_source(ref_img: torch.Tensor, depth_ref: torch.Tensor, K: torch.Tensor, inv_K: torch.Tensor,

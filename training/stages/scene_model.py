@@ -9,7 +9,7 @@ Phases (the shared training loop runs them in this order, each for its own numbe
 - ``motion``: the motion net alone (depth and pose run without gradient); its flow is masked only
   where the rigid rendering is empty; no sparsity.
 - ``joint``: everything, with the reference's motion masking (a view-s flow counts only where
-  ‖m‖ ≥ its image mean and ≥ 1e-5, i.e. most of the scene is assumed static), two-direction
+  ‖m‖ ≥ its mean over the rendered pixels and ≥ 1e-5, i.e. most of the scene is assumed static), two-direction
   consistency (motion only where both directions have some) and the sparsity prior.
 
 Per source s ∈ {-1, +1}: the reference frame is rendered rigidly into view s (z-buffered forward
