@@ -151,7 +151,9 @@ def test_config_and_batch_errors_are_clear(batch):
     with pytest.raises(ValueError, match='unknown scene model setting'):
         SceneModelConfig.from_dict({'widht_mult': 0.5})
     with pytest.raises(ValueError, match='unknown stage-1 phase'):
-        SceneModelConfig(phases=('rigid', 'fancy'))
+        SceneModel.trainable('fancy')
+    with pytest.raises(ValueError, match='init_depth'):
+        SceneModelConfig(init_depth=500.0)
     cfg = SceneModelConfig.from_dict({'width_mult': 0.5, 'scales': [0, 1]})
     assert cfg.scales == (0, 1)
     model = small_model(scales=(0,))

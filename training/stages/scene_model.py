@@ -46,7 +46,11 @@ OFFSETS = (-1, 1)  # source frames relative to the reference; index in `frames` 
 
 @dataclass
 class SceneModelConfig:
-    """Stage-1 model and loss settings (one home for each value; loaded from the YAML ``model`` section)."""
+    """Stage-1 model and loss settings (one home for each value; loaded from the YAML ``model`` section).
+
+    The phase schedule (which of PHASES run, for how many steps, at which lr) belongs to the stage
+    config; ``SceneModel.trainable(phase)`` says what each phase optimises.
+    """
 
     encoder_depth: int = 18                # ResNet depth of the depth encoder (18, 34, 50)
     width_mult: float = 1.0                # channel multiplier of depth encoder + decoder
@@ -76,14 +80,9 @@ class SceneModelConfig:
     occlusion_tolerance: float = 0.05      # relative depth slack when carrying flow back to the reference
     flow_threshold: float = 1.0            # px: (Σ|flow_prev| + Σ|flow_next|)/2 ≥ this marks a dynamic pixel
     flow_epsilon: float = 0.01             # px: predicted flows with |fx|+|fy| below this are set to 0
-    phases: tuple[str, ...] = PHASES       # phase order the stage runs
 
     def __post_init__(self):
         self.scales = tuple(int(s) for s in self.scales)
-        self.phases = tuple(str(p) for p in self.phases)
-        unknown = [p for p in self.phases if p not in PHASES]
-        if unknown:
-            raise ValueError(f'unknown stage-1 phase(s) {unknown}; valid phases are {list(PHASES)}')
         if 0 not in self.scales:
             raise ValueError(f'scales must include 0 (full resolution), got {self.scales}')
         if not 0 < self.min_depth < self.max_depth:
@@ -91,6 +90,9 @@ class SceneModelConfig:
         for name in ('smoothness_weight', 'sparsity_weight', 'odometry_weight'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
+        if not self.min_depth < self.init_depth < self.max_depth:
+            raise ValueError(f'init_depth {self.init_depth} must lie inside (min_depth, max_depth) = '
+                             f'({self.min_depth}, {self.max_depth})')
         if self.splat_upsample < 1:
             raise ValueError(f'splat_upsample must be >= 1, got {self.splat_upsample}')
 
