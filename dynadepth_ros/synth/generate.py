@@ -132,6 +132,7 @@ class SequenceRenderer:
         self.T_base_lidar = T_base_lidar()
         self.noise_rng = np.random.default_rng(rng.integers(1 << 62))
         self.lead_id = next((a.id for a in plan.actors if a.role == 'lead'), None)
+        self._static_states: dict = {}
 
     def base_pose(self, t: float) -> np.ndarray:
         """float64 [4,4] T_world_base_link at time t."""
@@ -179,21 +180,26 @@ class SequenceRenderer:
         """Metadata of every instance visible in `mask` (sorted by id)."""
         T_cam_world = np.linalg.inv(T_world_cam)
         out = []
-        for iid in np.unique(mask):
-            if iid == 0:
-                continue
+        for iid in np.flatnonzero(np.bincount(mask.reshape(-1))[1:]) + 1:       # visible ids, ascending
             a = self.actors[int(iid)]
-            R, pos = a.transform(t)
-            vx, vy = (float(v) for v in a.track.velocity(np.array(t)))
-            L, W, H = a.size
-            c_world = pos + np.array([0.0, 0.0, H / 2])
+            c_world, yaw, vx, vy = self._actor_state(a, t)
             c_cam = T_cam_world[:3, :3] @ c_world + T_cam_world[:3, 3]
-            yaw = float(np.arctan2(R[1, 0], R[0, 0]))
             box = {'center_world': [float(v) for v in c_world], 'center_cam': [float(v) for v in c_cam],
-                   'size': [float(L), float(W), float(H)], 'yaw_world': yaw}
+                   'size': [float(v) for v in a.size], 'yaw_world': yaw}
             out.append(Instance(id=int(iid), cls=a.cls, moving=bool(math.hypot(vx, vy) > MOVING_SPEED),
                                 velocity=[vx, vy, 0.0], box=box))
         return out
+
+    def _actor_state(self, a, t: float) -> tuple[np.ndarray, float, float, float]:
+        """(box centre float64 [3] world, yaw rad, vx, vy m/s) of an actor at time t (cached if static)."""
+        if a.id in self._static_states:
+            return self._static_states[a.id]
+        R, pos = a.transform(t)
+        vx, vy = (float(v) for v in a.track.velocity(np.array(t)))
+        state = (pos + np.array([0.0, 0.0, a.size[2] / 2]), float(np.arctan2(R[1, 0], R[0, 0])), vx, vy)
+        if isinstance(a.track, StaticTrack):
+            self._static_states[a.id] = state
+        return state
 
 
 
