@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from training.data.config import DataConfig
+from training.loop import LoopConfig
 from training.stages.scene_model import SceneModelConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / 'presets'
@@ -47,26 +48,6 @@ class PhaseConfig:
     lr: float = 2e-4
     lr_decay_at: list[int] = field(default_factory=list)
     lr_decay: float = 0.5
-
-
-@dataclass
-class LoopConfig:
-    """Shared training-loop settings (every stage has one).
-
-    batch_size is per process (with torchrun the effective batch is batch_size x world size).
-    grad_clip: max gradient norm, applied to each trained sub-module separately (0 disables).
-    checkpoint_every / log_every / preview_every / val_every: in optimiser steps (0 disables
-    previews and validation). val_batches: batches of the val split per validation.
-    """
-
-    batch_size: int = 8
-    grad_clip: float = 10.0
-    checkpoint_every: int = 250
-    log_every: int = 20
-    preview_every: int = 250
-    val_every: int = 500
-    val_batches: int = 4
-    seed: int = 0
 
 
 @dataclass

@@ -37,9 +37,29 @@ from tqdm import tqdm
 
 from training import checkpoint as ckpt_io
 from training.checkpoint import CheckpointError
-from training.config import LoopConfig
 from training.distributed import DistContext
 from training.previews import plot_metrics, save_preview
+
+
+@dataclass
+class LoopConfig:
+    """Shared training-loop settings (every stage has one).
+
+    batch_size is per process (with torchrun the effective batch is batch_size x world size).
+    grad_clip: max gradient norm, applied to each trained sub-module separately (0 disables).
+    checkpoint_every / log_every / preview_every / val_every: in optimiser steps (0 disables
+    previews and validation). val_batches: batches of the val split per validation.
+    """
+
+    batch_size: int = 8
+    grad_clip: float = 10.0
+    checkpoint_every: int = 250
+    log_every: int = 20
+    preview_every: int = 250
+    val_every: int = 500
+    val_batches: int = 4
+    seed: int = 0
+
 
 LossFn = Callable[[nn.Module, dict, str], tuple]
 ValFn = Callable[[nn.Module, dict, str], dict]
@@ -364,14 +384,17 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, phases: list[Ph
                     row = {'step': step, 'phase': phase.name, 'split': 'val', 'epoch': state.epoch, 'lr': lr}
                     row.update(validate(model, val_fn, val_set, phase.name, cfg, dist, collate_fn))
                     log.append(row)
-                if step % cfg.checkpoint_every == 0 or last_of_phase:
-                    if last_of_phase:
-                        state.phase_index, state.phase_step = pi + 1, 0
+                if last_of_phase:
+                    break
+                if step % cfg.checkpoint_every == 0:
                     save_checkpoint()
+            # The phase is done: record the position as "start of the next phase".
             state.phase_index, state.phase_step = pi + 1, 0
+            save_checkpoint()
+            del runner
             saved = None
-        if dist.is_main and not ckpt_path.is_file():
-            save_checkpoint()  # a run with 0 steps still leaves its (initial) model
+        if trained == 0 and resumed_from is None:
+            save_checkpoint()  # a schedule of 0 steps still leaves its (initial) model
     finally:
         bar.close()
     if dist.is_main:
