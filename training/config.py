@@ -84,12 +84,12 @@ class EvalConfig:
 
 @dataclass
 class ExportConfig:
-    """ONNX export: opset, the largest batch the dynamic axis allows, and the largest absolute
-    depth difference (metres) between torch and ONNX Runtime at which the export is accepted."""
+    """ONNX export: opset, the largest batch the dynamic axis allows, and the largest relative
+    depth difference |onnx - torch| / torch on fixed check images at which the export is accepted."""
 
     opset: int = 18
     max_batch: int = 16
-    tolerance: float = 1e-3
+    tolerance: float = 1e-4
 
 
 @dataclass
@@ -111,8 +111,8 @@ class RuntimeConfig:
 @dataclass
 class PipelineConfig:
     name: str
-    data: DataConfig
     description: str = ''
+    data: DataConfig = field(default_factory=DataConfig)
     scene: SceneStageConfig = field(default_factory=SceneStageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

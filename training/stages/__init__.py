@@ -2,11 +2,12 @@
 stages before it left there (design §5).
 
 A stage module provides:
-    run(cfg: PipelineConfig, run_dir: Path, dist: DistContext, force: bool = False) -> dict | None
+    run(cfg: PipelineConfig, run_dir: Path, dist: DistContext, restart: bool = False) -> dict | None
         train (resuming / skipping when up to date), write its artifacts and manifest.json;
-        returns the manifest on rank 0.
-    load_depth_model(stage_dir: Path) -> (depth_net: DepthNet, cfg: PipelineConfig, manifest: dict)
-        (stages that end with a depth network) the trained network for export and evaluation.
+        returns the manifest on rank 0. restart: delete the stage's outputs first.
+    load_depth_net(stage_dir: Path, device) -> (depth_net: DepthNet, cfg: PipelineConfig, manifest: dict)
+        (stages that end with a depth network) the trained network for export and evaluation;
+        the manifest carries `metric` and `intrinsics` for the model metadata.
 """
 from __future__ import annotations
 

@@ -1,0 +1,181 @@
+"""`python -m training <command>`: the training pipeline's command line.
+
+    python -m training presets [--show NAME]
+    python -m training prepare-data --preset ci-tiny                  # generate / import the data only
+    python -m training scene --preset cpu-small [--run-dir runs/cpu-small] [--set scene.loop.batch_size=4]
+    python -m training export --run-dir runs/cpu-small --stage scene --out scene.onnx
+    python -m training evaluate --run-dir runs/cpu-small --stage scene --split test
+    python -m training import-bag run1/ run2.mcap --out data/robot --image-topic /camera/image_raw \\
+        --camera-info-topic /camera/camera_info [--odom-topic /odom] [--mask-topic ...]
+
+Multi-GPU: `torchrun --nproc_per_node N -m training scene --preset kitti`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from training.stages import STAGES
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument('--preset', help='preset name (python -m training presets lists them)')
+    g.add_argument('--config', type=Path, help='YAML config file (same schema as a preset; may `extends:` one)')
+    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                   help='override one value, e.g. --set scene.loop.batch_size=4 --set scene.phases.0.steps=100')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog='python -m training', description=__doc__.split('\n\n')[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    sub = ap.add_subparsers(dest='command', required=True)
+
+    p = sub.add_parser('presets', help='list the presets (or print one resolved)')
+    p.add_argument('--show', metavar='NAME', help='print the resolved configuration of a preset')
+
+    p = sub.add_parser('prepare-data', help="generate (synthetic) or import (rosbag) a config's data, then stop")
+    _config_args(p)
+
+    p = sub.add_parser('scene', help='stage 1: train scene depth + pose + residual motion, predict, export ONNX')
+    _config_args(p)
+    p.add_argument('--run-dir', type=Path, help='run directory (default runs/<config name>); the stage writes '
+                                                '<run-dir>/scene/')
+    p.add_argument('--restart', action='store_true', help="delete this stage's outputs and train from scratch")
+
+    p = sub.add_parser('export', help="export a finished stage's depth network to ONNX (design §3 format)")
+    p.add_argument('--run-dir', type=Path, required=True)
+    p.add_argument('--stage', default='scene', choices=sorted(n for n, s in STAGES.items() if s.has_depth_model))
+    p.add_argument('--out', type=Path, required=True, help='ONNX file to write')
+    p.add_argument('--max-batch', type=int, help='largest batch of the dynamic axis (default: config export.max_batch)')
+
+    p = sub.add_parser('evaluate', help="Eigen depth metrics of a finished stage (all/static/dynamic/lead cars) "
+                                        "next to the mean-train-depth baseline")
+    p.add_argument('--run-dir', type=Path, required=True)
+    p.add_argument('--stage', default='scene', choices=sorted(n for n, s in STAGES.items() if s.has_depth_model))
+    p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    p.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
+    p.add_argument('--batch-size', type=int)
+
+    p = sub.add_parser('import-bag', help='convert rosbag2 recordings into the dataset layout for training')
+    p.add_argument('bags', nargs='+', type=Path, help='rosbag2 directories or .mcap/.db3 files')
+    p.add_argument('--out', type=Path, required=True, help='dataset root to write <out>/<split>/<sequence>/ into')
+    p.add_argument('--split', default='train', choices=('train', 'val', 'test'))
+    p.add_argument('--image-topic', required=True, help='sensor_msgs/Image or CompressedImage topic')
+    p.add_argument('--camera-info-topic', required=True)
+    p.add_argument('--mask-topic', help='instance-id label image topic (optional)')
+    p.add_argument('--odom-topic', help='nav_msgs/Odometry topic (optional; gives metric scale)')
+    p.add_argument('--depth-topic', help='GT depth image topic (optional; for evaluation)')
+    p.add_argument('--every-nth', type=int, default=1, help='keep every n-th camera frame')
+    return ap
+
+
+def _set_threads(n: int) -> None:
+    import torch
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def cmd_presets(args) -> int:
+    from training.config import dump_yaml, load_config, preset_description, preset_names
+
+    if args.show:
+        print(dump_yaml(load_config(preset=args.show)), end='')
+        return 0
+    for name in preset_names():
+        print(f'{name:<12} {preset_description(name)}')
+    return 0
+
+
+def cmd_prepare_data(args) -> int:
+    from training.config import load_config
+    from training.data import prepare_data
+
+    cfg = load_config(args.preset, args.config, args.overrides)
+    print(f'data ready under {prepare_data(cfg.data)}')
+    return 0
+
+
+def cmd_scene(args) -> int:
+    from training.config import load_config
+    from training.distributed import init_distributed, shutdown_distributed
+    from training.stages import get_stage
+
+    cfg = load_config(args.preset, args.config, args.overrides)
+    _set_threads(cfg.runtime.threads)
+    dist = init_distributed(cfg.runtime.device)
+    try:
+        run_dir = args.run_dir or Path('runs') / cfg.name
+        get_stage('scene').load().run(cfg, run_dir, dist, restart=args.restart)
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from training.export import export_depth_onnx
+    from training.stages import get_stage
+
+    stage_dir = args.run_dir / args.stage
+    mod = get_stage(args.stage).load()
+    depth_net, cfg, manifest = mod.load_depth_net(stage_dir)
+    _set_threads(cfg.runtime.threads)
+    meta = mod.model_metadata(cfg, manifest['config_hash'], manifest['metric'], manifest['intrinsics'])
+    report = export_depth_onnx(depth_net, args.out, meta, opset=cfg.export.opset,
+                               max_batch=args.max_batch or cfg.export.max_batch, tolerance=cfg.export.tolerance)
+    print(f'wrote {args.out} ({report["bytes"] / 1e6:.1f} MB, {cfg.data.height}x{cfg.data.width}, batch 1..'
+          f'{report["max_batch"]}, {"metric" if meta.metric else "relative"} depth); max |torch - onnxruntime| = '
+          f'{report["max_abs_diff"]:.2e} m')
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from training.distributed import resolve_device
+    from training.evaluate import evaluate, markdown_report
+
+    report = evaluate(args.run_dir, args.stage, args.split, device=str(resolve_device(args.device)),
+                      batch_size=args.batch_size)
+    print(markdown_report(report), end='')
+    print(f'wrote {args.run_dir / args.stage / f"eval_{args.split}.json"} and .md')
+    return 0
+
+
+def cmd_import_bag(args) -> int:
+    from training.data.rosbag_import import import_bags
+
+    seqs = import_bags(list(args.bags), args.out, args.image_topic, args.camera_info_topic,
+                       mask_topic=args.mask_topic, odom_topic=args.odom_topic, every_nth=args.every_nth,
+                       depth_topic=args.depth_topic, split=args.split)
+    for s in seqs:
+        print(s)
+    print(f'{len(seqs)} sequence(s) under {args.out / args.split}; train on them with data.source=rosbag or '
+          f'data.source=synthetic and data.root={args.out}')
+    return 0
+
+
+COMMANDS = {'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'scene': cmd_scene, 'export': cmd_export,
+            'evaluate': cmd_evaluate, 'import-bag': cmd_import_bag}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dynadepth_ros.datasets.base import DatasetError
+    from training.checkpoint import CheckpointError
+    from training.config import ConfigError
+    from training.export import ExportError
+
+    from dynadepth_ros.bag_reader import BagError
+    from training.data.rosbag_import import RosbagImportError
+
+    known = (ConfigError, DatasetError, CheckpointError, ExportError, FileNotFoundError, BagError,
+             RosbagImportError)
+    try:
+        return COMMANDS[args.command](args)
+    except known as exc:
+        print(f'python -m training {args.command}: error: {exc}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

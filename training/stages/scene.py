@@ -1,0 +1,308 @@
+"""Stage 1 (`python -m training scene`): scene depth, camera pose and residual pixel motion.
+
+Runs in `<run_dir>/scene/`:
+
+    config.yaml              the resolved configuration of this run
+    checkpoints/last.pt      training state (resume after a kill by running the same command again)
+    metrics.csv, metrics.png, previews/step_XXXXXX.png
+    scene_model.pt           the trained SceneModel weights (the LAST checkpoint: model selection is
+                             label-free, ground truth is never used to pick weights)
+    predictions/<split>/<sequence>/<frame:06d>.npz
+                             for every train/val triplet centre frame: depth float32 [H,W] metres,
+                             flow_prev / flow_next float16 [2,H,W] residual object flow in pixels on
+                             the reference grid, towards frames t-gap and t+gap
+    scene.onnx               the depth network in the design §3 format (dynadepth.stage = scene)
+    manifest.json            config hash, data fingerprint, files with SHA-256, prediction counts
+
+Idempotent: when manifest.json matches the configuration and the data, nothing is done.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from dynadepth_ros.camera import normalise_intrinsics
+from dynadepth_ros.model_format import ModelMetadata
+from training import checkpoint as ckpt_io
+from training.artifacts import (MANIFEST_FORMAT, MANIFEST_NAME, data_fingerprint, environment_versions, file_entry,
+                                file_sha256, hash_object, manifest_problems, now_iso, read_manifest,
+                                write_json_atomic, write_text_atomic)
+from training.checkpoint import CheckpointError
+from training.config import PipelineConfig, dump_yaml, load_config, to_dict
+from training.data import build_dataset, prepare_data
+from training.distributed import DistContext
+from training.export import export_depth_onnx
+from training.loop import Phase, to_device, train
+from training.stages.scene_model import SceneModel
+
+NAME = 'scene'
+MODEL_FILE = 'scene_model.pt'
+ONNX_FILE = 'scene.onnx'
+PREDICTIONS = 'predictions'
+PREDICTION_ARRAYS = {
+    'depth': 'float32 [H,W] scene depth, metres when metric',
+    'flow_prev': 'float16 [2,H,W] residual object flow (x, y) in pixels on the reference grid towards frame t-gap',
+    'flow_next': 'float16 [2,H,W] residual object flow (x, y) in pixels on the reference grid towards frame t+gap',
+}
+
+
+@dataclass(frozen=True)
+class StageHashes:
+    train: str     # what the weights depend on: data settings + model + loop + phases + data fingerprint
+    config: str    # everything the stage's outputs depend on (train + prediction + export settings)
+
+
+def stage_hashes(cfg: PipelineConfig, fingerprint: dict) -> StageHashes:
+    data = to_dict(cfg.data)
+    data.pop('root', None)          # where the data live does not matter, what they hold does
+    scene = to_dict(cfg.scene)
+    train_part = {'stage': NAME, 'data': data, 'model': scene['model'], 'loop': scene['loop'],
+                  'phases': scene['phases'], 'data_fingerprint': fingerprint['hash']}
+    train_hash = hash_object(train_part)
+    config_hash = hash_object({'train': train_hash, 'predict_splits': scene['predict_splits'],
+                               'export': to_dict(cfg.export)})
+    return StageHashes(train=train_hash, config=config_hash)
+
+
+def build_model(cfg: PipelineConfig) -> SceneModel:
+    """A fresh SceneModel of the configuration (seed the RNGs first for a reproducible init)."""
+    return SceneModel(cfg.scene.model)
+
+
+def _phases(cfg: PipelineConfig, model: SceneModel) -> list[Phase]:
+    return [Phase(p.name, p.steps, tuple(model.trainable(p.name)), p.lr, tuple(p.lr_decay_at), p.lr_decay)
+            for p in cfg.scene.phases]
+
+
+def _loss(model, batch, phase):
+    return model.loss(batch, phase)
+
+
+def _val(model, batch, phase):
+    """Validation metrics (logged only, never used to pick weights): the loss terms and, where the
+    split has ground truth, the median-scaled AbsRel and the GT/prediction scale ratio."""
+    return model.loss(batch, phase)[1]
+
+
+def _log(dist: DistContext, msg: str) -> None:
+    if dist.is_main:
+        print(f'scene: {msg}', flush=True)
+
+
+def odometry_fraction(dataset) -> float:
+    """Fraction of samples whose three frames all have a pose (so odometry supervises the scale)."""
+    if not len(dataset):
+        return 0.0
+    have = 0
+    for si, t in dataset.samples:
+        seq = dataset.sequences[si]
+        g = dataset.frame_gap
+        if all(seq.pose(i) is not None for i in (t - g, t, t + g)):
+            have += 1
+    return have / len(dataset)
+
+
+def model_metadata(cfg: PipelineConfig, config_hash: str, metric: bool, intrinsics) -> ModelMetadata:
+    import dynadepth_ros
+
+    return ModelMetadata(input_height=cfg.data.height, input_width=cfg.data.width,
+                         min_depth=cfg.scene.model.min_depth, max_depth=cfg.scene.model.max_depth, metric=metric,
+                         intrinsics=tuple(float(v) for v in intrinsics), stage=NAME,
+                         dataset=f'{cfg.data.source}:{Path(cfg.data.root).name}', config_hash=config_hash,
+                         version=dynadepth_ros.__version__)
+
+
+def run(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistContext | None = None, *,
+        restart: bool = False) -> dict | None:
+    """Train stage 1 (or resume / skip), write predictions, export ONNX, write the manifest.
+
+    Returns the manifest on rank 0 (None on other ranks, which only take part in training).
+    """
+    dist = dist or DistContext()
+    stage_dir = Path(run_dir) / NAME
+    if restart and dist.is_main and stage_dir.exists():
+        _log(dist, f'--restart: removing {stage_dir}')
+        shutil.rmtree(stage_dir)
+    dist.barrier()
+
+    root = prepare_data(cfg.data)   # generates synthetic data on first use (file-locked across ranks)
+    if dist.is_main:
+        _log(dist, f'fingerprinting data under {root}')
+    fingerprint = dist.broadcast_object(data_fingerprint(root) if dist.is_main else None)
+    hashes = stage_hashes(cfg, fingerprint)
+
+    problems = None
+    if dist.is_main:
+        problems = manifest_problems(stage_dir, read_manifest(stage_dir), hashes.config, fingerprint)
+    problems = dist.broadcast_object(problems)
+    if not problems:
+        _log(dist, f'up to date (config {hashes.config}, data {fingerprint["hash"]}); nothing to do. '
+                   f'Outputs: {stage_dir}')
+        return read_manifest(stage_dir) if dist.is_main else None
+    if dist.is_main and (stage_dir / MANIFEST_NAME).exists():
+        _log(dist, 'outputs are stale: ' + '; '.join(problems))
+
+    ckpt_path = stage_dir / 'checkpoints' / 'last.pt'
+    if dist.is_main and ckpt_path.is_file():
+        saved = ckpt_io.load(ckpt_path)
+        if saved.get('config_hash') != hashes.train:
+            raise CheckpointError(
+                f'{ckpt_path} belongs to another training configuration or data (checkpoint '
+                f'{saved.get("config_hash")}, now {hashes.train}). Run with --restart to train from scratch in '
+                f'{stage_dir}, or choose another --run-dir.')
+    dist.barrier()
+    if dist.is_main:
+        write_text_atomic(stage_dir / 'config.yaml', dump_yaml(cfg))
+
+    ckpt_io.seed_everything(cfg.scene.loop.seed)
+    model = build_model(cfg)
+    train_set = build_dataset(cfg.data, 'train', augment=True, seed=cfg.scene.loop.seed)
+    val_set = build_dataset(cfg.data, 'val', augment=False) if cfg.data.split_name('val') else None
+    _log(dist, f'{len(train_set)} training triplets'
+               + (f', {len(val_set)} validation triplets' if val_set is not None else '')
+               + f'; {sum(p.steps for p in cfg.scene.phases)} steps of batch {cfg.scene.loop.batch_size}'
+               + (f' x {dist.world_size} processes' if dist.distributed else '') + f' on {dist.device}')
+    t0 = time.perf_counter()
+    result = train(model, _loss, train_set, _phases(cfg, model), cfg.scene.loop, stage_dir,
+                   config_hash=hashes.train, dist=dist, val_set=val_set, val_fn=_val,
+                   num_workers=cfg.runtime.num_workers, progress=cfg.runtime.progress,
+                   debug_param_digest=cfg.runtime.debug_param_digest, desc='scene')
+    train_seconds = time.perf_counter() - t0
+    if not dist.is_main:
+        return None
+
+    model.eval()
+    model_path = stage_dir / MODEL_FILE
+    ckpt_io.save_atomic({'format': ckpt_io.CHECKPOINT_FORMAT, 'stage': NAME, 'model': model.state_dict(),
+                         'config_hash': hashes.train, 'global_step': result.global_step}, model_path)
+    model_sha = file_sha256(model_path)
+
+    odom = odometry_fraction(train_set)
+    metric = cfg.scene.model.odometry_weight > 0 and odom >= 0.5
+    plain_train = build_dataset(cfg.data, 'train', augment=False)
+    intrinsics = normalise_intrinsics(plain_train[0]['K'].numpy(), cfg.data.width, cfg.data.height)
+    if not metric:
+        _log(dist, f'depth is relative (not metric): odometry weight {cfg.scene.model.odometry_weight}, '
+                   f'{100 * odom:.0f} % of training triplets have poses')
+
+    counts = write_predictions(model, cfg, stage_dir, model_sha, dist)
+
+    _log(dist, 'exporting the depth network to ONNX and checking it against torch')
+    meta = model_metadata(cfg, hashes.config, metric, intrinsics)
+    report = export_depth_onnx(model.depth, stage_dir / ONNX_FILE, meta, opset=cfg.export.opset,
+                               max_batch=cfg.export.max_batch, tolerance=cfg.export.tolerance)
+    _log(dist, f'wrote {stage_dir / ONNX_FILE} (max |torch - onnxruntime| = {report["max_abs_diff"]:.2e} m)')
+
+    splits = {}
+    for split in ('train', 'val', 'test'):
+        if cfg.data.split_name(split):
+            ds = plain_train if split == 'train' else build_dataset(cfg.data, split, augment=False)
+            splits[split] = {'sequences': len(ds.sequences), 'triplets': len(ds)}
+    manifest = {
+        'format': MANIFEST_FORMAT, 'stage': NAME, 'created': now_iso(),
+        'config_hash': hashes.config, 'train_hash': hashes.train,
+        'data': {'source': cfg.data.source, 'root': str(Path(root).resolve()), 'fingerprint': fingerprint,
+                 'height': cfg.data.height, 'width': cfg.data.width, 'frame_gap': cfg.data.frame_gap,
+                 'splits': splits},
+        'training': {'steps': result.global_step, 'phases': [[p.name, p.steps] for p in cfg.scene.phases],
+                     'batch_size': cfg.scene.loop.batch_size, 'world_size': dist.world_size,
+                     'resumed_from': result.resumed_from, 'steps_this_run': result.trained_steps,
+                     'seconds_per_step': result.seconds_per_step, 'wall_seconds_this_run': round(train_seconds, 1),
+                     'odometry_fraction': odom},
+        'model_selection': 'last checkpoint (label-free: ground truth is never used to choose weights)',
+        'metric': metric, 'intrinsics': list(intrinsics),
+        'files': {'checkpoint': file_entry(stage_dir, MODEL_FILE), 'onnx': file_entry(stage_dir, ONNX_FILE)},
+        'predictions': {'root': PREDICTIONS, 'layout': '<split>/<sequence>/<frame:06d>.npz', 'arrays': PREDICTION_ARRAYS,
+                        'counts': counts, 'flow_threshold_px': cfg.scene.model.flow_threshold},
+        'onnx': {'metadata': meta.to_props(), 'check': report},
+        'versions': environment_versions(),
+    }
+    write_json_atomic(stage_dir / MANIFEST_NAME, manifest)
+    _log(dist, f'done: {stage_dir / MANIFEST_NAME}')
+    return manifest
+
+
+def prediction_path(stage_dir: Path, split: str, sequence: str, frame: int) -> Path:
+    return stage_dir / PREDICTIONS / split / sequence / f'{int(frame):06d}.npz'
+
+
+def _save_npz_atomic(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f'.{path.stem}.', suffix='.tmp')
+    with os.fdopen(fd, 'wb') as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def write_predictions(model: SceneModel, cfg: PipelineConfig, stage_dir: Path, model_sha: str,
+                      dist: DistContext) -> dict[str, int]:
+    """Depth and residual flow of every triplet centre frame of cfg.scene.predict_splits.
+
+    Resumable: files already written by the same weights are kept (predictions/source.json
+    records which weights); predictions of other weights are deleted first.
+    """
+    root = stage_dir / PREDICTIONS
+    source = {'model_sha256': model_sha, 'height': cfg.data.height, 'width': cfg.data.width,
+              'frame_gap': cfg.data.frame_gap}
+    marker = root / 'source.json'
+    if root.exists():
+        import json
+        try:
+            old = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != source:
+            shutil.rmtree(root)
+    write_json_atomic(marker, source)
+    model.eval()
+    counts = {}
+    for split in cfg.scene.predict_splits:
+        if not cfg.data.split_name(split):
+            _log(dist, f'no {split} split configured; no predictions for it')
+            continue
+        ds = build_dataset(cfg.data, split, augment=False)
+        paths = [prediction_path(stage_dir, split, *ds.sample_location(i)) for i in range(len(ds))]
+        todo = [i for i, p in enumerate(paths) if not p.is_file()]
+        loader = DataLoader(Subset(ds, todo), batch_size=cfg.scene.predict_batch_size, shuffle=False,
+                            num_workers=cfg.runtime.num_workers)
+        for batch in tqdm(loader, desc=f'scene: predict {split}', disable=not cfg.runtime.progress,
+                          dynamic_ncols=True, mininterval=1.0):
+            out = model.predict(to_device(batch, dist.device))
+            depth = out['depth'][:, 0].float().cpu().numpy()
+            fp = out['flow_prev'].cpu().numpy().astype(np.float16)
+            fn = out['flow_next'].cpu().numpy().astype(np.float16)
+            for j, idx in enumerate(batch['index'].tolist()):
+                _save_npz_atomic(paths[idx], depth=depth[j].astype(np.float32), flow_prev=fp[j], flow_next=fn[j])
+        counts[split] = len(paths)
+        _log(dist, f'{split}: {len(paths)} predictions ({len(todo)} written now) under {root / split}')
+    return counts
+
+
+def load_model(stage_dir: str | os.PathLike, device: str | torch.device = 'cpu'):
+    """(SceneModel with the trained weights in eval mode, PipelineConfig, manifest) of a finished stage."""
+    stage_dir = Path(stage_dir)
+    manifest = read_manifest(stage_dir)
+    if manifest is None:
+        raise FileNotFoundError(f'{stage_dir} has no {MANIFEST_NAME}: stage 1 has not finished there; run '
+                                f'`python -m training scene --run-dir {stage_dir.parent}` first')
+    cfg = load_config(config_file=stage_dir / 'config.yaml')
+    model = build_model(cfg)
+    saved = ckpt_io.load(stage_dir / MODEL_FILE, map_location='cpu')
+    model.load_state_dict(saved['model'])
+    return model.to(device).eval(), cfg, manifest
+
+
+def load_depth_net(stage_dir: str | os.PathLike, device: str | torch.device = 'cpu'):
+    """(DepthNet in eval mode, PipelineConfig, manifest) of a finished stage: what export and evaluate use."""
+    model, cfg, manifest = load_model(stage_dir, device)
+    return model.depth, cfg, manifest
