@@ -397,6 +397,11 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, phases: list[Ph
             save_checkpoint()  # a schedule of 0 steps still leaves its (initial) model
     finally:
         bar.close()
+    if dist.distributed:
+        # DDP keeps parameters in step; BatchNorm running statistics follow rank 0 only at each
+        # forward. Take rank 0's (the ones its checkpoint holds) so every rank ends identical.
+        for buf in model.buffers():
+            torch.distributed.broadcast(buf, src=0)
     if dist.is_main:
         plot_metrics(out_dir / 'metrics.csv', out_dir / 'metrics.png')
     if debug_param_digest:
