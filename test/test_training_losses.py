@@ -13,7 +13,8 @@ def test_identical_images_have_zero_error_and_zero_loss():
     assert float(ssim_error(img, img).abs().max()) < 1e-6
     assert float(photometric_error(img, img).abs().max()) < 1e-6
     ones = torch.ones(B, 1, H, W)
-    loss, _, min_error = min_reprojection_loss(img, [img, img], [torch.rand_like(img), torch.rand_like(img)], [ones, ones])
+    sources = [torch.rand_like(img), torch.rand_like(img)]
+    loss, _, min_error = min_reprojection_loss(img, [img, img], sources, [ones, ones])
     assert float(loss) < 1e-6 and float(min_error.max()) < 1e-6
 
 

@@ -163,7 +163,8 @@ def test_pose_net_convention_and_small_initial_motion():
     T_prev, aa_prev, t_prev = net.reference_to_source(ref, src, -1)
     forward = transformation_from_parameters(*net(src, ref))
     assert torch.allclose(T_prev @ forward, torch.eye(4).expand(B, 4, 4), atol=1e-5)
-    assert torch.allclose(t_prev.norm(dim=1), (-T_prev[:, :3, :3].transpose(1, 2) @ T_prev[:, :3, 3:]).norm(dim=1)[:, 0])
+    # the inverted transform moves the camera by the same distance the network predicted
+    assert torch.allclose(t_prev.norm(dim=1), T_prev[:, :3, 3].norm(dim=1), atol=1e-6)
 
 
 def test_rotation_gradient_is_finite_at_zero_angle():

@@ -196,7 +196,8 @@ class SceneModel(nn.Module):
                 keep = valid > 0
                 if full_masking:
                     mag = flow_src.norm(dim=1, keepdim=True)
-                    mean = (mag * valid).sum(dim=(2, 3), keepdim=True) / valid.sum(dim=(2, 3), keepdim=True).clamp(min=1)
+                    area = valid.sum(dim=(2, 3), keepdim=True).clamp(min=1)
+                    mean = (mag * valid).sum(dim=(2, 3), keepdim=True) / area
                     keep = keep & (mag >= mean) & (mag >= 1e-5)
             flow_src = torch.where(keep, flow_src, torch.zeros_like(flow_src))
             flows[off] = transfer_flow_to_reference(flow_src, depth_src, depth0, K, inv_K, T, cfg.occlusion_tolerance)
