@@ -243,3 +243,55 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(tmp_path, data_root):
     # the initial weights moved (it trained) and only rank 0 wrote the log
     assert ckpt_io.load(run / 'scene' / 'checkpoints' / 'last.pt')['world_size'] == 2
     assert (run / 'scene' / 'metrics.csv').is_file()
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def test_every_preset_loads_and_names_phases_the_model_knows():
+    from training.config import load_config, preset_names
+    from training.stages.scene_model import SceneModel
+
+    assert {'ci-tiny', 'cpu-small', 'cityscapes', 'kitti'} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_config(name)
+        assert cfg.name == name and cfg.scene.phases
+        for p in cfg.scene.phases:
+            assert SceneModel.trainable(p.name)
+        assert cfg.data.height % 32 == 0 and cfg.data.width % 32 == 0
+
+
+def test_overrides_are_typed_and_checked():
+    from training.config import ConfigError, load_config
+
+    cfg = load_config('ci-tiny', overrides=['scene.loop.batch_size=4', 'scene.phases.1.steps=7',
+                                            'scene.phases.0.lr=1e-4', 'data.synthetic.sequences.train=5',
+                                            'scene.predict_splits=[val]'])
+    assert cfg.scene.loop.batch_size == 4 and cfg.scene.phases[1].steps == 7
+    assert cfg.scene.phases[0].lr == pytest.approx(1e-4) and isinstance(cfg.scene.phases[0].lr, float)
+    assert cfg.data.synthetic.sequences['train'] == 5 and cfg.scene.predict_splits == ['val']
+    with pytest.raises(ConfigError, match="no key 'scene.loop.batchsize'.*batch_size"):
+        load_config('ci-tiny', overrides=['scene.loop.batchsize=4'])
+    with pytest.raises(ConfigError, match='expected an integer'):
+        load_config('ci-tiny', overrides=['scene.loop.batch_size=four'])
+    with pytest.raises(ConfigError, match='not an index'):
+        load_config('ci-tiny', overrides=['scene.phases.9.steps=1'])
+    with pytest.raises(ConfigError, match='key.path=value'):
+        load_config('ci-tiny', overrides=['scene.loop.batch_size'])
+    with pytest.raises(ConfigError, match='unknown preset'):
+        load_config('no-such-preset')
+
+
+def test_config_files_extend_presets_and_round_trip(tmp_path):
+    from training.config import ConfigError, dump_yaml, load_config
+
+    f = tmp_path / 'mine.yaml'
+    f.write_text('extends: ci-tiny\nname: mine\nscene:\n  loop: {batch_size: 3}\n')
+    cfg = load_config(config_file=f)
+    assert cfg.name == 'mine' and cfg.scene.loop.batch_size == 3
+    assert cfg.data.height == 64 and cfg.scene.phases == load_config('ci-tiny').scene.phases
+    (tmp_path / 'dump.yaml').write_text(dump_yaml(cfg))
+    assert load_config(config_file=tmp_path / 'dump.yaml') == cfg
+    f.write_text('extends: ci-tiny\nscene:\n  lop: {batch_size: 3}\n')
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lop'\]"):
+        load_config(config_file=f)
