@@ -138,8 +138,9 @@ def save_preview(path: str | os.PathLike, previews: dict, columns: int = 2) -> P
     return Path(path)
 
 
-def plot_metrics(csv_path: str | os.PathLike, png_path: str | os.PathLike, max_panels: int = 12) -> Path | None:
-    """Curves of every numeric column of a metrics CSV (one panel per metric, train and val)."""
+def plot_metrics(csv_path: str | os.PathLike, png_path: str | os.PathLike, max_panels: int = 24) -> Path | None:
+    """Curves of every numeric column of a metrics CSV (one panel per metric, train and val; dotted
+    lines where a new phase starts)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -167,6 +168,13 @@ def plot_metrics(csv_path: str | os.PathLike, png_path: str | os.PathLike, max_p
             xs.append(int(r['step']))
             ys.append(y)
     names = [k for k in names if k in series][:max_panels]
+    starts, last, last_step = [], None, None          # a phase's last step is always logged
+    for r in rows:
+        if r.get('split', 'train') != 'train':
+            continue
+        if last is not None and r.get('phase') != last:
+            starts.append(last_step)
+        last, last_step = r.get('phase'), int(r['step'])
     if not names:
         return None
     cols = min(3, len(names))
@@ -175,6 +183,8 @@ def plot_metrics(csv_path: str | os.PathLike, png_path: str | os.PathLike, max_p
     for ax, k in zip(axes.flat, names):
         for split, (xs, ys) in sorted(series[k].items()):
             ax.plot(xs, ys, label=split, lw=1)
+        for x in starts:
+            ax.axvline(x, color='grey', lw=0.6, ls=':')
         ax.set_title(k, fontsize=9)
         ax.tick_params(labelsize=7)
         if len(series[k]) > 1:
