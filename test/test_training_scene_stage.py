@@ -129,3 +129,26 @@ def test_export_and_evaluate_commands_on_the_run(run, tmp_path):
     assert report['frames'] == 12 and report['scale_check']['median_gt_over_pred'] > 0
     assert '| model | metric | static |' in (run['dir'] / 'eval_test.md').read_text()
     assert '| baseline | median_scaled | all |' in out.stdout
+
+
+def test_import_bag_command_turns_a_recording_into_training_triplets(tmp_path):
+    from dynadepth_ros.datasets import open_source
+    from dynadepth_ros.synth import generate_split
+    from training.data import TripletDataset
+
+    seq_dir = generate_split(tmp_path / 'rec', 'train', 1, 6, 64, 192, seed=3, bag=True, progress=False)[0]
+    out = training_cmd('import-bag', str(seq_dir / 'bag'), '--out', str(tmp_path / 'imported'),
+                       '--image-topic', '/camera/image_raw', '--camera-info-topic', '/camera/camera_info',
+                       '--odom-topic', '/odom', '--mask-topic', '/camera/instance_mask', timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ds = TripletDataset(open_source('synthetic', tmp_path / 'imported', 'train'), 64, 192)
+    assert len(ds) == 4
+    sample = ds[0]
+    truth = list_sequences(tmp_path / 'rec', 'train')[0]
+    travelled = np.linalg.norm(truth.poses[1][:3, 3] - truth.poses[0][:3, 3])
+    assert float(sample['odom_distance'][0]) == pytest.approx(travelled, rel=1e-3)
+    assert int(sample['mask'].max()) > 0
+
+    bad = training_cmd('import-bag', str(tmp_path / 'missing'), '--out', str(tmp_path / 'x'),
+                       '--image-topic', '/camera/image_raw', '--camera-info-topic', '/camera/camera_info', timeout=60)
+    assert bad.returncode == 2 and 'does not exist' in bad.stderr

@@ -149,8 +149,9 @@ def cmd_import_bag(args) -> int:
                        depth_topic=args.depth_topic, split=args.split)
     for s in seqs:
         print(s)
-    print(f'{len(seqs)} sequence(s) under {args.out / args.split}; train on them with data.source=rosbag or '
-          f'data.source=synthetic and data.root={args.out}')
+    print(f'{len(seqs)} sequence(s) under {args.out / args.split}. To train on them: data.source=rosbag, '
+          f'data.root={args.out} and the same bags under data.rosbag.bags.{args.split} (imports are cached, so '
+          f'training reuses these).')
     return 0
 
 
