@@ -222,7 +222,7 @@ def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path, data_root)
 
 def test_two_process_ddp_on_cpu_keeps_ranks_identical(tmp_path, data_root):
     run = tmp_path / 'ddp'
-    cmd = [PY, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(29500 + os.getpid() % 500),
+    cmd = [PY, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
            '-m', 'training', 'scene', '--preset', 'ci-tiny', '--run-dir', str(run),
            '--set', f'data.root={data_root}', '--set', 'runtime.progress=false', '--set', 'runtime.threads=1',
            '--set', 'runtime.debug_param_digest=true', '--set', 'scene.phases.0.steps=3',

@@ -300,7 +300,9 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, phases: list[Ph
     log = CsvLog(out_dir / 'metrics.csv') if dist.is_main else None
     if log is not None and saved is not None:
         log.truncate_after(state.global_step)
-    if dist.is_main and resumed_from:
+    if dist.is_main and resumed_from is not None and resumed_from >= total:
+        print(f'{desc}: training finished earlier ({total} steps); using the weights of {ckpt_path}', flush=True)
+    elif dist.is_main and resumed_from:
         print(f'{desc}: resuming from step {resumed_from}/{total} ({ckpt_path})', flush=True)
 
     batches = _Batches(train_set, cfg.batch_size, cfg.seed, dist, num_workers, state, collate_fn)
