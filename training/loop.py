@@ -281,7 +281,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, phases: list[Ph
     state = TrainState()
     saved = None
     if ckpt_path.is_file():
-        saved = ckpt_io.load(ckpt_path, map_location=dist.device)
+        saved = ckpt_io.load(ckpt_path, map_location='cpu')   # RNG states must stay CPU tensors
         if saved.get('config_hash') != config_hash:
             raise CheckpointError(
                 f'{ckpt_path} was written with config {saved.get("config_hash")}, this run has {config_hash}. '

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dynadepth_ros.camera import normalise_intrinsics
+from dynadepth_ros.datasets.base import DatasetError
 from dynadepth_ros.model_format import ModelMetadata
 from training import checkpoint as ckpt_io
 from training.artifacts import (MANIFEST_FORMAT, MANIFEST_NAME, data_fingerprint, environment_versions, file_entry,
@@ -121,6 +122,18 @@ def model_metadata(cfg: PipelineConfig, config_hash: str, metric: bool, intrinsi
                          version=dynadepth_ros.__version__)
 
 
+def optional_dataset(cfg: PipelineConfig, split: str, dist: DistContext):
+    """The un-augmented dataset of a configured split, or None (with a message) when the split is not
+    configured or holds no triplets (e.g. a recording imported without validation bags)."""
+    if not cfg.data.split_name(split):
+        return None
+    try:
+        return build_dataset(cfg.data, split, augment=False)
+    except (DatasetError, ValueError) as exc:
+        _log(dist, f'no usable {split} split ({exc}); continuing without it')
+        return None
+
+
 def run(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistContext | None = None, *,
         restart: bool = False) -> dict | None:
     """Train stage 1 (or resume / skip), write predictions, export ONNX, write the manifest.
@@ -166,7 +179,7 @@ def run(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistContext | Non
     ckpt_io.seed_everything(cfg.scene.loop.seed)
     model = build_model(cfg)
     train_set = build_dataset(cfg.data, 'train', augment=True, seed=cfg.scene.loop.seed)
-    val_set = build_dataset(cfg.data, 'val', augment=False) if cfg.data.split_name('val') else None
+    val_set = optional_dataset(cfg, 'val', dist)
     _log(dist, f'{len(train_set)} training triplets'
                + (f', {len(val_set)} validation triplets' if val_set is not None else '')
                + f'; {sum(p.steps for p in cfg.scene.phases)} steps of batch {cfg.scene.loop.batch_size}'
@@ -194,7 +207,7 @@ def run(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistContext | Non
         _log(dist, f'depth is relative (not metric): odometry weight {cfg.scene.model.odometry_weight}, '
                    f'{100 * odom:.0f} % of training triplets have poses')
 
-    counts = write_predictions(model, cfg, stage_dir, model_sha, dist)
+    counts = write_predictions(model, cfg, stage_dir, model_sha, dist, plain_train)
 
     _log(dist, 'exporting the depth network to ONNX and checking it against torch')
     meta = model_metadata(cfg, hashes.config, metric, intrinsics)
@@ -204,8 +217,8 @@ def run(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistContext | Non
 
     splits = {}
     for split in ('train', 'val', 'test'):
-        if cfg.data.split_name(split):
-            ds = plain_train if split == 'train' else build_dataset(cfg.data, split, augment=False)
+        ds = plain_train if split == 'train' else optional_dataset(cfg, split, dist)
+        if ds is not None:
             splits[split] = {'sequences': len(ds.sequences), 'triplets': len(ds)}
     manifest = {
         'format': MANIFEST_FORMAT, 'stage': NAME, 'created': now_iso(),
@@ -245,7 +258,7 @@ def _save_npz_atomic(path: Path, **arrays) -> None:
 
 @torch.no_grad()
 def write_predictions(model: SceneModel, cfg: PipelineConfig, stage_dir: Path, model_sha: str,
-                      dist: DistContext) -> dict[str, int]:
+                      dist: DistContext, plain=None) -> dict[str, int]:
     """Depth and residual flow of every triplet centre frame of cfg.scene.predict_splits.
 
     Resumable: files already written by the same weights are kept (predictions/source.json
@@ -267,10 +280,10 @@ def write_predictions(model: SceneModel, cfg: PipelineConfig, stage_dir: Path, m
     model.eval()
     counts = {}
     for split in cfg.scene.predict_splits:
-        if not cfg.data.split_name(split):
-            _log(dist, f'no {split} split configured; no predictions for it')
+        ds = plain if split == 'train' and plain is not None else optional_dataset(cfg, split, dist)
+        if ds is None:
+            _log(dist, f'no predictions for the {split} split')
             continue
-        ds = build_dataset(cfg.data, split, augment=False)
         paths = [prediction_path(stage_dir, split, *ds.sample_location(i)) for i in range(len(ds))]
         todo = [i for i, p in enumerate(paths) if not p.is_file()]
         loader = DataLoader(Subset(ds, todo), batch_size=cfg.scene.predict_batch_size, shuffle=False,
