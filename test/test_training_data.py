@@ -472,3 +472,22 @@ def test_pose_interpolation_slerps_rotation_and_refuses_extrapolation():
     assert outside is None
     [edge] = interpolate_poses(np.array([10.0, 11.0]), poses, np.array([11.05]), tolerance_s=0.1)
     np.testing.assert_allclose(edge, poses[1])
+
+
+def test_odometry_translation_is_reference_to_source_in_the_camera_frame_and_mirrors_with_flip():
+    """Camera drives along its optical axis (+z) 1.2 m per frame while drifting 0.3 m right (+x): the
+    reference camera's origin sits at z=+1.2 in the previous camera and at z=-1.2 in the next one."""
+    frames = [_object_frame(s) for s in range(3)]
+    poses = []
+    for i in range(3):
+        T = np.eye(4)
+        T[:3, 3] = [0.3 * i, 0.0, 1.2 * i]
+        poses.append(T)
+    src = MemorySource([MemorySequence('drive', [f[0] for f in frames], K_NATIVE, poses=poses)])
+    plain = TripletDataset(src, NH, NW, augment=NO_AUG)[0]
+    np.testing.assert_allclose(plain['odom_translation'].numpy(), [[0.3, 0, 1.2], [-0.3, 0, -1.2]], atol=1e-6)
+    np.testing.assert_allclose(plain['odom_distance'].numpy(), [np.hypot(0.3, 1.2)] * 2, atol=1e-6)
+    flipped = TripletDataset(src, NH, NW, augment=FLIP)[0]
+    np.testing.assert_allclose(flipped['odom_translation'].numpy(), [[-0.3, 0, 1.2], [0.3, 0, -1.2]], atol=1e-6)
+    unknown = TripletDataset(_object_source(), NH, NW, augment=NO_AUG)[0]
+    assert unknown['odom_translation'].shape == (2, 3) and torch.isnan(unknown['odom_translation']).all()

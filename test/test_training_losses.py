@@ -97,3 +97,17 @@ def test_translation_magnitude_loss_uses_only_known_distances():
     assert none.item() == 0.0 and none.requires_grad
     explicit = translation_magnitude_loss(t.detach(), d, torch.tensor([True, False, False]))
     assert abs(float(explicit) - 1.0) < 1e-5
+
+
+def test_translation_vector_loss_penalises_direction_and_skips_unknown_rows():
+    import pytest
+    import torch
+    from training.losses import translation_vector_loss
+    odom = torch.tensor([[0.0, 0.0, 1.2], [float('nan')] * 3])
+    forward = torch.tensor([[0.0, 0.0, 1.2], [5.0, 5.0, 5.0]])
+    sideways = torch.tensor([[1.2, 0.0, 0.0], [5.0, 5.0, 5.0]])   # same length, wrong direction
+    assert translation_vector_loss(forward, odom).item() == 0.0
+    assert translation_vector_loss(sideways, odom).item() == pytest.approx(2.4)
+    none = torch.full((2, 3), float('nan'))
+    zero = translation_vector_loss(sideways.requires_grad_(), none)
+    assert zero.item() == 0.0 and zero.requires_grad

@@ -113,3 +113,18 @@ def translation_magnitude_loss(translation: torch.Tensor, odom_distance: torch.T
     dist = torch.where(valid, odom_distance, torch.zeros_like(odom_distance))
     err = torch.where(valid, (norm - dist).abs(), torch.zeros_like(norm))
     return err.sum() / valid.sum().clamp(min=1).to(err.dtype)
+
+
+def translation_vector_loss(translation: torch.Tensor, odom_translation: torch.Tensor) -> torch.Tensor:
+    """Σ_xyz |t - t_odom| averaged over samples with a known odometry translation: scalar (metres).
+
+    translation: float32 [B,3] predicted translation of T_ref→src (the reference camera's frame);
+    odom_translation: float32 [B,3] the same from odometry poses, NaN rows when unknown. Supervising
+    the direction as well as the length keeps a from-scratch pose network out of the sideways-motion
+    basin that a length-only term allows, and gives metric scale. Returns 0 (attached) when no sample
+    has odometry.
+    """
+    valid = torch.isfinite(odom_translation).all(dim=1)
+    target = torch.where(valid[:, None], odom_translation, torch.zeros_like(odom_translation))
+    err = torch.where(valid, (translation - target).abs().sum(dim=1), torch.zeros_like(translation[:, 0]))
+    return err.sum() / valid.sum().clamp(min=1).to(err.dtype)

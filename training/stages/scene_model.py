@@ -35,7 +35,7 @@ from torch import nn
 
 from training.geometry import render_reference_in_source, transfer_flow_to_reference, warp
 from training.losses import (edge_aware_smoothness, min_reprojection_loss, motion_sparsity,
-                             translation_magnitude_loss)
+                             translation_magnitude_loss, translation_vector_loss)
 from training.networks.depth import DepthExportModule, DepthNet, disp_to_depth
 from training.networks.motion import ResidualMotionNet
 from training.networks.pose import PoseNet
@@ -71,7 +71,10 @@ class SceneModelConfig:
     # next to a photometric term about 4x ours (3·SSIM + 2·L1); in pixels that is ~0.02·Z/4, i.e.
     # 0.05 at Z = 10 m. Much more (0.2) erased a correctly found moving object in our tests.
     sparsity_weight: float = 0.05
-    odometry_weight: float = 0.1           # |‖t‖ - odometry distance| (metres); 0 disables metric scale
+    odometry_weight: float = 0.1           # odometry term (metres); 0 disables metric scale
+    # 'translation': Σ|t - t_odom| on the ref→source translation when poses are known (falls back to
+    # the length for samples with a distance only); 'distance': |‖t‖ - d| only (speed-only odometry).
+    odometry_supervision: str = 'translation'
     rotation_scale: float = 0.01           # pose output multipliers (small initial motion)
     translation_scale: float = 0.1         # 0.01 (monodepth2) is too slow to reach metres per frame
     motion_channels: int = 32
@@ -90,6 +93,8 @@ class SceneModelConfig:
         for name in ('smoothness_weight', 'sparsity_weight', 'odometry_weight'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
+        if self.odometry_supervision not in ('translation', 'distance'):
+            raise ValueError(f"odometry_supervision must be 'translation' or 'distance', got {self.odometry_supervision!r}")
         if not self.min_depth < self.init_depth < self.max_depth:
             raise ValueError(f'init_depth {self.init_depth} must lie inside (min_depth, max_depth) = '
                              f'({self.min_depth}, {self.max_depth})')
@@ -255,10 +260,19 @@ class SceneModel(nn.Module):
 
         odometry = torch.zeros((), device=target.device)
         odom = batch.get('odom_distance')
+        odom_t = batch.get('odom_translation') if cfg.odometry_supervision == 'translation' else None
         if odom is not None:
             odom = odom.to(target.device, target.dtype)
-            odometry = torch.stack([translation_magnitude_loss(poses[off][2], odom[:, 0 if off < 0 else 1])
-                                    for off in OFFSETS]).mean()
+            terms = []
+            for off in OFFSETS:
+                k = 0 if off < 0 else 1
+                dist = odom[:, k]
+                if odom_t is not None:
+                    vec = odom_t[:, k].to(target.device, target.dtype)
+                    terms.append(translation_vector_loss(poses[off][0][:, :3, 3], vec))
+                    dist = torch.where(torch.isfinite(vec).all(dim=1), torch.full_like(dist, float('nan')), dist)
+                terms.append(translation_magnitude_loss(poses[off][2], dist))
+            odometry = torch.stack(terms).sum() / len(OFFSETS)
 
         total = (photometric + cfg.smoothness_weight * smoothness + cfg.sparsity_weight * sparsity
                  + cfg.odometry_weight * odometry)
