@@ -99,7 +99,8 @@ def test_onnx_model_follows_the_contract_and_matches_the_predictions(run):
 
 def test_second_invocation_is_skipped(run):
     stage = run['dir']
-    before = {p: p.stat().st_mtime_ns for p in (stage / 'manifest.json', stage / 'scene.onnx', stage / 'scene_model.pt')}
+    files = (stage / 'manifest.json', stage / 'scene.onnx', stage / 'scene_model.pt')
+    before = {p: p.stat().st_mtime_ns for p in files}
     out = training_cmd(*run['args'], timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'up to date' in out.stdout

@@ -99,6 +99,7 @@ class TrainResult:
     resumed_from: int | None
     trained_steps: int
     seconds_per_step: float | None          # median wall time of one optimiser step in this run
+    phase_seconds_per_step: dict = field(default_factory=dict)   # phase name → median step time in this run
     step_times: list = field(default_factory=list, repr=False)
 
 
@@ -309,6 +310,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, phases: list[Ph
     bar = tqdm(total=total, initial=state.global_step, desc=desc, disable=not (progress and dist.is_main),
                dynamic_ncols=True, mininterval=1.0, smoothing=0.1)
     step_times: list[float] = []
+    phase_times: dict[str, list[float]] = {}
     trained = 0
     opt = None
 
@@ -363,6 +365,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, phases: list[Ph
                 state.global_step += 1
                 trained += 1
                 step_times.append(time.perf_counter() - t0)
+                phase_times.setdefault(phase.name, []).append(step_times[-1])
                 bar.update(1)
 
                 sums['loss'] = sums.get('loss', 0.0) + float(loss.detach())
@@ -413,6 +416,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, phases: list[Ph
     dist.barrier()
     return TrainResult(checkpoint=ckpt_path, global_step=state.global_step, resumed_from=resumed_from,
                        trained_steps=trained, step_times=step_times,
+                       phase_seconds_per_step={k: statistics.median(v) for k, v in phase_times.items()},
                        seconds_per_step=statistics.median(step_times) if step_times else None)
 
 
