@@ -474,20 +474,43 @@ def test_pose_interpolation_slerps_rotation_and_refuses_extrapolation():
     np.testing.assert_allclose(edge, poses[1])
 
 
-def test_odometry_translation_is_reference_to_source_in_the_camera_frame_and_mirrors_with_flip():
-    """Camera drives along its optical axis (+z) 1.2 m per frame while drifting 0.3 m right (+x): the
-    reference camera's origin sits at z=+1.2 in the previous camera and at z=-1.2 in the next one."""
+
+
+def _yaw(deg):
+    """[3,3] rotation about the camera's y axis (down), i.e. a turn in the ground plane."""
+    a = np.radians(deg)
+    return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+
+
+def test_odometry_pose_is_reference_to_source_and_mirrors_with_flip():
+    """Camera drives along +z 1.2 m per frame, drifting 0.3 m right (+x) and turning 2 degrees per frame.
+    T_ref→src maps points of the reference camera into the source cameras; a flipped sample carries the
+    mirrored motion (x drift and turn reversed), which is what explains the mirrored frames."""
     frames = [_object_frame(s) for s in range(3)]
     poses = []
     for i in range(3):
         T = np.eye(4)
+        T[:3, :3] = _yaw(2.0 * i)
         T[:3, 3] = [0.3 * i, 0.0, 1.2 * i]
         poses.append(T)
     src = MemorySource([MemorySequence('drive', [f[0] for f in frames], K_NATIVE, poses=poses)])
     plain = TripletDataset(src, NH, NW, augment=NO_AUG)[0]
-    np.testing.assert_allclose(plain['odom_translation'].numpy(), [[0.3, 0, 1.2], [-0.3, 0, -1.2]], atol=1e-6)
-    np.testing.assert_allclose(plain['odom_distance'].numpy(), [np.hypot(0.3, 1.2)] * 2, atol=1e-6)
+    expect = [np.linalg.inv(poses[0]) @ poses[1], np.linalg.inv(poses[2]) @ poses[1]]
+    np.testing.assert_allclose(plain['odom_pose'].numpy(), expect, atol=1e-6)
+    # a point 10 m ahead of the reference camera is farther (≈ 11.2 m) from the previous camera, 1.2 m behind
+    p_prev = plain['odom_pose'][0].double().numpy() @ np.array([0, 0, 10.0, 1])
+    assert 11.0 < p_prev[2] < 11.4
     flipped = TripletDataset(src, NH, NW, augment=FLIP)[0]
-    np.testing.assert_allclose(flipped['odom_translation'].numpy(), [[-0.3, 0, 1.2], [0.3, 0, -1.2]], atol=1e-6)
+    M = np.diag([-1.0, 1, 1, 1])
+    mirrored = []
+    for i in range(3):
+        T = np.eye(4)
+        T[:3, :3] = _yaw(-2.0 * i)
+        T[:3, 3] = [-0.3 * i, 0.0, 1.2 * i]
+        mirrored.append(T)
+    np.testing.assert_allclose(flipped['odom_pose'].numpy(), [np.linalg.inv(mirrored[0]) @ mirrored[1],
+                                                              np.linalg.inv(mirrored[2]) @ mirrored[1]], atol=1e-6)
+    np.testing.assert_allclose(flipped['odom_pose'][1].numpy(), M @ expect[1] @ M, atol=1e-6)
+    np.testing.assert_allclose(plain['odom_distance'].numpy(), [np.hypot(0.3, 1.2)] * 2, atol=1e-6)
     unknown = TripletDataset(_object_source(), NH, NW, augment=NO_AUG)[0]
-    assert unknown['odom_translation'].shape == (2, 3) and torch.isnan(unknown['odom_translation']).all()
+    assert unknown['odom_pose'].shape == (2, 4, 4) and torch.isnan(unknown['odom_pose']).all()

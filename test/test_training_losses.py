@@ -99,15 +99,26 @@ def test_translation_magnitude_loss_uses_only_known_distances():
     assert abs(float(explicit) - 1.0) < 1e-5
 
 
-def test_translation_vector_loss_penalises_direction_and_skips_unknown_rows():
+
+def test_relative_pose_loss_penalises_direction_and_rotation_and_skips_unknown_rows():
+    import math
+
     import pytest
-    import torch
-    from training.losses import translation_vector_loss
-    odom = torch.tensor([[0.0, 0.0, 1.2], [float('nan')] * 3])
-    forward = torch.tensor([[0.0, 0.0, 1.2], [5.0, 5.0, 5.0]])
-    sideways = torch.tensor([[1.2, 0.0, 0.0], [5.0, 5.0, 5.0]])   # same length, wrong direction
-    assert translation_vector_loss(forward, odom).item() == 0.0
-    assert translation_vector_loss(sideways, odom).item() == pytest.approx(2.4)
-    none = torch.full((2, 3), float('nan'))
-    zero = translation_vector_loss(sideways.requires_grad_(), none)
+    from training.losses import relative_pose_loss
+    from training.networks.pose import transformation_from_parameters
+
+    def T(rot_z_deg, t):
+        aa = torch.tensor([[0.0, 0.0, math.radians(rot_z_deg)]])
+        return transformation_from_parameters(aa, torch.tensor([t]))
+
+    odom = torch.cat([T(0, [0.0, 0.0, 1.2]), torch.full((1, 4, 4), float('nan'))])
+    junk = T(30, [5.0, 5.0, 5.0])
+    assert relative_pose_loss(torch.cat([T(0, [0, 0, 1.2]), junk]), odom).item() == pytest.approx(0, abs=1e-5)
+    # same length, wrong direction: the length-only term would see no error
+    assert relative_pose_loss(torch.cat([T(0, [1.2, 0, 0]), junk]), odom).item() == pytest.approx(2.4, rel=1e-4)
+    # 1 degree of rotation costs about rotation_weight * 0.01745
+    one_deg = relative_pose_loss(torch.cat([T(1, [0, 0, 1.2]), junk]), odom, rotation_weight=10.0).item()
+    assert one_deg == pytest.approx(10 * math.radians(1), rel=1e-2)
+    none = torch.full((2, 4, 4), float('nan'))
+    zero = relative_pose_loss(torch.cat([T(1, [0, 0, 1.2]), junk]).requires_grad_(), none)
     assert zero.item() == 0.0 and zero.requires_grad

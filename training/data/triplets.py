@@ -8,9 +8,9 @@ One sample (a dict of tensors; the default DataLoader collate stacks them into a
     frames_raw     float32 [3,3,H,W]  the same frames without colour augmentation (loss targets)
     K, inv_K       float32 [3,3]      intrinsics of frame t at H x W (and the inverse)
     odom_distance  float32 [2]        metres travelled t-gap→t and t→t+gap from poses; NaN when unknown
-    odom_translation float32 [2,3]    translation of T_ref→src (frame t's camera into frames t-gap and
-                                      t+gap) in frame t's optical frame, metres; NaN when unknown
-                                      (mirrored in x when the sample is flipped)
+    odom_pose      float32 [2,4,4]    T_ref→src from the poses: maps points in frame t's camera into the
+                                      cameras of frames t-gap and t+gap (metres); NaN when unknown
+                                      (mirrored, M·T·M with M = diag(-1,1,1,1), when the sample is flipped)
     mask           int64 [H,W]        instance ids of frame t, 0 = none (all 0 without masks)
     gt_depth       float32 [1,H,W]    metres, 0 = invalid (all 0 without ground truth); never a loss input
     moving         bool [H,W]         pixels of instances flagged as moving (False when unknown)
@@ -53,12 +53,15 @@ def resize_nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(a, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
-def _ref_to_src_translation(T_ref: np.ndarray | None, T_src: np.ndarray | None) -> np.ndarray:
-    """float32 [3]: translation of inv(T_world_src) @ T_world_ref, i.e. where frame t's camera
-    centre goes in the source camera's frame is -this; NaN when a pose is unknown."""
+MIRROR_X = np.diag([-1.0, 1.0, 1.0, 1.0]).astype(np.float32)
+
+
+def _ref_to_src(T_ref: np.ndarray | None, T_src: np.ndarray | None) -> np.ndarray:
+    """float32 [4,4]: inv(T_world_src) @ T_world_ref (reference camera → source camera); NaN when a
+    pose is unknown."""
     if T_ref is None or T_src is None:
-        return np.full(3, np.nan, np.float32)
-    return (np.linalg.inv(np.asarray(T_src, np.float64)) @ np.asarray(T_ref, np.float64))[:3, 3].astype(np.float32)
+        return np.full((4, 4), np.nan, np.float32)
+    return (np.linalg.inv(np.asarray(T_src, np.float64)) @ np.asarray(T_ref, np.float64)).astype(np.float32)
 
 
 def _distance(Ta: np.ndarray | None, Tb: np.ndarray | None) -> float:
@@ -136,7 +139,7 @@ class TripletDataset(Dataset):
 
         poses = [seq.pose(i) for i in ids]
         odom = np.array([_distance(poses[0], poses[1]), _distance(poses[1], poses[2])], dtype=np.float32)
-        odom_t = np.stack([_ref_to_src_translation(poses[1], poses[0]), _ref_to_src_translation(poses[1], poses[2])])
+        odom_pose = np.stack([_ref_to_src(poses[1], poses[0]), _ref_to_src(poses[1], poses[2])])
 
         raw_mask = seq.instance_mask(t)
         mask = np.zeros((H, W), np.int64) if raw_mask is None else \
@@ -156,7 +159,7 @@ class TripletDataset(Dataset):
             moving = flip_width(moving, 1)
             gt = flip_width(gt, 1)
             K = flip_intrinsics(K, W)
-            odom_t = odom_t * np.array([-1.0, 1.0, 1.0], np.float32)   # mirrored scene: x of motion flips
+            odom_pose = MIRROR_X @ odom_pose @ MIRROR_X   # the motion that explains the mirrored frames
         jittered = jitter_colour(rgb, params.colour) if params.colour is not None else rgb
 
         def chw(a):
@@ -168,7 +171,7 @@ class TripletDataset(Dataset):
             'K': torch.from_numpy(K.astype(np.float32)),
             'inv_K': torch.from_numpy(np.linalg.inv(K).astype(np.float32)),
             'odom_distance': torch.from_numpy(odom),
-            'odom_translation': torch.from_numpy(odom_t),
+            'odom_pose': torch.from_numpy(np.ascontiguousarray(odom_pose)),
             'mask': torch.from_numpy(mask),
             'gt_depth': torch.from_numpy(gt[None]),
             'moving': torch.from_numpy(moving),

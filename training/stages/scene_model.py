@@ -35,7 +35,7 @@ from torch import nn
 
 from training.geometry import render_reference_in_source, transfer_flow_to_reference, warp
 from training.losses import (edge_aware_smoothness, min_reprojection_loss, motion_sparsity,
-                             translation_magnitude_loss, translation_vector_loss)
+                             relative_pose_loss, translation_magnitude_loss)
 from training.networks.depth import DepthExportModule, DepthNet, disp_to_depth
 from training.networks.motion import ResidualMotionNet
 from training.networks.pose import PoseNet
@@ -72,9 +72,11 @@ class SceneModelConfig:
     # 0.05 at Z = 10 m. Much more (0.2) erased a correctly found moving object in our tests.
     sparsity_weight: float = 0.05
     odometry_weight: float = 0.1           # odometry term (metres); 0 disables metric scale
-    # 'translation': Σ|t - t_odom| on the ref→source translation when poses are known (falls back to
-    # the length for samples with a distance only); 'distance': |‖t‖ - d| only (speed-only odometry).
-    odometry_supervision: str = 'translation'
+    # 'pose': the whole relative pose T_ref→src when poses are known (translation vector + rotation,
+    # losses.relative_pose_loss; falls back to the length for samples with a distance only);
+    # 'distance': |‖t‖ - d| only (speed-only odometry).
+    odometry_supervision: str = 'pose'
+    odometry_rotation_weight: float = 10.0  # metres per radian in the 'pose' term
     rotation_scale: float = 0.01           # pose output multipliers (small initial motion)
     translation_scale: float = 0.1         # 0.01 (monodepth2) is too slow to reach metres per frame
     motion_channels: int = 32
@@ -93,8 +95,8 @@ class SceneModelConfig:
         for name in ('smoothness_weight', 'sparsity_weight', 'odometry_weight'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
-        if self.odometry_supervision not in ('translation', 'distance'):
-            raise ValueError(f"odometry_supervision must be 'translation' or 'distance', got {self.odometry_supervision!r}")
+        if self.odometry_supervision not in ('pose', 'distance'):
+            raise ValueError(f"odometry_supervision must be 'pose' or 'distance', got {self.odometry_supervision!r}")
         if not self.min_depth < self.init_depth < self.max_depth:
             raise ValueError(f'init_depth {self.init_depth} must lie inside (min_depth, max_depth) = '
                              f'({self.min_depth}, {self.max_depth})')
@@ -260,17 +262,18 @@ class SceneModel(nn.Module):
 
         odometry = torch.zeros((), device=target.device)
         odom = batch.get('odom_distance')
-        odom_t = batch.get('odom_translation') if cfg.odometry_supervision == 'translation' else None
+        odom_T = batch.get('odom_pose') if cfg.odometry_supervision == 'pose' else None
         if odom is not None:
             odom = odom.to(target.device, target.dtype)
             terms = []
             for off in OFFSETS:
                 k = 0 if off < 0 else 1
                 dist = odom[:, k]
-                if odom_t is not None:
-                    vec = odom_t[:, k].to(target.device, target.dtype)
-                    terms.append(translation_vector_loss(poses[off][0][:, :3, 3], vec))
-                    dist = torch.where(torch.isfinite(vec).all(dim=1), torch.full_like(dist, float('nan')), dist)
+                if odom_T is not None:
+                    rel = odom_T[:, k].to(target.device, target.dtype)
+                    terms.append(relative_pose_loss(poses[off][0], rel, cfg.odometry_rotation_weight))
+                    known = torch.isfinite(rel.flatten(1)).all(dim=1)
+                    dist = torch.where(known, torch.full_like(dist, float('nan')), dist)
                 terms.append(translation_magnitude_loss(poses[off][2], dist))
             odometry = torch.stack(terms).sum() / len(OFFSETS)
 
