@@ -1,15 +1,23 @@
-"""`python -m dynadepth_ros.demo --out DIR`: the project demo.
+"""`python -m dynadepth_ros.demo --out DIR`: the project demo (what `make demo` runs).
 
-For now it shows the synthetic data the pipeline trains and evaluates on: it generates a short
-sequence with its rosbag2, prints what is in it (objects by class, moving/static, frames with a
-lead car, bag topics and message counts, timings) and writes a preview PNG (RGB | depth |
-instance mask for a few frames, including lead-car frames).
+1. Generates a short synthetic driving sequence with its rosbag2 (camera, camera_info, instance
+   masks, GT depth, odometry, lidar, tf_static), prints what is in it and writes a preview PNG
+   (RGB | depth | instance mask, including lead-car frames).
+2. Evaluates the bundled model (or --model) on that bag offline, with the same inference core the
+   node uses: all / static / dynamic-pixel metrics, plots and sample strips under DIR/eval_offline.
+3. Runs it live: starts `depth_node`, replays the bag into it over ROS 2 with `dynadepth-replay`,
+   records the published depth, and evaluates the recording (DIR/eval_live), which must give the
+   offline metrics, plus the stamp→publish latency.
+
+Steps 2 and 3 need a model: without a bundled one, pass --model or use --skip-model.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -151,6 +159,58 @@ def print_summary(info: dict) -> None:
     print(f'preview: {info["preview"]}')
 
 
+def _print_metrics(title: str, report: dict) -> None:
+    from .metrics import format_table
+    print(f'\n{title}: {report["counts"].get("evaluated", "?")} frames evaluated')
+    print(format_table({mode: {r: dict(m, frames=m.get('frames', 0)) for r, m in report['metrics'][mode].items()
+                               if m is not None} for mode in ('median_scaled', 'metric')}))
+
+
+def run_model_demo(out: Path, sequence: Path, model: Path) -> tuple[dict, dict]:
+    """Offline and live evaluation of `model` on the sequence's bag; returns the two report dicts."""
+    from . import eval_bag
+    bag = sequence / 'bag'
+    offline = out / 'eval_offline'
+    rc = eval_bag.main([str(bag), '--model', str(model), '--moving-ids-from', str(sequence), '--out', str(offline),
+                        '--backend', 'onnxruntime', '--no-progress'])
+    if rc != 0:
+        raise RuntimeError(f'offline evaluation failed (exit {rc}); see {offline}/report.json')
+    bin_dir = Path(sys.executable).parent
+    rec = out / 'live_depth_bag'
+    if rec.exists():
+        import shutil
+        shutil.rmtree(rec)
+    node_log = open(out / 'depth_node.log', 'w')
+    node = subprocess.Popen([str(bin_dir / 'depth_node'), '--ros-args', '-p', f'model_path:={model}',
+                             '-p', 'backend:=onnxruntime', '-r', 'image:=/camera/image_raw',
+                             '-r', 'camera_info:=/camera/camera_info', '-r', 'instance_mask:=/camera/instance_mask'],
+                            stdout=node_log, stderr=subprocess.STDOUT)
+    try:
+        # half speed: the node is latest-frame-wins, so on a busy 2-core machine full rate would drop frames
+        res = subprocess.run([str(bin_dir / 'dynadepth-replay'), str(bag), '--rate', '0.5', '--record', str(rec),
+                              '--record-topics', '/depth', '/camera/image_raw', '--wait-subscribers',
+                              '/camera/image_raw', '/camera/camera_info', '--linger', '2.0',
+                              '--summary', str(out / 'replay_summary.json')], capture_output=True, text=True,
+                             timeout=600)
+    finally:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
+        node_log.close()
+    if res.returncode != 0:
+        raise RuntimeError(f'replay through the live node failed: {res.stderr.strip()[-2000:]}\n'
+                           f'(node log: {out / "depth_node.log"})')
+    live = out / 'eval_live'
+    rc = eval_bag.main([str(bag), '--prediction-bag', str(rec), '--prediction-topic', '/depth', '--moving-ids-from',
+                        str(sequence), '--out', str(live), '--no-progress'])
+    if rc != 0:
+        raise RuntimeError(f'live evaluation failed (exit {rc}); see {live}/report.json')
+    return (json.loads((offline / 'report.json').read_text()), json.loads((live / 'report.json').read_text()))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog='python -m dynadepth_ros.demo', description=__doc__.split('\n\n')[0])
     ap.add_argument('--out', type=Path, default=Path('out/demo'), help='output directory (default out/demo)')
@@ -159,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--width', type=int, default=640)
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
+    ap.add_argument('--model', type=Path, help='ONNX model (default: the bundled model)')
+    ap.add_argument('--skip-model', action='store_true', help='only generate and summarise the synthetic data')
     args = ap.parse_args(argv)
     try:
         info = run_synthetic_demo(args.out, args.frames, args.height, args.width, args.seed, args.storage)
@@ -166,6 +228,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f'demo: error: {e}', file=sys.stderr)
         return 2
     print_summary(info)
+    if args.skip_model:
+        return 0
+    from .inference import BackendError, default_model_path
+    try:
+        model = args.model or default_model_path()
+    except BackendError as e:
+        print(f'demo: error: {e}; or run with --skip-model', file=sys.stderr)
+        return 2
+    from .model_format import read_metadata
+    meta = read_metadata(model)
+    print(f'\nmodel: {model} (stage {meta.stage}, {"metric" if meta.metric else "relative"}, '
+          f'input {meta.input_width}x{meta.input_height}, trained on {meta.dataset})')
+    try:
+        offline, live = run_model_demo(args.out, Path(info['sequence']), model)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        print(f'demo: error: {e}', file=sys.stderr)
+        return 1
+    _print_metrics('offline evaluation (ONNX Runtime, same core as the node)', offline)
+    _print_metrics('live evaluation (depth_node over ROS 2, recorded)', live)
+    lat = live.get('latency_ms') or {}
+    if lat:
+        print(f'\nlive stamp→publish latency: p50 {lat.get("p50", float("nan")):.1f} ms, '
+              f'p99 {lat.get("p99", float("nan")):.1f} ms over {lat.get("count", 0)} frames')
+    print(f'reports: {args.out / "eval_offline" / "report.md"}, {args.out / "eval_live" / "report.md"}; '
+          f'strips: {args.out / "eval_offline" / "samples.png"}')
     return 0
 
 
