@@ -16,30 +16,17 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from dynadepth_ros.atomic_files import write_bytes_atomic
 from dynadepth_ros.metrics import METRIC_NAMES, MODES
 
 REGIONS = ('all', 'static', 'dynamic')
 PLOTS = ('error_by_distance.png', 'abs_rel_over_time.png', 'samples.png')
 
-
-# ---- atomic writes -------------------------------------------------------------------------
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_safe(obj):
@@ -294,7 +281,7 @@ def write_frames_csv(path: Path, frames: list[dict]) -> None:
     w.writeheader()
     for f in frames:
         w.writerow({k: ('' if f.get(k) is None else f[k]) for k in keys})
-    _atomic_bytes(path, buf.getvalue().encode())
+    write_bytes_atomic(path, buf.getvalue().encode())
 
 
 def write_report(out_dir, report: dict, samples: list[dict] | None = None) -> list[Path]:
@@ -315,13 +302,13 @@ def write_report(out_dir, report: dict, samples: list[dict] | None = None) -> li
             errors[name] = f'{type(exc).__name__}: {exc}'
             continue
         if data:
-            _atomic_bytes(out / name, data)
+            write_bytes_atomic(out / name, data)
             plots.append(name)
             written.append(out / name)
     report['plots'] = plots
     if errors:
         report['plot_errors'] = errors
     write_frames_csv(out / 'frames.csv', report.get('frames') or [])
-    _atomic_bytes(out / 'report.json', json.dumps(_json_safe(report), indent=1, allow_nan=False).encode())
-    _atomic_bytes(out / 'report.md', report_markdown(report, plots).encode())
+    write_bytes_atomic(out / 'report.json', json.dumps(_json_safe(report), indent=1, allow_nan=False).encode())
+    write_bytes_atomic(out / 'report.md', report_markdown(report, plots).encode())
     return written + [out / 'frames.csv', out / 'report.json', out / 'report.md']

@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
+
+from dynadepth_ros.atomic_files import write_text_atomic
 
 MANIFEST_NAME = 'manifest.json'
 MANIFEST_FORMAT = 1
@@ -68,22 +69,7 @@ def data_fingerprint(root: str | os.PathLike) -> dict:
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write('\n')
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + '\n')
 
 
 def read_manifest(stage_dir: str | os.PathLike) -> dict | None:

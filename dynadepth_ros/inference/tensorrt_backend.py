@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from dynadepth_ros.atomic_files import write_bytes_atomic
 from dynadepth_ros.inference.backend import BackendError
 from dynadepth_ros.model_format import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
@@ -96,26 +96,13 @@ def sidecar_path(engine_path: str | Path) -> Path:
     return Path(str(engine_path) + '.json')
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=path.name + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_engine(path: str | Path, blob: bytes, key: EngineKey) -> None:
     """Write the engine and its sidecar atomically (engine first, so a sidecar never describes a partial file)."""
     path = Path(path)
-    _atomic_write(path, bytes(blob))
+    write_bytes_atomic(path, bytes(blob))
     meta = {'format': SIDECAR_FORMAT, 'key': key.to_json(), 'engine_sha256': hashlib.sha256(blob).hexdigest(),
             'engine_bytes': len(blob), 'built_at': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
-    _atomic_write(sidecar_path(path), (json.dumps(meta, indent=2) + '\n').encode())
+    write_bytes_atomic(sidecar_path(path), (json.dumps(meta, indent=2) + '\n').encode())
 
 
 def read_engine(path: str | Path, expected: EngineKey | None) -> bytes:
