@@ -70,7 +70,9 @@ class Recorder:
     """Records topics raw into a rosbag2 via rosbags (see the module docstring)."""
 
     def __init__(self, node, out: str | os.PathLike, topics: list[str], storage: str = 'mcap', log=print,
-                 on_message=None):
+                 on_message=None, log_time=None):
+        """on_message(topic, t_ns, raw) is called after each write; log_time(topic, raw) -> ns or None
+        gives the log time of messages this process published itself (None: the receive time)."""
         from rosbags.rosbag2 import StoragePlugin, Writer
         from rosbags.typesys import Stores, get_typestore
 
@@ -92,6 +94,7 @@ class Recorder:
         self.counts: dict[str, int] = {}
         self.log = log
         self.on_message = on_message
+        self.log_time = log_time
         self.closed = False
 
     def poll(self) -> None:
@@ -126,7 +129,10 @@ class Recorder:
     def _on_raw(self, topic: str, raw: bytes) -> None:
         if self.closed:
             return
-        t = time.time_ns()
+        # a message this process replayed itself is logged at its publish time: the recorder's callback
+        # order across topics is not the arrival order under load, so its receive time could come after
+        # the receive time of the depth computed from it (negative latency)
+        t = (self.log_time(topic, raw) if self.log_time is not None else None) or time.time_ns()
         self.writer.write(self.conns[topic], t, raw)
         self.counts[topic] += 1
         if self.on_message is not None:
@@ -209,6 +215,15 @@ class Replayer:
                 return
             while len(self.publish_times) > 10000:
                 self.publish_times.popitem(last=False)
+
+    def publish_time_ns(self, topic: str, raw: bytes) -> int | None:
+        """Wall time (ns) this replayer published the latency-topic message `raw`, else None."""
+        if topic != self.latency_topic:
+            return None
+        try:
+            return self.publish_times.get(cdr_header_stamp_ns(raw))
+        except ValueError:
+            return None
 
     def note_received(self, topic: str, t_ns: int, raw: bytes) -> None:
         """Recorder hook: latency of a message stamped like a replayed latency-topic message."""
@@ -321,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         replayer = Replayer(node, bag, args.topics, args.rate, args.start_offset, global_topic(args.latency_topic), log)
         if args.record:
             recorder = Recorder(node, args.record, args.record_topics, args.record_storage, log,
-                                on_message=replayer.note_received)
+                                on_message=replayer.note_received, log_time=replayer.publish_time_ns)
             recorder.poll()
         waits = [global_topic(t) for t in args.wait_subscribers]
         unknown = [t for t in waits if t not in replayer.publishers]
