@@ -12,7 +12,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_images.xml
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo bench clean-venv
+.PHONY: setup test demo bench bench-node train-ci clean-venv
 
 setup: $(STAMP)
 
@@ -39,6 +39,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) test/bench/bench_synth.py
+
+bench-node: $(STAMP)
+	$(PY) test/bench/bench_node.py
+
+train-ci: $(STAMP)
+	$(PY) -m training scene --preset ci-tiny
 
 clean-venv:
 	rm -rf $(VENV)
