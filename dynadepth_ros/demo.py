@@ -166,15 +166,24 @@ def _print_metrics(title: str, report: dict) -> None:
                                if m is not None} for mode in ('median_scaled', 'metric')}))
 
 
+def _eval_bag_logged(args: list[str], log: Path) -> int:
+    """dynadepth-eval-bag with its console output in `log` (the demo prints the tables itself)."""
+    import contextlib
+
+    from . import eval_bag
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, 'w') as f, contextlib.redirect_stdout(f):
+        return eval_bag.main(args + ['--no-progress'])
+
+
 def run_model_demo(out: Path, sequence: Path, model: Path) -> tuple[dict, dict]:
     """Offline and live evaluation of `model` on the sequence's bag; returns the two report dicts."""
-    from . import eval_bag
     bag = sequence / 'bag'
     offline = out / 'eval_offline'
-    rc = eval_bag.main([str(bag), '--model', str(model), '--moving-ids-from', str(sequence), '--out', str(offline),
-                        '--backend', 'onnxruntime', '--no-progress'])
+    rc = _eval_bag_logged([str(bag), '--model', str(model), '--moving-ids-from', str(sequence), '--out', str(offline),
+                           '--backend', 'onnxruntime'], out / 'eval_offline.log')
     if rc != 0:
-        raise RuntimeError(f'offline evaluation failed (exit {rc}); see {offline}/report.json')
+        raise RuntimeError(f'offline evaluation failed (exit {rc}); see {offline}/report.json and {out}/eval_offline.log')
     bin_dir = Path(sys.executable).parent
     rec = out / 'live_depth_bag'
     if rec.exists():
@@ -204,10 +213,10 @@ def run_model_demo(out: Path, sequence: Path, model: Path) -> tuple[dict, dict]:
         raise RuntimeError(f'replay through the live node failed: {res.stderr.strip()[-2000:]}\n'
                            f'(node log: {out / "depth_node.log"})')
     live = out / 'eval_live'
-    rc = eval_bag.main([str(bag), '--prediction-bag', str(rec), '--prediction-topic', '/depth', '--moving-ids-from',
-                        str(sequence), '--out', str(live), '--no-progress'])
+    rc = _eval_bag_logged([str(bag), '--prediction-bag', str(rec), '--prediction-topic', '/depth',
+                           '--moving-ids-from', str(sequence), '--out', str(live)], out / 'eval_live.log')
     if rc != 0:
-        raise RuntimeError(f'live evaluation failed (exit {rc}); see {live}/report.json')
+        raise RuntimeError(f'live evaluation failed (exit {rc}); see {live}/report.json and {out}/eval_live.log')
     return (json.loads((offline / 'report.json').read_text()), json.loads((live / 'report.json').read_text()))
 
 
