@@ -33,6 +33,7 @@ import numpy as np
 from dynadepth_ros import __version__
 from dynadepth_ros.bag_reader import (BagError, BagReader, MessageDecodeError, camera_info_K, cdr_header_stamp_ns,
                                       image_msg_depth, image_msg_labels, image_msg_rgb)
+from dynadepth_ros.camera import scale_intrinsics
 from dynadepth_ros.image_codec import ImageFormatError
 from dynadepth_ros.lidar_projection import LidarProjectionError, find_transform, lidar_depth_image
 from dynadepth_ros.metrics import MODES, MetricAccumulator, eigen_metrics, evaluate_frame, valid_mask
@@ -354,9 +355,7 @@ def _iter_bag_frames(cfg: EvalConfig, bag: BagReader, pred_bag: BagReader | None
                 counts.skip('camera_info_invalid', f'{key}: {exc}')
                 continue
             if info_msg.width and info_msg.height and (info_msg.width, info_msg.height) != (rgb.shape[1], rgb.shape[0]):
-                K = K.copy()
-                K[0] *= rgb.shape[1] / info_msg.width
-                K[1] *= rgb.shape[0] / info_msg.height
+                K = scale_intrinsics(K, rgb.shape[1] / info_msg.width, rgb.shape[0] / info_msg.height)
         if cfg.gt_lidar_topic:
             if info_msg is None:
                 counts.skip('no_camera_info', f'{key}: lidar projection needs a camera_info message')

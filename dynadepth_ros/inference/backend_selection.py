@@ -144,43 +144,46 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
         notes.append(f'{what} not used: {exc}')
         log(f'{what} not used: {exc}; trying the next backend')
 
-    if backend in ('auto', 'tensorrt'):
-        if backend == 'auto' and tensorrt_factory is None and not tensorrt_installed():
-            notes.append('TensorRT is not installed; using ONNX Runtime')
-        else:
-            ref = get_reference()   # validates the ONNX file first: a corrupt model fails here, clearly
-            try:
-                if tensorrt_factory is None:
-                    from dynadepth_ros.inference.tensorrt_backend import TensorRTBackend as tensorrt_factory
-                cand = tensorrt_factory(model_path, metadata, precision=precision, engine_cache_dir=engine_cache_dir,
-                                        engine_path=engine_path, max_batch=max_batch, log=log)
-                try:
-                    report = verify_backend(cand, ref, metadata, trt_tolerance)
-                except BackendError:
-                    cand.close()
-                    raise
-                release_reference()
-                return Selection(cand, notes, report)
-            except BackendError as exc:
-                failed('TensorRT backend', exc)
-
-    offered = available_providers() if providers is None else list(providers)
-    for provider in (TENSORRT_EP, CUDA_EP):
-        if provider not in offered:
-            continue
-        ref = get_reference()
+    def verified(what: str, make: Callable[[], Backend]) -> Selection | None:
+        """make() a GPU candidate and check it against the ONNX Runtime CPU reference: the Selection when it
+        passes, None (after `failed`) when building or verifying raises BackendError."""
+        ref = get_reference()   # validates the ONNX file first: a corrupt model fails here, clearly
         try:
-            cand = OnnxRuntimeBackend(model_path, metadata, provider, precision, engine_cache_dir=engine_cache_dir,
-                                      intra_op_threads=intra_op_threads, max_batch=max_batch)
+            cand = make()
             try:
                 report = verify_backend(cand, ref, metadata, trt_tolerance)
             except BackendError:
                 cand.close()
                 raise
-            release_reference()
-            return Selection(cand, notes, report)
         except BackendError as exc:
-            failed(f'ONNX Runtime {provider}', exc)
+            failed(what, exc)
+            return None
+        release_reference()
+        return Selection(cand, notes, report)
+
+    if backend in ('auto', 'tensorrt'):
+        if backend == 'auto' and tensorrt_factory is None and not tensorrt_installed():
+            notes.append('TensorRT is not installed; using ONNX Runtime')
+        else:
+            def make_tensorrt() -> Backend:
+                factory = tensorrt_factory
+                if factory is None:
+                    from dynadepth_ros.inference.tensorrt_backend import TensorRTBackend as factory
+                return factory(model_path, metadata, precision=precision, engine_cache_dir=engine_cache_dir,
+                               engine_path=engine_path, max_batch=max_batch, log=log)
+            chosen = verified('TensorRT backend', make_tensorrt)
+            if chosen is not None:
+                return chosen
+
+    offered = available_providers() if providers is None else list(providers)
+    for provider in (TENSORRT_EP, CUDA_EP):
+        if provider not in offered:
+            continue
+        chosen = verified(f'ONNX Runtime {provider}', lambda provider=provider: OnnxRuntimeBackend(
+            model_path, metadata, provider, precision, engine_cache_dir=engine_cache_dir,
+            intra_op_threads=intra_op_threads, max_batch=max_batch))
+        if chosen is not None:
+            return chosen
     cpu = get_reference()
     if precision == 'fp16':
         notes.append('precision fp16 applies to TensorRT only; ONNX Runtime CPU runs fp32')
