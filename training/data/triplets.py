@@ -64,12 +64,6 @@ def _ref_to_src(T_ref: np.ndarray | None, T_src: np.ndarray | None) -> np.ndarra
     return (np.linalg.inv(np.asarray(T_src, np.float64)) @ np.asarray(T_ref, np.float64)).astype(np.float32)
 
 
-def _distance(Ta: np.ndarray | None, Tb: np.ndarray | None) -> float:
-    if Ta is None or Tb is None:
-        return float('nan')
-    return float(np.linalg.norm(np.asarray(Tb)[:3, 3] - np.asarray(Ta)[:3, 3]))
-
-
 class TripletDataset(Dataset):
     """Triplets (t-gap, t, t+gap) of every sequence of `source`, resized to height x width.
 
@@ -138,8 +132,9 @@ class TripletDataset(Dataset):
         K = scale_intrinsics(seq.K(t), W / w0, H / h0)
 
         poses = [seq.pose(i) for i in ids]
-        odom = np.array([_distance(poses[0], poses[1]), _distance(poses[1], poses[2])], dtype=np.float32)
         odom_pose = np.stack([_ref_to_src(poses[1], poses[0]), _ref_to_src(poses[1], poses[2])])
+        # the length of T_ref→src's translation is the distance between the two camera centres (NaN stays NaN)
+        odom = np.linalg.norm(odom_pose[:, :3, 3], axis=1).astype(np.float32)
 
         raw_mask = seq.instance_mask(t)
         mask = np.zeros((H, W), np.int64) if raw_mask is None else \
