@@ -3,6 +3,10 @@
     python -m training presets [--show NAME]
     python -m training prepare-data --preset ci-tiny                  # generate / import the data only
     python -m training scene --preset cpu-small [--run-dir runs/cpu-small] [--set scene.loop.batch_size=4]
+    python -m training objects --preset cpu-small --run-dir runs/cpu-small     # stage 2 (needs scene)
+    python -m training dsa --preset cpu-small --run-dir runs/cpu-small         # stage 3 (needs objects)
+    python -m training run --preset cpu-small --run-dir runs/cpu-small         # every stage, resuming/skipping
+    python -m training evaluate --run-dir runs/cpu-small --stage dsa --split val  # labels, DSA, pseudo labels
     python -m training export --run-dir runs/cpu-small --stage scene --out scene.onnx
     python -m training evaluate --run-dir runs/cpu-small --stage scene --split test
     python -m training import-bag run1/ run2.mcap --out data/robot --image-topic /camera/image_raw \\
@@ -39,11 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('prepare-data', help="generate (synthetic) or import (rosbag) a config's data, then stop")
     _config_args(p)
 
-    p = sub.add_parser('scene', help='stage 1: train scene depth + pose + residual motion, predict, export ONNX')
+    for spec in STAGES.values():   # one subcommand per registered stage
+        p = sub.add_parser(spec.name, help=spec.summary)
+        _config_args(p)
+        p.add_argument('--run-dir', type=Path, help=f'run directory (default runs/<config name>); the stage writes '
+                                                    f'<run-dir>/{spec.name}/')
+        p.add_argument('--restart', action='store_true', help="delete this stage's outputs and train from scratch")
+
+    p = sub.add_parser('run', help='the whole pipeline: every stage in order, each resuming where it stopped and '
+                                   'skipping when its inputs did not change')
     _config_args(p)
-    p.add_argument('--run-dir', type=Path, help='run directory (default runs/<config name>); the stage writes '
-                                                '<run-dir>/scene/')
-    p.add_argument('--restart', action='store_true', help="delete this stage's outputs and train from scratch")
+    p.add_argument('--run-dir', type=Path, help='run directory (default runs/<config name>)')
+    p.add_argument('--until', choices=list(STAGES), help='stop after this stage')
+    p.add_argument('--restart-from', choices=list(STAGES),
+                   help="delete this stage's and every later stage's outputs first")
 
     p = sub.add_parser('export', help="export a finished stage's depth network to ONNX (design §3 format)")
     p.add_argument('--run-dir', type=Path, required=True)
@@ -54,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('evaluate', help="Eigen depth metrics of a finished stage (all/static/dynamic/lead cars) "
                                         "next to the mean-train-depth baseline")
     p.add_argument('--run-dir', type=Path, required=True)
-    p.add_argument('--stage', default='scene', choices=sorted(n for n, s in STAGES.items() if s.has_depth_model))
-    p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    p.add_argument('--stage', default='scene', choices=sorted(STAGES),
+                   help='a stage with a depth network (scene): depth metrics; objects or dsa: labelling '
+                        'precision/recall, DSA scale error and pseudo labels against stage 1 (split default val)')
+    p.add_argument('--split', choices=('train', 'val', 'test'), help='default: test (val for objects/dsa)')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
     p.add_argument('--batch-size', type=int)
 
@@ -98,20 +113,32 @@ def cmd_prepare_data(args) -> int:
     return 0
 
 
-def cmd_scene(args) -> int:
+def _run_stages(args, names: list[str] | None) -> int:
     from training.config import load_config
     from training.distributed import init_distributed, shutdown_distributed
-    from training.stages import get_stage
+    from training.stages.runner import run_pipeline, run_stage
 
     cfg = load_config(args.preset, args.config, args.overrides)
     _set_threads(cfg.runtime.threads)
     dist = init_distributed(cfg.runtime.device)
     try:
         run_dir = args.run_dir or Path('runs') / cfg.name
-        get_stage('scene').load().run(cfg, run_dir, dist, restart=args.restart)
+        if names is None:
+            run_pipeline(cfg, run_dir, dist, until=args.until, restart_from=args.restart_from)
+        else:
+            for name in names:
+                run_stage(name, cfg, run_dir, dist, restart=args.restart)
     finally:
         shutdown_distributed()
     return 0
+
+
+def cmd_stage(args) -> int:
+    return _run_stages(args, [args.command])
+
+
+def cmd_run(args) -> int:
+    return _run_stages(args, None)
 
 
 def cmd_export(args) -> int:
@@ -135,6 +162,15 @@ def cmd_evaluate(args) -> int:
     from training.distributed import resolve_device
     from training.evaluate import evaluate, markdown_report
 
+    if not STAGES[args.stage].has_depth_model:
+        from training.evaluate_dsa import evaluate_method, method_markdown
+
+        split = args.split or 'val'
+        report = evaluate_method(args.run_dir, split, progress=True)
+        print(method_markdown(report), end='')
+        print(f'wrote {args.run_dir / "dsa" / f"method_eval_{split}.json"} and .md')
+        return 0
+    args.split = args.split or 'test'
     report = evaluate(args.run_dir, args.stage, args.split, device=str(resolve_device(args.device)),
                       batch_size=args.batch_size)
     print(markdown_report(report), end='')
@@ -156,8 +192,8 @@ def cmd_import_bag(args) -> int:
     return 0
 
 
-COMMANDS = {'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'scene': cmd_scene, 'export': cmd_export,
-            'evaluate': cmd_evaluate, 'import-bag': cmd_import_bag}
+COMMANDS = {'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'run': cmd_run, 'export': cmd_export,
+            'evaluate': cmd_evaluate, 'import-bag': cmd_import_bag, **{name: cmd_stage for name in STAGES}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     from dynadepth_ros.bag_reader import BagError
     from training.data.rosbag_import import RosbagImportError
 
+    from training.stages.runner import StageError
+
     known = (ConfigError, DatasetError, CheckpointError, ExportError, FileNotFoundError, BagError,
-             RosbagImportError)
+             RosbagImportError, StageError)
     try:
         return COMMANDS[args.command](args)
     except known as exc:

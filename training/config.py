@@ -26,6 +26,8 @@ import yaml
 
 from training.data.config import DataConfig
 from training.loop import LoopConfig
+from training.stages.dsa_model import DsaModelConfig
+from training.stages.labelling import LabellingConfig
 from training.stages.scene_model import SceneModelConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / 'presets'
@@ -63,6 +65,63 @@ class SceneStageConfig:
     phases: list[PhaseConfig] = field(default_factory=list)
     predict_splits: list[str] = field(default_factory=lambda: ['train', 'val'])
     predict_batch_size: int = 8
+
+
+def _phases(*items) -> list:
+    return [PhaseConfig(**p) for p in items]
+
+
+@dataclass
+class ObjectsStageConfig:
+    """Stage 2: static/dynamic labelling (LabellingConfig), mask correspondences and the object network.
+
+    correspondence: auto | splat | id — how an instance is found in frames t±gap (auto: id for
+    synthetic data, whose ids are stable over time, else splat with the stage-1 geometry).
+    check_splat_against_ids: where ids exist, also splat and record the agreement (IoU).
+    min_triplet_area_fraction: an instance trains the object network only when its masks in t-gap,
+    t and t+gap each cover this share of the image (reference 0.5 %).
+    smoothness_weight: in-mask disparity smoothness of the object network.
+    """
+
+    labelling: LabellingConfig = field(default_factory=LabellingConfig)
+    correspondence: str = 'auto'
+    check_splat_against_ids: bool = True
+    min_triplet_area_fraction: float = 0.005
+    smoothness_weight: float = 0.005
+    splits: list[str] = field(default_factory=lambda: ['train', 'val'])
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    phases: list[PhaseConfig] = field(default_factory=lambda: _phases({'name': 'object', 'steps': 1000}))
+    infer_batch_size: int = 16
+
+    def __post_init__(self):
+        if self.correspondence not in ('auto', 'splat', 'id'):
+            raise ValueError(f"objects.correspondence must be auto, splat or id, got {self.correspondence!r}")
+        if not 0 <= self.min_triplet_area_fraction < 1:
+            raise ValueError(f'objects.min_triplet_area_fraction must be in [0, 1), got {self.min_triplet_area_fraction}')
+        bad = sorted(set(self.splits) - {'train', 'val', 'test'})
+        if bad or 'train' not in self.splits:
+            raise ValueError(f'objects.splits must include train and name only train/val/test, got {self.splits}')
+
+
+@dataclass
+class DsaStageConfig:
+    """Stage 3: the Depth Scale Alignment network (DsaModelConfig), its training on static objects,
+    and the pseudo labels. box_margin_px: the object's box is its tight box grown by this many pixels
+    on each side, the same in training and inference (the reference dilated only at inference)."""
+
+    model: DsaModelConfig = field(default_factory=DsaModelConfig)
+    box_margin_px: int = 2
+    ground_angle_deg: float = 15.0
+    ground_step_px: int = 2
+    augment_flip: float = 0.5
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(batch_size=16))
+    phases: list[PhaseConfig] = field(default_factory=lambda: _phases(
+        {'name': 'dsa', 'steps': 1500, 'lr': 1e-3, 'lr_decay_at': [600, 1200]}))
+    infer_batch_size: int = 32
+
+    def __post_init__(self):
+        if self.box_margin_px < 0:
+            raise ValueError(f'dsa.box_margin_px must be >= 0, got {self.box_margin_px}')
 
 
 @dataclass
@@ -114,6 +173,8 @@ class PipelineConfig:
     description: str = ''
     data: DataConfig = field(default_factory=DataConfig)
     scene: SceneStageConfig = field(default_factory=SceneStageConfig)
+    objects: ObjectsStageConfig = field(default_factory=ObjectsStageConfig)
+    dsa: DsaStageConfig = field(default_factory=DsaStageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

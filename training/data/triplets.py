@@ -17,6 +17,19 @@ One sample (a dict of tensors; the default DataLoader collate stacks them into a
     index          int64 []           sample index in this dataset
     sequence_index int64 []           index into dataset.sequences
     frame_index    int64 []           index of frame t inside its sequence
+    <layer name>   extra per-frame layers (below), resized and flipped with the frame
+
+Extra layers (stage outputs such as scene depth, residual flow, object masks, pseudo labels) come
+from `layers(split, sequence, frame) -> {name: Layer}` given to the dataset, or per call through
+`load(index, extra={name: Layer})`. A Layer is an array whose last two axes are [H,W] (any leading
+axes, e.g. [3,H,W] for a mask triplet or [2,H,W] for a flow) and a kind that says how it is
+resized and flipped, all in `transform_layer`, the one place that does it:
+
+    mask    ids / bools: exact nearest neighbour; flipped along the width
+    depth   metres, 0 = invalid: exact nearest neighbour (no mixing across depth edges); flipped
+    value   any other continuous map: bilinear (area when shrinking); flipped
+    flow    [...,2,H,W] pixel displacement (x, y): bilinear, x scaled by the width ratio and y by
+            the height ratio; flipped along the width AND x negated
 
 Images are resized with area interpolation when shrinking and bilinear when enlarging; masks and
 GT depth with exact nearest-neighbour; K is scaled with dynadepth_ros.camera.scale_intrinsics.
@@ -25,6 +38,8 @@ sample is reproducible whatever the worker or process that loads it; call set_ep
 Triplets never cross sequence boundaries.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -53,6 +68,57 @@ def resize_nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(a, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
+LAYER_KINDS = ('mask', 'depth', 'value', 'flow')
+
+
+@dataclass(frozen=True)
+class Layer:
+    """An extra per-frame map of a sample: `array` [..., H, W] and its `kind` (module docstring)."""
+
+    array: np.ndarray
+    kind: str
+
+    def __post_init__(self):
+        if self.kind not in LAYER_KINDS:
+            raise ValueError(f'layer kind must be one of {LAYER_KINDS}, got {self.kind!r}')
+        if np.ndim(self.array) < 2:
+            raise ValueError(f'a layer needs at least 2 axes [H,W], got shape {np.shape(self.array)}')
+        if self.kind == 'flow' and (np.ndim(self.array) < 3 or np.shape(self.array)[-3] != 2):
+            raise ValueError(f'a flow layer is [...,2,H,W], got shape {np.shape(self.array)}')
+
+
+def _resize_planes(a: np.ndarray, height: int, width: int, fn) -> np.ndarray:
+    lead = a.shape[:-2]
+    planes = a.reshape((-1,) + a.shape[-2:])
+    out = np.stack([fn(p) for p in planes]) if len(planes) else np.zeros((0, height, width), a.dtype)
+    return out.reshape(lead + (height, width))
+
+
+def transform_layer(layer: Layer, height: int, width: int, flip: bool) -> np.ndarray:
+    """Resize `layer` to height x width and mirror it (when `flip`) the way its kind requires."""
+    a = np.asarray(layer.array)
+    h, w = a.shape[-2:]
+    if (h, w) != (height, width):
+        if layer.kind in ('mask', 'depth'):
+            dtype = a.dtype
+            work = a.astype(np.uint8) if dtype == bool else a
+            a = _resize_planes(work, height, width, lambda p: resize_nearest(p, height, width)).astype(dtype)
+        else:
+            interp = cv2.INTER_AREA if height <= h and width <= w else cv2.INTER_LINEAR
+            a = _resize_planes(a.astype(np.float32), height, width,
+                               lambda p: cv2.resize(p, (width, height), interpolation=interp))
+            if layer.kind == 'flow':
+                a = a.copy()
+                a[..., 0, :, :] *= width / w
+                a[..., 1, :, :] *= height / h
+    if flip:
+        a = flip_width(a, a.ndim - 1)
+        if layer.kind == 'flow':
+            a = a.copy()
+            a[..., 0, :, :] = -a[..., 0, :, :]
+    return np.ascontiguousarray(a)
+
+
 MIRROR_X = np.diag([-1.0, 1.0, 1.0, 1.0]).astype(np.float32)
 
 
@@ -73,7 +139,7 @@ class TripletDataset(Dataset):
     """
 
     def __init__(self, source: FrameSource, height: int, width: int, frame_gap: int = 1, split: str = 'train',
-                 augment: AugmentConfig | None = None, seed: int = 0):
+                 augment: AugmentConfig | None = None, seed: int = 0, layers=None):
         if frame_gap < 1:
             raise ValueError(f'frame_gap must be >= 1, got {frame_gap}')
         self.source = source
@@ -82,6 +148,7 @@ class TripletDataset(Dataset):
         self.split = split
         self.augment = augment
         self.seed = int(seed)
+        self.layers = layers   # None or callable(split, sequence name, frame) -> {name: Layer}
         self.epoch = 0
         self.sequences: list[FrameSequence] = source.sequences()
         self.samples: list[tuple[int, int]] = []
@@ -115,6 +182,10 @@ class TripletDataset(Dataset):
         return sample_params(self.augment, rng)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.load(index)
+
+    def load(self, index: int, extra: dict[str, Layer] | None = None) -> dict[str, torch.Tensor]:
+        """Sample `index` with the dataset's layers plus `extra` ones (same augmentation as the frames)."""
         if not 0 <= index < len(self.samples):
             raise IndexError(f'sample {index} out of range [0, {len(self.samples)})')
         si, t = self.samples[index]
@@ -136,26 +207,31 @@ class TripletDataset(Dataset):
         # the length of T_ref→src's translation is the distance between the two camera centres (NaN stays NaN)
         odom = np.linalg.norm(odom_pose[:, :3, 3], axis=1).astype(np.float32)
 
+        params = self.augment_params(index)
         raw_mask = seq.instance_mask(t)
         mask = np.zeros((H, W), np.int64) if raw_mask is None else \
-            resize_nearest(np.asarray(raw_mask, np.int32), H, W).astype(np.int64)
+            transform_layer(Layer(np.asarray(raw_mask, np.int32), 'mask'), H, W, params.flip).astype(np.int64)
         moving_ids = seq.moving_ids(t) if raw_mask is not None else None
         moving = np.isin(mask, sorted(moving_ids)) if moving_ids else np.zeros((H, W), bool)
 
         raw_depth = seq.gt_depth(t)
         gt = np.zeros((H, W), np.float32) if raw_depth is None else \
-            resize_nearest(np.asarray(raw_depth, np.float32), H, W)
+            transform_layer(Layer(np.asarray(raw_depth, np.float32), 'depth'), H, W, params.flip)
         gt = np.where(np.isfinite(gt) & (gt > 0), gt, np.float32(0.0)).astype(np.float32)
 
-        params = self.augment_params(index)
         if params.flip:
             rgb = flip_width(rgb, 2)
-            mask = flip_width(mask, 1)
-            moving = flip_width(moving, 1)
-            gt = flip_width(gt, 1)
             K = flip_intrinsics(K, W)
             odom_pose = MIRROR_X @ odom_pose @ MIRROR_X   # the motion that explains the mirrored frames
         jittered = jitter_colour(rgb, params.colour) if params.colour is not None else rgb
+        layers = dict(self.layers(self.split, seq.name, t)) if self.layers is not None else {}
+        layers.update(extra or {})
+        reserved = {'frames', 'frames_raw', 'K', 'inv_K', 'odom_distance', 'odom_pose', 'mask', 'gt_depth', 'moving',
+                    'index', 'sequence_index', 'frame_index'}
+        clash = sorted(reserved & set(layers))
+        if clash:
+            raise ValueError(f'extra layer name(s) {clash} clash with the sample keys')
+        extra_out = {name: torch.from_numpy(transform_layer(layer, H, W, params.flip)) for name, layer in layers.items()}
 
         def chw(a):
             return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
@@ -173,4 +249,5 @@ class TripletDataset(Dataset):
             'index': torch.tensor(index, dtype=torch.int64),
             'sequence_index': torch.tensor(si, dtype=torch.int64),
             'frame_index': torch.tensor(t, dtype=torch.int64),
+            **extra_out,
         }

@@ -1,13 +1,12 @@
-"""The pipeline's stages, in order. Each writes under `runs/<name>/<stage>/` and reads what the
-stages before it left there (design §5).
+"""The pipeline's stages, in order (design §5). Each writes under `runs/<name>/<stage>/` and reads
+what the stages it requires left there; `training.stages.runner` runs every stage through one life
+cycle (resume, skip when up to date, upstream hashes, manifest), and the command line has one
+subcommand per registered stage.
 
-A stage module provides:
-    run(cfg: PipelineConfig, run_dir: Path, dist: DistContext, restart: bool = False) -> dict | None
-        train (resuming / skipping when up to date), write its artifacts and manifest.json;
-        returns the manifest on rank 0. restart: delete the stage's outputs first.
-    load_depth_net(stage_dir: Path, device) -> (depth_net: DepthNet, cfg: PipelineConfig, manifest: dict)
-        (stages that end with a depth network) the trained network for export and evaluation;
-        the manifest carries `metric` and `intrinsics` for the model metadata.
+A stage module provides NAME, REQUIRES, hash_parts(cfg) and execute(ctx) (see stages.runner), and,
+when the stage ends with a depth network, load_depth_net(stage_dir, device) -> (DepthNet, cfg,
+manifest) and model_metadata(cfg, config_hash, metric, intrinsics) for export and evaluation.
+Typed readers of the stages' outputs live in training.stages.outputs.
 """
 from __future__ import annotations
 
@@ -31,10 +30,16 @@ STAGES: dict[str, StageSpec] = {
     'scene': StageSpec('scene', 'training.stages.scene',
                        'stage 1: scene depth + pose + residual pixel motion (self-supervised); writes depth and '
                        'residual flow per frame and a scene-depth ONNX model'),
+    'objects': StageSpec('objects', 'training.stages.objects',
+                         'stage 2: static/dynamic labels of instances from the stage-1 outputs, temporal mask '
+                         'correspondences, object depth network with one rigid motion per object',
+                         requires=('scene',), has_depth_model=False),
+    'dsa': StageSpec('dsa', 'training.stages.dsa',
+                     'stage 3: Depth Scale Alignment trained on static objects; pseudo depth labels with dynamic '
+                     'objects at their aligned depth', requires=('scene', 'objects'), has_depth_model=False),
 }
-# Stages 2-4 of design §5 register here when they are implemented: objects (requires scene),
-# dsa (requires objects), final (requires dsa; exports the final model).
-PLANNED_STAGES = ('objects', 'dsa', 'final')
+# Stage 4 of design §5 registers here when it is implemented: final (requires dsa; exports the final model).
+PLANNED_STAGES = ('final',)
 
 
 def get_stage(name: str) -> StageSpec:

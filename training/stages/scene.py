@@ -22,7 +22,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +33,13 @@ from dynadepth_ros.camera import normalise_intrinsics
 from dynadepth_ros.datasets.base import DatasetError
 from dynadepth_ros.model_format import ModelMetadata
 from training import checkpoint as ckpt_io
-from training.artifacts import (MANIFEST_FORMAT, MANIFEST_NAME, data_fingerprint, environment_versions, file_entry,
-                                file_sha256, hash_object, manifest_problems, now_iso, read_manifest,
-                                write_json_atomic, write_text_atomic)
-from training.checkpoint import CheckpointError
-from training.config import PipelineConfig, dump_yaml, load_config, to_dict
-from training.data import build_dataset, prepare_data
+from training.artifacts import MANIFEST_NAME, file_entry, file_sha256, read_manifest, write_json_atomic
+from training.config import PipelineConfig, load_config, to_dict
+from training.data import build_dataset
 from training.distributed import DistContext
 from training.export import export_depth_onnx
 from training.loop import Phase, to_device, train
+from training.stages.runner import StageContext, data_settings, run_stage
 from training.stages.scene_model import SceneModel
 
 NAME = 'scene'
@@ -56,22 +53,15 @@ PREDICTION_ARRAYS = {
 }
 
 
-@dataclass(frozen=True)
-class StageHashes:
-    train: str     # what the weights depend on: data settings + model + loop + phases + data fingerprint
-    config: str    # everything the stage's outputs depend on (train + prediction + export settings)
+REQUIRES: tuple[str, ...] = ()
 
 
-def stage_hashes(cfg: PipelineConfig, fingerprint: dict) -> StageHashes:
-    data = to_dict(cfg.data)
-    data.pop('root', None)          # where the data live does not matter, what they hold does
+def hash_parts(cfg: PipelineConfig) -> tuple[dict, dict]:
+    """(what the weights depend on, what the outputs further depend on); see stages.runner."""
     scene = to_dict(cfg.scene)
-    train_part = {'stage': NAME, 'data': data, 'model': scene['model'], 'loop': scene['loop'],
-                  'phases': scene['phases'], 'data_fingerprint': fingerprint['hash']}
-    train_hash = hash_object(train_part)
-    config_hash = hash_object({'train': train_hash, 'predict_splits': scene['predict_splits'],
-                               'export': to_dict(cfg.export)})
-    return StageHashes(train=train_hash, config=config_hash)
+    train_part = {'stage': NAME, 'data': data_settings(cfg), 'model': scene['model'], 'loop': scene['loop'],
+                  'phases': scene['phases']}
+    return train_part, {'predict_splits': scene['predict_splits'], 'export': to_dict(cfg.export)}
 
 
 def build_model(cfg: PipelineConfig) -> SceneModel:
@@ -136,46 +126,13 @@ def optional_dataset(cfg: PipelineConfig, split: str, dist: DistContext):
 
 def run(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistContext | None = None, *,
         restart: bool = False) -> dict | None:
-    """Train stage 1 (or resume / skip), write predictions, export ONNX, write the manifest.
+    """Train stage 1 (or resume / skip), write predictions, export ONNX, write the manifest (stages.runner)."""
+    return run_stage(NAME, cfg, run_dir, dist, restart=restart)
 
-    Returns the manifest on rank 0 (None on other ranks, which only take part in training).
-    """
-    dist = dist or DistContext()
-    stage_dir = Path(run_dir) / NAME
-    if restart and dist.is_main and stage_dir.exists():
-        _log(dist, f'--restart: removing {stage_dir}')
-        shutil.rmtree(stage_dir)
-    dist.barrier()
 
-    root = prepare_data(cfg.data)   # generates synthetic data on first use (file-locked across ranks)
-    if dist.is_main:
-        _log(dist, f'fingerprinting data under {root}')
-    fingerprint = dist.broadcast_object(data_fingerprint(root) if dist.is_main else None)
-    hashes = stage_hashes(cfg, fingerprint)
-
-    problems = None
-    if dist.is_main:
-        problems = manifest_problems(stage_dir, read_manifest(stage_dir), hashes.config, fingerprint)
-    problems = dist.broadcast_object(problems)
-    if not problems:
-        _log(dist, f'up to date (config {hashes.config}, data {fingerprint["hash"]}); nothing to do. '
-                   f'Outputs: {stage_dir}')
-        return read_manifest(stage_dir) if dist.is_main else None
-    if dist.is_main and (stage_dir / MANIFEST_NAME).exists():
-        _log(dist, 'outputs are stale: ' + '; '.join(problems))
-
-    ckpt_path = stage_dir / 'checkpoints' / 'last.pt'
-    if dist.is_main and ckpt_path.is_file():
-        saved = ckpt_io.load(ckpt_path)
-        if saved.get('config_hash') != hashes.train:
-            raise CheckpointError(
-                f'{ckpt_path} belongs to another training configuration or data (checkpoint '
-                f'{saved.get("config_hash")}, now {hashes.train}). Run with --restart to train from scratch in '
-                f'{stage_dir}, or choose another --run-dir.')
-    dist.barrier()
-    if dist.is_main:
-        write_text_atomic(stage_dir / 'config.yaml', dump_yaml(cfg))
-
+def execute(ctx: StageContext) -> dict | None:
+    """Stage 1 proper: train, save the weights, write predictions, export ONNX; the manifest body on rank 0."""
+    cfg, dist, stage_dir, hashes = ctx.cfg, ctx.dist, ctx.stage_dir, ctx.hashes
     ckpt_io.seed_everything(cfg.scene.loop.seed)
     model = build_model(cfg)
     train_set = build_dataset(cfg.data, 'train', augment=True, seed=cfg.scene.loop.seed)
@@ -220,12 +177,8 @@ def run(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistContext | Non
         ds = plain_train if split == 'train' else optional_dataset(cfg, split, dist)
         if ds is not None:
             splits[split] = {'sequences': len(ds.sequences), 'triplets': len(ds)}
-    manifest = {
-        'format': MANIFEST_FORMAT, 'stage': NAME, 'created': now_iso(),
-        'config_hash': hashes.config, 'train_hash': hashes.train,
-        'data': {'source': cfg.data.source, 'root': str(Path(root).resolve()), 'fingerprint': fingerprint,
-                 'height': cfg.data.height, 'width': cfg.data.width, 'frame_gap': cfg.data.frame_gap,
-                 'splits': splits},
+    return {
+        'data': {'splits': splits},
         'training': {'steps': result.global_step, 'phases': [[p.name, p.steps] for p in cfg.scene.phases],
                      'batch_size': cfg.scene.loop.batch_size, 'world_size': dist.world_size,
                      'resumed_from': result.resumed_from, 'steps_this_run': result.trained_steps,
@@ -240,11 +193,7 @@ def run(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistContext | Non
                         'arrays': PREDICTION_ARRAYS,
                         'counts': counts, 'flow_threshold_px': cfg.scene.model.flow_threshold},
         'onnx': {'metadata': meta.to_props(), 'check': report},
-        'versions': environment_versions(),
     }
-    write_json_atomic(stage_dir / MANIFEST_NAME, manifest)
-    _log(dist, f'done: {stage_dir / MANIFEST_NAME}')
-    return manifest
 
 
 def prediction_path(stage_dir: Path, split: str, sequence: str, frame: int) -> Path:

@@ -1,0 +1,159 @@
+"""Stage-3 model: Depth Scale Alignment (DSA, reference §3.3), with a geometric anchor.
+
+For one object the network predicts one positive scale β such that β·D̃ (D̃: the object-network
+depth normalised to mean 1 inside the object's mask) is the object's depth in the scene's
+(metric) scale. Inputs, built by `dsa_inputs` the same way in training and inference:
+
+- the image (3 channels);
+- the scene depth on the ground around the object only: ground pixels (training.ground: normals
+  of the stage-1 depth, no road labels needed; every instance excluded) outside the object's box
+  (tight box grown by `box_margin_px`), as log(1+d)/log(1+max_depth), 0 elsewhere — the object's
+  own region and its box are hidden, so the network cannot copy the scene depth there, which is
+  wrong exactly on the dynamic objects it is applied to;
+- the object's mean-normalised depth D̃ (0 outside its mask);
+- scalar features: a geometric anchor log β₀ and the box geometry. β₀ is where the ground plane
+  fitted to the visible ground context meets the rays through the object's lowest pixels, over D̃
+  at those pixels (median over columns): the scale at which the object stands on the ground. It
+  uses only the hidden-box context, like the image channels.
+
+β = exp(log β₀ + f(image features, scalars)), with f's last layer initialised to zero: the untrained
+network is the geometric estimate, training on static objects learns the corrections (where the
+contact point is hidden, the object's shape, a ground that is not planar). exp keeps β positive
+(the reference's output was unconstrained, §6.5). When no plane can be fitted the anchor falls back
+to the median context depth over the median of D̃ and the `anchor_ok` feature says so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.ground import bottom_pixels, ground_mask, ground_plane
+from training.networks.resnet import ResNetEncoder
+
+N_SCALARS = 8
+
+
+@dataclass
+class DsaModelConfig:
+    """dsa.model: encoder size and the depth range used to scale the context channel."""
+
+    encoder_depth: int = 18
+    width_mult: float = 0.5
+    hidden: int = 128
+    max_depth: float = 100.0
+    use_anchor: bool = True     # false: log β₀ = 0 (the network alone, the reference's formulation)
+
+    def __post_init__(self):
+        if self.width_mult <= 0:
+            raise ValueError(f'dsa.model.width_mult must be > 0, got {self.width_mult}')
+        if self.max_depth <= 1:
+            raise ValueError(f'dsa.model.max_depth must be > 1 m, got {self.max_depth}')
+
+
+def object_box(mask: np.ndarray, margin: int) -> np.ndarray:
+    """bool [H,W]: the tight bounding box of `mask` grown by `margin` pixels on each side (clipped)."""
+    h, w = mask.shape
+    box = np.zeros((h, w), bool)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return box
+    box[max(0, rows[0] - margin):min(h, rows[-1] + margin + 1), max(0, cols[0] - margin):min(w, cols[-1] + margin + 1)] = True
+    return box
+
+
+@dataclass
+class DsaInput:
+    image: np.ndarray        # float32 [5,H,W]
+    scalars: np.ndarray      # float32 [N_SCALARS]
+    log_anchor: float        # log β₀
+    anchor_ok: bool
+    mask: np.ndarray         # bool [H,W] the object
+    norm_depth: np.ndarray   # float32 [H,W] D̃ (0 outside the mask)
+    context: np.ndarray      # bool [H,W] the ground pixels the input shows
+
+
+def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, object_id: int,
+               object_depth: np.ndarray, K: np.ndarray, box_margin: int, max_depth: float,
+               ground_angle_deg: float = 15.0, ground_step: int = 2, ground: np.ndarray | None = None,
+               use_anchor: bool = True) -> DsaInput | None:
+    """The DSA input of one object (module docstring); None when the object has no depth in its mask.
+
+    rgb float32 [3,H,W] in [0,1]; scene_depth float32 [H,W]; instances int [H,W] ids (0 none);
+    object_depth float32 [H,W] (the object network's depth, >0 inside the mask); K [3,3] at H x W.
+    ground: the frame's ground mask if already computed (instances excluded).
+    """
+    m = (instances == object_id) & (object_depth > 0)
+    if m.sum() < 2:
+        return None
+    h, w = m.shape
+    norm = np.zeros((h, w), np.float32)
+    norm[m] = object_depth[m] / float(object_depth[m].mean())
+    if ground is None:
+        ground = ground_mask(scene_depth, K, ground_angle_deg, ground_step, exclude=instances > 0)
+    box = object_box(m, box_margin)
+    context = ground & ~box & ~m
+    ctx = np.zeros((h, w), np.float32)
+    ctx[context] = np.log1p(scene_depth[context]) / math.log1p(max_depth)
+
+    anchor_ok = False
+    log_anchor = 0.0
+    if use_anchor:
+        plane = ground_plane(scene_depth, K, context)
+        u, v = bottom_pixels(m)
+        if plane is not None and len(u):
+            zg = plane.depth_at(K, u, v + 0.5)
+            dn = norm[v, u]
+            ok = np.isfinite(zg) & (zg > 0) & (zg < 10 * max_depth) & (dn > 0)
+            if ok.sum() >= max(2, 0.3 * len(u)):
+                log_anchor = float(np.log(np.median(zg[ok] / dn[ok])))
+                anchor_ok = True
+        if not anchor_ok:
+            ref = scene_depth[context] if context.any() else scene_depth[~box & (scene_depth > 0)]
+            if ref.size:
+                log_anchor = float(np.log(max(float(np.median(ref)), 1e-3) / max(float(np.median(norm[m])), 1e-3)))
+    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    scalars = np.array([log_anchor / math.log(max_depth), float(anchor_ok),
+                        (cols[0] + cols[-1]) / 2 / w - 0.5, rows[-1] / h, (rows[-1] - rows[0] + 1) / h,
+                        (cols[-1] - cols[0] + 1) / w, float(rows[-1] >= h - 1), context.mean()], np.float32)
+    image = np.concatenate([rgb.astype(np.float32), ctx[None], norm[None]], 0)
+    return DsaInput(image=image, scalars=scalars, log_anchor=log_anchor, anchor_ok=anchor_ok, mask=m,
+                    norm_depth=norm, context=context)
+
+
+class DsaNet(nn.Module):
+    """5-channel image + scalars → log-scale correction; ``scale(image, scalars, log_anchor)`` → β > 0."""
+
+    def __init__(self, config: DsaModelConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or DsaModelConfig()
+        self.encoder = ResNetEncoder(cfg.encoder_depth, cfg.width_mult, in_channels=5)
+        feat = self.encoder.num_ch_enc[-1]
+        self.head = nn.Sequential(nn.Linear(feat + N_SCALARS, cfg.hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(cfg.hidden, cfg.hidden // 2), nn.ReLU(inplace=True),
+                                  nn.Linear(cfg.hidden // 2, 1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, image: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        """log-scale correction [B]."""
+        f = self.encoder(image)[-1].mean(dim=(2, 3))
+        return self.head(torch.cat([f, scalars], 1))[:, 0]
+
+    def scale(self, image: torch.Tensor, scalars: torch.Tensor, log_anchor: torch.Tensor) -> torch.Tensor:
+        """β [B] > 0."""
+        return torch.exp(log_anchor + self(image, scalars))
+
+
+def scale_loss(beta: torch.Tensor, norm_depth: torch.Tensor, scene_depth: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+    """Mean over objects of the in-mask relative L1 |β·D̃ − D_scene| / D_scene (each object counts once,
+    near and far alike — the AbsRel the method is judged by; the reference's Huber δ=0.005 on raw
+    depth weighs far objects more). beta [B]; maps [B,1,H,W]; mask [B,1,H,W]."""
+    m = mask.to(norm_depth.dtype) * (scene_depth > 0).to(norm_depth.dtype)
+    err = (beta[:, None, None, None] * norm_depth - scene_depth).abs() / scene_depth.clamp(min=1e-3)
+    per = (err * m).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp(min=1)
+    return per.mean()

@@ -1,0 +1,155 @@
+"""Static/dynamic labelling of instances from stage-1 outputs only (numpy; reference §3.1).
+
+Never from the synthetic moving flags, velocities or GT depth: those exist only to measure.
+
+Per instance (network resolution, road removed, at least `min_area_fraction` of the image) three
+cues are measured, each recorded in the labels file:
+
+- flow coverage (the reference's cue): the share of the instance's pixels whose residual flow
+  (Σ|flow_prev| + Σ|flow_next|)/2 reaches `flow_threshold_px`. The reference's 1 px was set for
+  512-px-wide Cityscapes and a RAFT trained for 15 epochs; the threshold here is in pixels of the
+  network input and is a setting of the preset (cpu-small's short joint phase moves objects by
+  fractions of a pixel at 320 px width).
+- flow contrast: the instance's median flow over the frame's background (non-instance pixels) flow
+  at its `background_quantile`; an instance that moves stands out from the static scene whatever
+  the absolute scale of the flow.
+- ground contact: the median over the instance's columns of its scene depth at its lowest pixel
+  over the depth of the ground plane (fitted to the stage-1 depth of the frame's ground, all
+  instances excluded; training.ground) along the same ray. A static object stands where the
+  ground says; a car that travels with the camera carries no photometric signal and gets a depth
+  behind its own contact with the road, an oncoming one in front of it.
+- central strip (the reference's rule for objects straight ahead with no residual flow): the
+  instance touches the central `centre_strip` share of the image columns and stands on the ground
+  ahead (its bottom below the horizon of the fitted plane).
+
+An instance is dynamic when any enabled cue fires (thresholds in LabellingConfig; 0 disables).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from training.ground import Plane, bottom_pixels, contact_ratio, ground_mask, ground_plane
+from training.stages.outputs import InstanceLabel, ScenePrediction
+
+
+@dataclass
+class LabellingConfig:
+    """objects.labelling: which instances count and the static/dynamic rule (module docstring)."""
+
+    min_area_fraction: float = 0.005    # instances smaller than this share of the image are dropped (reference 0.5 %)
+    road_classes: list[str] = field(default_factory=lambda: ['road'])   # instance classes removed as road
+    flow_threshold_px: float = 1.0      # px at the network resolution (reference: 1 px at 512 px width)
+    flow_coverage: float = 0.5          # share of the instance at/above the threshold (reference 0.5); 0 = off
+    contrast_factor: float = 0.0        # instance median flow >= factor x background quantile; 0 = off
+    background_quantile: float = 0.9
+    contrast_min_px: float = 0.05       # ... and at least this many pixels (flow noise floor)
+    ground_tolerance: float = 0.0       # |log(contact ratio)| >= log(1 + tol) → dynamic; 0 = off
+    centre_strip: float = 0.05          # share of the width around the centre column (reference 1/20); 0 = off
+    ground_angle_deg: float = 15.0      # ground pixels: normal within this angle of the vertical
+    ground_step_px: int = 2             # normals from neighbours this many pixels away
+
+    def __post_init__(self):
+        for name in ('min_area_fraction', 'flow_coverage', 'background_quantile', 'centre_strip'):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f'objects.labelling.{name} must be in [0, 1], got {v}')
+        for name in ('flow_threshold_px', 'contrast_factor', 'contrast_min_px', 'ground_tolerance'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'objects.labelling.{name} must be >= 0, got {getattr(self, name)}')
+        if not 0 < self.ground_angle_deg < 90:
+            raise ValueError(f'objects.labelling.ground_angle_deg must be in (0, 90), got {self.ground_angle_deg}')
+        if self.ground_step_px < 1:
+            raise ValueError(f'objects.labelling.ground_step_px must be >= 1, got {self.ground_step_px}')
+
+
+def min_area(cfg: LabellingConfig, height: int, width: int) -> int:
+    return max(1, int(math.ceil(cfg.min_area_fraction * height * width)))
+
+
+def candidate_instances(mask: np.ndarray, classes: dict[int, str] | None, cfg: LabellingConfig) -> dict[int, np.ndarray]:
+    """{id: bool [H,W]} of the instances that count: road classes removed, smaller than the size threshold dropped."""
+    h, w = mask.shape
+    ids, counts = np.unique(mask[mask > 0], return_counts=True)
+    road = set(cfg.road_classes)
+    out = {}
+    for i, n in zip(ids.tolist(), counts.tolist()):
+        if classes is not None and classes.get(i) in road:
+            continue
+        if n >= min_area(cfg, h, w):
+            out[i] = mask == i
+    return out
+
+
+def frame_ground(depth: np.ndarray, K: np.ndarray, instances: np.ndarray, cfg: LabellingConfig,
+                 seed: int = 0) -> tuple[np.ndarray, Plane | None]:
+    """(ground mask, fitted plane) of one frame from its scene depth, instance pixels excluded."""
+    g = ground_mask(depth, K, cfg.ground_angle_deg, cfg.ground_step_px, exclude=instances > 0)
+    return g, ground_plane(depth, K, g, seed=seed)
+
+
+def touches_centre(m: np.ndarray, fraction: float) -> bool:
+    if fraction <= 0:
+        return False
+    w = m.shape[1]
+    half = max(0.5, fraction * w / 2)
+    lo, hi = int(math.floor((w - 1) / 2 - half + 0.5)), int(math.ceil((w - 1) / 2 + half - 0.5))
+    return bool(m[:, max(0, lo):min(w, hi + 1)].any())
+
+
+def instance_cues(m: np.ndarray, pred: ScenePrediction, magnitude: np.ndarray, background: np.ndarray,
+                  plane: Plane | None, K: np.ndarray, cfg: LabellingConfig) -> dict:
+    """The cues of one instance mask m (bool [H,W]); see the module docstring."""
+    vals = magnitude[m]
+    bg = magnitude[background]
+    bg_q = float(np.quantile(bg, cfg.background_quantile)) if bg.size else 0.0
+    ratio = contact_ratio(pred.depth, m, plane, K)
+    u, v = bottom_pixels(m)
+    on_ground = False
+    if plane is not None and len(u):
+        zg = plane.depth_at(K, u, v + 0.5)
+        on_ground = bool(np.isfinite(zg).mean() > 0.5)
+    return {
+        'flow_coverage': float((vals >= cfg.flow_threshold_px).mean()) if vals.size else 0.0,
+        'flow_median_px': float(np.median(vals)) if vals.size else 0.0,
+        'background_flow_px': bg_q,
+        'contact_ratio': ratio,
+        'centre': touches_centre(m, cfg.centre_strip) and on_ground,
+    }
+
+
+def decide(cues: dict, cfg: LabellingConfig) -> tuple[bool, list[str]]:
+    """(dynamic?, the cues that fired)."""
+    fired = []
+    if cfg.flow_coverage > 0 and cues['flow_coverage'] >= cfg.flow_coverage:
+        fired.append('flow')
+    if cfg.contrast_factor > 0 and cues['flow_median_px'] >= max(cfg.contrast_min_px,
+                                                                 cfg.contrast_factor * cues['background_flow_px']):
+        fired.append('contrast')
+    r = cues.get('contact_ratio')
+    if cfg.ground_tolerance > 0 and r is not None and r > 0 and abs(math.log(r)) >= math.log1p(cfg.ground_tolerance):
+        fired.append('ground')
+    if cues.get('centre'):
+        fired.append('centre')
+    return bool(fired), fired
+
+
+def label_frame(mask: np.ndarray, pred: ScenePrediction, K: np.ndarray, cfg: LabellingConfig,
+                classes: dict[int, str] | None = None, seed: int = 0) -> tuple[list[InstanceLabel], dict[int, np.ndarray]]:
+    """Labels of the instances of one frame (network resolution) and their (road-free) masks."""
+    inst = candidate_instances(mask, classes, cfg)
+    if not inst:
+        return [], {}
+    magnitude = pred.flow_magnitude()
+    _, plane = frame_ground(pred.depth, K, mask, cfg, seed)
+    background = (mask == 0) & (pred.depth > 0)
+    labels = []
+    for i, m in inst.items():
+        cues = instance_cues(m, pred, magnitude, background, plane, K, cfg)
+        dyn, fired = decide(cues, cfg)
+        extra = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in cues.items()}
+        extra['cues'] = fired
+        labels.append(InstanceLabel(int(i), 'dynamic' if dyn else 'static', int(m.sum()), extra))
+    return labels, inst
