@@ -77,7 +77,7 @@ class ObjectsStageConfig:
 
     correspondence: auto | splat | id — how an instance is found in frames t±gap (auto: id for
     synthetic data, whose ids are stable over time, else splat with the stage-1 geometry).
-    check_splat_against_ids: where ids exist, also splat and record the agreement (IoU).
+    check_splat_against_ids: on synthetic data (stable ids), also splat and record the agreement (IoU).
     min_triplet_area_fraction: an instance trains the object network only when its masks in t-gap,
     t and t+gap each cover this share of the image (reference 0.5 %).
     smoothness_weight: in-mask disparity smoothness of the object network.
@@ -107,7 +107,8 @@ class ObjectsStageConfig:
 class DsaStageConfig:
     """Stage 3: the Depth Scale Alignment network (DsaModelConfig), its training on static objects,
     and the pseudo labels. box_margin_px: the object's box is its tight box grown by this many pixels
-    on each side, the same in training and inference (the reference dilated only at inference)."""
+    on each side, the same in training and inference (the reference dilated only at inference); it must
+    be at least ground_step_px, the distance of the neighbours the ground normals come from."""
 
     model: DsaModelConfig = field(default_factory=DsaModelConfig)
     box_margin_px: int = 2
@@ -120,8 +121,13 @@ class DsaStageConfig:
     infer_batch_size: int = 32
 
     def __post_init__(self):
-        if self.box_margin_px < 0:
-            raise ValueError(f'dsa.box_margin_px must be >= 0, got {self.box_margin_px}')
+        if self.ground_step_px < 1:
+            raise ValueError(f'dsa.ground_step_px must be >= 1, got {self.ground_step_px}')
+        if self.box_margin_px < self.ground_step_px:
+            # ground normals come from neighbours ground_step_px away: with a smaller margin the object's
+            # own (hidden) scene depth would decide which context pixels count as ground
+            raise ValueError(f'dsa.box_margin_px ({self.box_margin_px}) must be >= dsa.ground_step_px '
+                             f'({self.ground_step_px}) so the object\'s scene depth cannot leak into the input')
 
 
 @dataclass

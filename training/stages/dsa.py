@@ -39,6 +39,8 @@ from training.loop import Phase, train
 from training.previews import colourise_depth, compose, write_png
 from training.stages import scene as scene_stage
 from training.stages.dsa_model import DsaNet, dsa_inputs, scale_loss
+from training.stages.labelling import road_ids, without_road
+from training.stages.objects import _instance_classes
 from training.stages.outputs import ObjectLabels, ObjectOutputs, PseudoLabel, PseudoLabels, ScenePredictions, frame_key
 from training.stages.runner import StageContext, data_settings, run_stage
 
@@ -57,10 +59,18 @@ def run(cfg: PipelineConfig, run_dir, dist=None, *, restart: bool = False):
     return run_stage(NAME, cfg, run_dir, dist, restart=restart)
 
 
-def object_inputs(cfg: PipelineConfig, item: dict, oid: int, image_key: str = 'frames_raw', ground=None):
-    """dsa_inputs of object `oid` of a triplet sample carrying scene_depth and object_depth layers."""
+def sample_road_ids(cfg: PipelineConfig, triplets: TripletDataset, idx: int) -> set[int]:
+    """Ids of road-class instances in sample idx's frame (ground, not objects)."""
+    si, t = triplets.samples[idx]
+    return road_ids(_instance_classes(triplets.sequences[si], t), cfg.objects.labelling.road_classes)
+
+
+def object_inputs(cfg: PipelineConfig, item: dict, oid: int, image_key: str = 'frames_raw', ground=None,
+                  roads: set[int] = frozenset()):
+    """dsa_inputs of object `oid` of a triplet sample carrying scene_depth and object_depth layers
+    (road-class instances `roads` count as ground)."""
     dc = cfg.dsa
-    return dsa_inputs(item[image_key][1].numpy(), item['scene_depth'].numpy(), item['mask'].numpy(), oid,
+    return dsa_inputs(item[image_key][1].numpy(), item['scene_depth'].numpy(), without_road(item['mask'].numpy(), roads), oid,
                       item['object_depth'].numpy(), item['K'].numpy().astype(np.float64), dc.box_margin_px,
                       dc.model.max_depth, dc.ground_angle_deg, dc.ground_step_px, ground=ground,
                       use_anchor=dc.model.use_anchor)
@@ -105,7 +115,7 @@ class DsaSampleDataset(Dataset):
             raise FileNotFoundError(f'no object depth for {self.split} {seq}/{t} id {oid}: rerun stage 2')
         item = self.triplets.load(idx, extra={'scene_depth': Layer(pred.depth, 'depth'),
                                               'object_depth': Layer(od, 'depth')})
-        inp = object_inputs(self.cfg, item, oid, self.image_key)
+        inp = object_inputs(self.cfg, item, oid, self.image_key, roads=sample_road_ids(self.cfg, self.triplets, idx))
         if inp is None:   # cannot happen for a labelled object with depth; keep the batch shape anyway
             raise ValueError(f'{self.split} {seq}/{t} id {oid}: the object has no pixels with depth')
         return _tensors(inp, item['scene_depth'].numpy())
@@ -161,15 +171,16 @@ def load_model(stage_dir: str | os.PathLike, device='cpu'):
 
 
 @torch.no_grad()
-def frame_scales(cfg: PipelineConfig, net: DsaNet, item: dict, object_ids: list[int], image_key='frames_raw'):
+def frame_scales(cfg: PipelineConfig, net: DsaNet, item: dict, object_ids: list[int], image_key='frames_raw',
+                 roads: set[int] = frozenset()):
     """[(id, β, DsaInput)] of the given objects of one sample (with scene_depth / object_depth layers)."""
     K = item['K'].numpy().astype(np.float64)
-    instances = item['mask'].numpy()
+    instances = without_road(item['mask'].numpy(), roads)
     ground = ground_mask(item['scene_depth'].numpy(), K, cfg.dsa.ground_angle_deg, cfg.dsa.ground_step_px,
                          exclude=instances > 0)
     inputs = []
     for oid in object_ids:
-        inp = object_inputs(cfg, item, oid, image_key, ground=ground)
+        inp = object_inputs(cfg, item, oid, image_key, ground=ground, roads=roads)
         if inp is not None:
             inputs.append((oid, inp))
     if not inputs:
@@ -220,7 +231,7 @@ def write_pseudo_labels(ctx: StageContext, net: DsaNet, split: str) -> dict:
                 if oid not in depth:
                     continue
                 item['object_depth'] = torch.from_numpy(depth[oid])
-                entries += frame_scales(cfg, net, item, [oid])
+                entries += frame_scales(cfg, net, item, [oid], roads=sample_road_ids(cfg, ds, idx))
             for oid, beta, inp in entries:
                 objects.append((inp.mask, beta * inp.norm_depth))
             scales[frame_key(seq, t)] = [{'id': oid, 'beta': round(beta, 5), 'log_anchor': round(inp.log_anchor, 5),

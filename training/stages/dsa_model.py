@@ -86,6 +86,10 @@ def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, 
     object_depth float32 [H,W] (the object network's depth, >0 inside the mask); K [3,3] at H x W.
     ground: the frame's ground mask if already computed (instances excluded).
     """
+    if box_margin < ground_step:
+        raise ValueError(f'box_margin ({box_margin}) must be >= ground_step ({ground_step}): ground normals come from '
+                         f'neighbours ground_step px away, so a smaller margin lets the hidden scene depth of the '
+                         f'object decide which context pixels are shown')
     m = (instances == object_id) & (object_depth > 0)
     if m.sum() < 2:
         return None

@@ -65,6 +65,19 @@ class LabellingConfig:
             raise ValueError(f'objects.labelling.ground_step_px must be >= 1, got {self.ground_step_px}')
 
 
+def road_ids(classes: dict[int, str] | None, road_classes) -> set[int]:
+    """Ids of the instances whose class is a road class (they are ground, not objects)."""
+    road = set(road_classes)
+    return {i for i, c in (classes or {}).items() if c in road}
+
+
+def without_road(mask: np.ndarray, ids: set[int]) -> np.ndarray:
+    """The instance map with road instances set to 0 (background: ground for the plane, static for the flow)."""
+    if not ids:
+        return mask
+    return np.where(np.isin(mask, sorted(ids)), 0, mask)
+
+
 def min_area(cfg: LabellingConfig, height: int, width: int) -> int:
     return max(1, int(math.ceil(cfg.min_area_fraction * height * width)))
 
@@ -143,8 +156,9 @@ def label_frame(mask: np.ndarray, pred: ScenePrediction, K: np.ndarray, cfg: Lab
     if not inst:
         return [], {}
     magnitude = pred.flow_magnitude()
-    _, plane = frame_ground(pred.depth, K, mask, cfg, seed)
-    background = (mask == 0) & (pred.depth > 0)
+    objects = without_road(mask, road_ids(classes, cfg.road_classes))   # a road instance is ground
+    _, plane = frame_ground(pred.depth, K, objects, cfg, seed)
+    background = (objects == 0) & (pred.depth > 0)
     labels = []
     for i, m in inst.items():
         cues = instance_cues(m, pred, magnitude, background, plane, K, cfg)

@@ -121,7 +121,8 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
     stats = {'frames': 0, 'instances': 0, 'dynamic': 0, 'static': 0, 'with_correspondences': 0,
              'cues': {}, 'splat_vs_id_iou': []}
     loader = DataLoader(ds, batch_size=oc.infer_batch_size, shuffle=False, num_workers=cfg.runtime.num_workers)
-    splat_needed = mode == 'splat' or oc.check_splat_against_ids
+    check = oc.check_splat_against_ids and cfg.data.source == 'synthetic'   # ids are stable only there
+    splat_needed = mode == 'splat' or check
     for batch in tqdm(loader, desc=f'objects: label {split}', disable=not cfg.runtime.progress, mininterval=1.0,
                       dynamic_ncols=True):
         raw = batch['frames_raw']
@@ -149,8 +150,7 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
                 continue
             ids = sorted(inst)
             ref = np.stack([inst[i] for i in ids])
-            by_id = neighbour_masks_by_id(seq, t, cfg.data.frame_gap, ids, H, W) if mode == 'id' or \
-                (oc.check_splat_against_ids and mask.any()) else None
+            by_id = neighbour_masks_by_id(seq, t, cfg.data.frame_gap, ids, H, W) if mode == 'id' or check else None
             splat = None
             if splat_needed:
                 depth = torch.from_numpy(pred.depth)[None, None]

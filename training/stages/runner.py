@@ -154,13 +154,15 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: str | os.PathLike, dist: 
         log('outputs are stale: ' + '; '.join(problems))
 
     ckpt_path = stage_dir / 'checkpoints' / 'last.pt'
+    if dist.is_main and upstream and stage_dir.exists() and _upstream_changed(stage_dir, upstream):
+        # everything here was derived from other upstream results: nothing of it can be reused
+        log(f'an upstream stage changed since these outputs were made ({sorted(upstream)}); starting this stage over')
+        shutil.rmtree(stage_dir)
     if dist.is_main and ckpt_path.is_file():
         saved = ckpt_io.load(ckpt_path)
         if saved.get('config_hash') != hashes.train:
-            changed = ' (an upstream stage was retrained)' if upstream and _upstream_changed(stage_dir, upstream) \
-                else ''
             raise CheckpointError(
-                f'{ckpt_path} belongs to another training configuration or data{changed} (checkpoint '
+                f'{ckpt_path} belongs to another training configuration or data (checkpoint '
                 f'{saved.get("config_hash")}, now {hashes.train}). Run with --restart to train from scratch in '
                 f'{stage_dir}, or choose another --run-dir.')
     dist.barrier()

@@ -1,0 +1,278 @@
+"""Depth Scale Alignment (training.stages.dsa_model): the geometric anchor recovers a known scale, the
+object and its box are hidden from the input, β stays positive, the loss, and a short training that
+learns a correction of the anchor."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training.stages.dsa_model import N_SCALARS, DsaModelConfig, DsaNet, dsa_inputs, object_box, scale_loss
+
+H, W = 64, 96
+FY = 60.0
+CY = 23.5
+K = np.array([[60.0, 0, 47.5], [0, FY, CY], [0, 0, 1]])
+CAM_HEIGHT = 1.5
+MAX_DEPTH = 100.0
+MARGIN = 2
+WRONG_SCALE = 3.7    # the object network's depth is this many times too small (any scale)
+
+
+def contact_depth(bottom_row):
+    """Depth of the ground at the bottom edge of pixel row `bottom_row`: where a box standing there touches it."""
+    return CAM_HEIGHT * FY / (bottom_row + 0.5 - CY)
+
+
+def make_scene(bottom=49, c0=30, width_px=25, height_px=20, truth=1.0, seed=0):
+    """(rgb, scene depth, instances, object depth, Z0): flat ground seen from 1.5 m (60 m wall above the
+    horizon), a frontal box (id 1) standing on it with contact depth Z0; its scene depth is truth·Z0 and
+    the object network's depth Z0/WRONG_SCALE."""
+    v = np.arange(H, dtype=np.float64)[:, None].repeat(W, 1)
+    with np.errstate(divide='ignore'):
+        g = np.where(v > CY, CAM_HEIGHT * FY / (v - CY), np.inf)
+    depth = np.minimum(g, 60.0).astype(np.float32)
+    inst = np.zeros((H, W), np.int64)
+    inst[bottom + 1 - height_px:bottom + 1, c0:c0 + width_px] = 1
+    z0 = contact_depth(bottom)
+    depth[inst == 1] = truth * z0
+    obj = np.where(inst == 1, z0 / WRONG_SCALE, 0).astype(np.float32)
+    rgb = np.random.default_rng(seed).random((3, H, W)).astype(np.float32)
+    return rgb, depth, inst, obj, z0
+
+
+def inputs(scene, **kw):
+    rgb, depth, inst, obj, _ = scene
+    args = dict(box_margin=MARGIN, max_depth=MAX_DEPTH)
+    args.update(kw)
+    return dsa_inputs(rgb, depth, inst, 1, obj, K, **args)
+
+
+def batch(inps):
+    return (torch.from_numpy(np.stack([i.image for i in inps])), torch.from_numpy(np.stack([i.scalars for i in inps])),
+            torch.tensor([i.log_anchor for i in inps], dtype=torch.float32))
+
+
+@pytest.mark.parametrize('bottom', [38, 49, 60])
+def test_anchor_puts_the_object_where_it_stands_on_the_ground(bottom):
+    """The anchor scales the object network's (wrongly scaled) depth to the depth of its ground contact."""
+    sc = make_scene(bottom=bottom)
+    inp = inputs(sc)
+    z0 = sc[4]
+    assert inp.anchor_ok
+    assert inp.norm_depth[inp.mask].mean() == pytest.approx(1.0, rel=1e-5)
+    assert not inp.norm_depth[~inp.mask].any()
+    assert np.allclose(math.exp(inp.log_anchor) * inp.norm_depth[inp.mask], z0, rtol=0.03)
+    assert inp.image.shape == (5, H, W) and inp.image.dtype == np.float32
+    assert inp.scalars.shape == (N_SCALARS,) and inp.scalars[1] == 1.0      # the anchor_ok feature
+    assert np.array_equal(inp.image[:3], sc[0]) and np.array_equal(inp.image[4], inp.norm_depth)
+
+
+def test_untrained_net_returns_the_anchor():
+    """The zero-initialised last layer makes the untrained network the geometric estimate, β = exp(log β₀) > 0."""
+    torch.manual_seed(0)
+    net = DsaNet(DsaModelConfig(width_mult=0.25, hidden=32)).eval()
+    inps = [inputs(make_scene(bottom=b, seed=b)) for b in (40, 49, 58)]
+    image, scalars, anchor = batch(inps)
+    with torch.no_grad():
+        beta = net.scale(image, scalars, anchor)
+    assert torch.equal(beta, torch.exp(anchor))
+    assert (beta > 0).all()
+
+
+def test_fallback_anchor_without_a_ground_plane():
+    """No ground to fit (a wall at 10 m everywhere): anchor_ok False and the anchor is the median scene depth
+    around the object over the median normalised object depth; use_anchor=False gives log β₀ = 0."""
+    rgb, _, inst, obj, _ = make_scene()
+    wall = np.full((H, W), 10.0, np.float32)
+    inp = dsa_inputs(rgb, wall, inst, 1, obj, K, MARGIN, MAX_DEPTH)
+    assert not inp.anchor_ok and inp.scalars[1] == 0.0
+    assert math.exp(inp.log_anchor) == pytest.approx(10.0, rel=1e-4)
+    inp = dsa_inputs(rgb, make_scene()[1], inst, 1, obj, K, MARGIN, MAX_DEPTH, use_anchor=False)
+    assert inp.log_anchor == 0.0 and not inp.anchor_ok
+
+
+def test_object_without_depth_has_no_input():
+    rgb, depth, inst, obj, _ = make_scene()
+    assert dsa_inputs(rgb, depth, inst, 1, np.zeros_like(obj), K, MARGIN, MAX_DEPTH) is None
+    assert dsa_inputs(rgb, depth, inst, 2, obj, K, MARGIN, MAX_DEPTH) is None   # no such instance
+
+
+def test_object_box_is_the_tight_box_grown_and_clipped():
+    m = np.zeros((10, 12), bool)
+    m[3, 4] = m[5, 7] = True
+    box = object_box(m, 2)
+    rows, cols = np.nonzero(box)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (1, 7, 2, 9) and box.sum() == 7 * 8
+    m[:] = False
+    m[0, 11] = True
+    rows, cols = np.nonzero(object_box(m, 3))
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (0, 3, 8, 11)
+    assert not object_box(np.zeros((4, 4), bool), 2).any()
+
+
+def test_context_shows_the_ground_outside_the_box_only():
+    """Channel 3 is 0 on the object and in its grown box, and shows log depth on the ground outside it."""
+    sc = make_scene()
+    inp = inputs(sc)
+    ctx = inp.image[3]
+    box = object_box(sc[2] == 1, MARGIN)
+    assert not ctx[box].any()
+    assert not ctx[sc[2] == 1].any()
+    ground_outside = np.zeros((H, W), bool)
+    ground_outside[30:, :] = True               # below the horizon (the ground)
+    ground_outside &= ~object_box(sc[2] == 1, MARGIN + 3)   # away from the box edge
+    ground_outside[:, :3] = ground_outside[:, -3:] = ground_outside[-3:] = False   # no normals at the border
+    assert (ctx[ground_outside] > 0).all()
+    d = sc[1]
+    assert np.allclose(ctx[ground_outside], np.log1p(d[ground_outside]) / math.log1p(MAX_DEPTH), atol=1e-6)
+    assert not ctx[:20].any()                   # the wall above the horizon is not ground
+    assert np.array_equal(inp.context, ctx > 0)
+
+
+def test_a_box_margin_below_the_normal_step_is_refused():
+    """With box_margin < ground_step the ground normals just outside the box are taken across the object, so its
+    (hidden) scene depth would decide which context pixels are shown: refused, in the config and in dsa_inputs."""
+    from training.config import ConfigError, load_config
+
+    sc = make_scene()
+    for margin in (0, 1):
+        with pytest.raises(ValueError, match='box_margin'):
+            inputs(sc, box_margin=margin)
+        with pytest.raises(ConfigError, match='box_margin_px'):
+            load_config(preset='ci-tiny', overrides=[f'dsa.box_margin_px={margin}'])
+
+
+@pytest.mark.parametrize('margin', [2, 3])
+@pytest.mark.parametrize('object_depth', [1000.0, 0.5, None], ids=['far', 'near', 'truth-x1.5'])
+def test_object_scene_depth_does_not_reach_the_input(margin, object_depth):
+    """The scene depth on the object (the thing that is wrong on dynamic objects) changes nothing the network
+    sees: image, scalars, anchor and context are identical."""
+    sc = make_scene()
+    ref = inputs(sc, box_margin=margin)
+    rgb, depth, inst, obj, z0 = sc
+    changed = depth.copy()
+    changed[inst == 1] = 1.5 * z0 if object_depth is None else object_depth
+    out = inputs((rgb, changed, inst, obj, z0), box_margin=margin)
+    assert np.array_equal(out.image, ref.image)
+    assert np.array_equal(out.scalars, ref.scalars)
+    assert out.log_anchor == ref.log_anchor and out.anchor_ok == ref.anchor_ok
+    assert np.array_equal(out.context, ref.context)
+
+
+def test_box_interior_scene_depth_does_not_reach_the_input():
+    """Any scene depth inside the box (here grown by 5 px), the ground around the object included, is hidden as
+    well, up to the normals' step (2 px) from the box edge."""
+    sc = make_scene()
+    ref = inputs(sc, box_margin=5)
+    rgb, depth, inst, obj, z0 = sc
+    inner = object_box(inst == 1, 5 - 2)    # the box shrunk by the normals' step
+    assert (inner & (inst == 0)).sum() > 100
+    for value in (1000.0, 0.5):
+        changed = depth.copy()
+        changed[inner] = value
+        out = inputs((rgb, changed, inst, obj, z0), box_margin=5)
+        assert np.array_equal(out.image, ref.image) and np.array_equal(out.scalars, ref.scalars)
+        assert out.log_anchor == ref.log_anchor
+
+
+def test_beta_is_positive_for_any_weights():
+    """β = exp(log β₀ + f): positive even where a net with random large weights predicts a negative output
+    (log-scales down to about -20 here; float32 exp only underflows below about -87)."""
+    torch.manual_seed(1)
+    net = DsaNet(DsaModelConfig(width_mult=0.25, hidden=32)).eval()
+    with torch.no_grad():
+        for p in net.head.parameters():
+            p.normal_(0.0, 0.3)
+    inps = [inputs(make_scene(bottom=b, c0=c, seed=b + c)) for b in (35, 45, 55, 62) for c in (5, 40, 65)]
+    image, scalars, anchor = batch(inps)
+    image = image * torch.linspace(0.2, 3.0, len(inps))[:, None, None, None]     # spread the outputs
+    with torch.no_grad():
+        raw = net(image, scalars)
+        beta = net.scale(image, scalars, anchor)
+    assert (raw + anchor < 0).any(), 'the test needs negative log-scales to be meaningful'
+    assert torch.isfinite(beta).all() and (beta > 0).all()
+    assert torch.allclose(beta, torch.exp(anchor + raw))
+
+
+def _maps(norm, scene, mask):
+    t = [torch.from_numpy(np.asarray(a, np.float32))[None] for a in (norm, scene, mask)]
+    return t
+
+
+def test_scale_loss_is_the_relative_error_of_each_object():
+    """0 when β·D̃ is the scene depth; otherwise the in-mask relative error, growing with it; pixels outside the
+    mask or without scene depth do not count."""
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    norm = np.where(mask, 1.0, 0.0)
+    scene = np.full((8, 8), 5.0)
+    scene[0, 0] = 0.0
+    n, s, m = (t[None] for t in _maps(norm, scene, mask))
+    assert scale_loss(torch.tensor([5.0]), n, s, m).item() == pytest.approx(0.0, abs=1e-7)
+    losses = [scale_loss(torch.tensor([5.0 * f]), n, s, m).item() for f in (1.1, 1.2, 1.4, 0.5)]
+    assert losses == pytest.approx([0.1, 0.2, 0.4, 0.5], rel=1e-5)
+    # wild scene depth outside the mask or invalid (0) scene depth inside it changes nothing
+    wild = np.where(mask, scene, 1000.0)
+    wild[3, 3] = 0.0
+    n2, s2, m2 = (t[None] for t in _maps(norm, wild, mask))
+    assert scale_loss(torch.tensor([6.0]), n2, s2, m2).item() == pytest.approx(0.2, rel=1e-5)
+
+
+def test_scale_loss_counts_each_object_once_whatever_its_size():
+    """A big object with 10 % error and a small one with 30 %: the loss is their mean, 20 %."""
+    big = np.zeros((32, 32), bool)
+    big[:, :30] = True
+    small = np.zeros((32, 32), bool)
+    small[10:13, 10:13] = True
+    norm = torch.stack([torch.from_numpy(big.astype(np.float32)), torch.from_numpy(small.astype(np.float32))])[:, None]
+    scene = torch.full((2, 1, 32, 32), 10.0)
+    scene[1] = 40.0
+    mask = torch.stack([torch.from_numpy(big), torch.from_numpy(small)])[:, None]
+    loss = scale_loss(torch.tensor([11.0, 40.0 * 1.3]), norm, scene, mask)
+    assert loss.item() == pytest.approx(0.2, rel=1e-5)
+
+
+def test_short_training_learns_a_correction_of_the_anchor():
+    """Objects whose true depth is 1.2x where their ground contact puts them: the untrained net (the anchor) is
+    17 % off; a short training on a few scenes learns the correction, also on scenes it did not see."""
+    torch.manual_seed(0)
+    truth = 1.2
+    train = [make_scene(bottom=b, c0=c, height_px=hp, truth=truth, seed=i)
+             for i, (b, c, hp) in enumerate([(40, 10, 12), (45, 50, 15), (49, 30, 20), (54, 62, 22),
+                                             (58, 15, 25), (62, 40, 28)])]
+    held_out = [make_scene(bottom=b, c0=c, height_px=hp, truth=truth, seed=100 + i)
+                for i, (b, c, hp) in enumerate([(43, 20, 14), (51, 55, 18), (60, 5, 26)])]
+
+    def data(scenes):
+        inps = [inputs(sc) for sc in scenes]
+        assert all(i.anchor_ok for i in inps)
+        image, scalars, anchor = batch(inps)
+        norm = torch.from_numpy(np.stack([i.norm_depth for i in inps]))[:, None]
+        depth = torch.from_numpy(np.stack([sc[1] for sc in scenes]))[:, None]
+        mask = torch.from_numpy(np.stack([i.mask for i in inps]))[:, None]
+        beta_true = torch.tensor([truth * sc[4] for sc in scenes], dtype=torch.float32)
+        return image, scalars, anchor, norm, depth, mask, beta_true
+
+    net = DsaNet(DsaModelConfig(width_mult=0.25, hidden=32))
+    image, scalars, anchor, norm, depth, mask, beta_true = data(train)
+
+    def error(d):
+        net.eval()
+        with torch.no_grad():
+            beta = net.scale(d[0], d[1], d[2])
+        net.train()
+        return (beta / d[6] - 1).abs().median().item()
+
+    held = data(held_out)
+    assert error(held) > 0.15
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(100):
+        loss = scale_loss(net.scale(image, scalars, anchor), norm, depth, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert error((image, scalars, anchor, norm, depth, mask, beta_true)) < 0.05
+    assert error(held) < 0.05

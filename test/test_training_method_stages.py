@@ -1,0 +1,182 @@
+"""Stages 2 and 3 end to end through the real command line on the ci-tiny preset: `python -m
+training run` trains stage 1, labels instances, trains the object network and the DSA network and
+writes pseudo labels in the design §5 layout; a second run does nothing; a changed stage-1 setting
+makes stages 2 and 3 out of date; the method evaluation reads it all back."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynadepth_ros.dataset_layout import list_sequences
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def training_cmd(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    return subprocess.run([PY, '-m', 'training', *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp('method')
+    run_dir, data = base / 'run', base / 'data'
+    common = ('--preset', 'ci-tiny', '--run-dir', str(run_dir), '--set', f'data.root={data}',
+              '--set', 'runtime.progress=false')
+    first = training_cmd('run', *common)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    return {'dir': run_dir, 'data': data, 'common': common, 'first': first}
+
+
+def test_pipeline_reports_each_stage(run):
+    out = run['first'].stdout
+    for i, name in enumerate(('scene', 'objects', 'dsa'), 1):
+        assert f'pipeline: stage {i}/3 {name}' in out
+    assert 'objects: train:' in out and 'dynamic' in out
+    assert 'dsa: train:' in out and 'pseudo labels' in out
+
+
+def test_labels_file_has_the_design_layout(run):
+    """objects/labels/<split>.json: {"<seq>/<frame:06d>": [{"id", "label", "area"}, ...]} for every
+    train and val triplet centre frame; labelled instances exist in that frame's mask."""
+    from dynadepth_ros.datasets.synthetic import SyntheticSource
+
+    for split in ('train', 'val'):
+        labels = json.loads((run['dir'] / 'objects' / 'labels' / f'{split}.json').read_text())
+        seqs = list_sequences(run['data'], split)
+        expected = {f'{s.name}/{i:06d}' for s in seqs for i in range(1, len(s) - 1)}
+        assert set(labels) == expected
+        n = 0
+        src = {s.name: s for s in SyntheticSource(run['data'], split).sequences()}
+        for key, items in labels.items():
+            seq, frame = key.split('/')
+            ids = set(np.unique(src[seq].instance_mask(int(frame))).tolist())
+            for it in items:
+                assert it['label'] in ('static', 'dynamic')
+                assert isinstance(it['id'], int) and it['id'] in ids
+                assert isinstance(it['area'], int) and it['area'] > 0
+                n += 1
+        assert n > 0
+
+
+def test_mask_triplets_and_object_depth(run):
+    from training.stages.outputs import ObjectLabels, ObjectOutputs
+
+    outputs = ObjectOutputs(run['dir'] / 'objects')
+    labels = ObjectLabels(run['dir'] / 'objects', 'train')
+    checked = 0
+    for seq, t, labs in labels.items():
+        masks = outputs.masks('train', seq, t)
+        depth = outputs.depth('train', seq, t)
+        assert set(depth) == {lab.id for lab in labs}          # every labelled instance has object depth
+        assert set(masks) <= {lab.id for lab in labs}
+        for oid, m in masks.items():
+            assert m.shape == (3, 64, 192) and m.dtype == np.uint8
+            assert (m.reshape(3, -1).sum(1) > 0).all()
+            inside = depth[oid] > 0
+            assert (inside == m[1].astype(bool)).all()           # depth exactly on the reference mask
+            checked += 1
+    assert checked > 0
+
+
+def test_pseudo_labels_replace_only_dynamic_pixels(run):
+    """dsa/pseudo_labels/<split>/<seq>/<frame>.npz: depth float32 [H,W], dynamic bool [H,W]; outside
+    the dynamic pixels the label is the stage-1 depth, inside it is not (it came from the DSA)."""
+    root = run['dir'] / 'dsa' / 'pseudo_labels'
+    files = sorted(root.glob('train/*/*.npz'))
+    assert len(files) == len(list((run['dir'] / 'scene' / 'predictions' / 'train').glob('*/*.npz')))
+    changed = 0
+    for f in files:
+        with np.load(f) as z:
+            depth, dynamic = z['depth'], z['dynamic']
+        with np.load(run['dir'] / 'scene' / 'predictions' / 'train' / f.parent.name / f.name) as z:
+            scene = z['depth']
+        assert depth.dtype == np.float32 and dynamic.dtype == bool and depth.shape == (64, 192)
+        assert np.array_equal(depth[~dynamic], scene[~dynamic])
+        assert np.isfinite(depth).all() and (depth > 0).all()
+        changed += int(dynamic.any())
+    labels = json.loads((run['dir'] / 'objects' / 'labels' / 'train.json').read_text())
+    frames_with_dynamic = sum(any(i['label'] == 'dynamic' for i in v) for v in labels.values())
+    assert changed == frames_with_dynamic
+
+
+def test_manifests_chain_upstream_hashes(run):
+    scene = json.loads((run['dir'] / 'scene' / 'manifest.json').read_text())
+    objects = json.loads((run['dir'] / 'objects' / 'manifest.json').read_text())
+    dsa = json.loads((run['dir'] / 'dsa' / 'manifest.json').read_text())
+    assert objects['upstream'] == {'scene': scene['config_hash']}
+    assert dsa['upstream'] == {'scene': scene['config_hash'], 'objects': objects['config_hash']}
+    assert (run['dir'] / 'objects' / 'object_model.pt').is_file()
+    assert (run['dir'] / 'dsa' / 'dsa_model.pt').is_file()
+    assert any(p.name.startswith('labels_') for p in (run['dir'] / 'objects' / 'previews').iterdir())
+    assert any(p.name.startswith('pseudo_') for p in (run['dir'] / 'dsa' / 'previews').iterdir())
+    assert (run['dir'] / 'dsa' / 'metrics.csv').is_file()
+
+
+def test_second_run_does_nothing(run):
+    again = training_cmd('run', *run['common'])
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name in ('scene', 'objects', 'dsa'):
+        assert f'{name}: up to date' in again.stdout
+
+
+def test_method_evaluation_reads_the_run(run):
+    r = training_cmd('evaluate', '--run-dir', str(run['dir']), '--stage', 'dsa', '--split', 'val')
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((run['dir'] / 'dsa' / 'method_eval_val.json').read_text())
+    for split in ('train', 'val'):
+        lab = report['labelling'][split]
+        assert lab['instances'] == lab['true_positive'] + lab['false_positive'] + lab['false_negative'] + \
+            lab['true_negative']
+    assert report['dsa_static_objects']['objects'] > 0
+    assert report['stage1']['metric']['dynamic']['frames'] > 0
+    assert '| metric | dynamic |' in r.stdout
+
+
+def test_changed_stage1_makes_later_stages_stale(run):
+    """Retraining stage 1 (another seed) must not leave stages 2-3 built on the old stage 1 'up to date'."""
+    from training.config import load_config
+    from training.stages.runner import stage_status
+
+    cfg = load_config(preset='ci-tiny', overrides=[f'data.root={run["data"]}', 'scene.loop.seed=1'])
+    assert stage_status('scene', cfg, run['dir'])           # stage 1 itself is stale
+    same = load_config(preset='ci-tiny', overrides=[f'data.root={run["data"]}'])
+    assert stage_status('objects', same, run['dir']) == []
+    assert stage_status('dsa', same, run['dir']) == []
+    other = load_config(preset='ci-tiny', overrides=[f'data.root={run["data"]}',
+                                                     'objects.labelling.flow_threshold_px=0.9'])
+    assert stage_status('objects', other, run['dir'])
+    assert stage_status('scene', other, run['dir']) == []
+
+
+def test_new_stage1_manifest_invalidates_stages_2_and_3(run, tmp_path):
+    """A stage 1 that finished again with other results (new manifest hash) makes objects and dsa
+    out of date; running objects then starts over (nothing of the old outputs is reused) and dsa,
+    which depends on both, is out of date until it runs again."""
+    import shutil
+
+    from training.config import load_config
+    from training.stages.runner import stage_status
+
+    copy = tmp_path / 'run'
+    shutil.copytree(run['dir'], copy)
+    manifest = copy / 'scene' / 'manifest.json'
+    m = json.loads(manifest.read_text())
+    m['config_hash'] = 'retrained000000'
+    manifest.write_text(json.dumps(m))
+    cfg = load_config(preset='ci-tiny', overrides=[f'data.root={run["data"]}'])
+    assert any('config changed' in p for p in stage_status('objects', cfg, copy))
+    r = training_cmd('objects', '--preset', 'ci-tiny', '--run-dir', str(copy), '--set', f'data.root={run["data"]}',
+                     '--set', 'runtime.progress=false')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'an upstream stage changed' in r.stdout and 'objects: done' in r.stdout
+    assert json.loads((copy / 'objects' / 'manifest.json').read_text())['upstream'] == {'scene': 'retrained000000'}
+    assert any('config changed' in p for p in stage_status('dsa', cfg, copy))
