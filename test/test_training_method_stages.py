@@ -1,7 +1,8 @@
-"""Stages 2 and 3 end to end through the real command line on the ci-tiny preset: `python -m
-training run` trains stage 1, labels instances, trains the object network and the DSA network and
-writes pseudo labels in the design §5 layout; a second run does nothing; a changed stage-1 setting
-makes stages 2 and 3 out of date; the method evaluation reads it all back."""
+"""The whole pipeline end to end through the real command line on the ci-tiny preset: `python -m
+training run` trains stage 1, labels instances, trains the object network and the DSA network,
+writes pseudo labels in the design §5 layout and trains and exports the final network; a second
+run does nothing; a changed stage 1 makes the later stages out of date; the method evaluation
+reads it all back."""
 from __future__ import annotations
 
 import json
@@ -38,8 +39,8 @@ def run(tmp_path_factory):
 
 def test_pipeline_reports_each_stage(run):
     out = run['first'].stdout
-    for i, name in enumerate(('scene', 'objects', 'dsa'), 1):
-        assert f'pipeline: stage {i}/3 {name}' in out
+    for i, name in enumerate(('scene', 'objects', 'dsa', 'final'), 1):
+        assert f'pipeline: stage {i}/4 {name}' in out
     assert 'objects: train:' in out and 'dynamic' in out
     assert 'dsa: train:' in out and 'pseudo labels' in out
 
@@ -124,7 +125,7 @@ def test_manifests_chain_upstream_hashes(run):
 def test_second_run_does_nothing(run):
     again = training_cmd('run', *run['common'])
     assert again.returncode == 0, again.stderr[-3000:]
-    for name in ('scene', 'objects', 'dsa'):
+    for name in ('scene', 'objects', 'dsa', 'final'):
         assert f'{name}: up to date' in again.stdout
 
 
@@ -180,3 +181,16 @@ def test_new_stage1_manifest_invalidates_stages_2_and_3(run, tmp_path):
     assert 'an upstream stage changed' in r.stdout and 'objects: done' in r.stdout
     assert json.loads((copy / 'objects' / 'manifest.json').read_text())['upstream'] == {'scene': 'retrained000000'}
     assert any('config changed' in p for p in stage_status('dsa', cfg, copy))
+
+
+def test_final_model_is_exported_as_stage_final(run):
+    from dynadepth_ros.model_format import read_metadata
+
+    meta = read_metadata(run['dir'] / 'final' / 'final.onnx')
+    assert meta.stage == 'final'
+    assert (meta.input_height, meta.input_width) == (64, 192)
+    final = json.loads((run['dir'] / 'final' / 'manifest.json').read_text())
+    dsa = json.loads((run['dir'] / 'dsa' / 'manifest.json').read_text())
+    assert final['upstream']['dsa'] == dsa['config_hash']
+    rows = (run['dir'] / 'final' / 'metrics.csv').read_text().splitlines()
+    assert 'pseudo_l1_m' in rows[0]

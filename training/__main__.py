@@ -7,6 +7,8 @@
     python -m training dsa --preset cpu-small --run-dir runs/cpu-small         # stage 3 (needs objects)
     python -m training run --preset cpu-small --run-dir runs/cpu-small         # every stage, resuming/skipping
     python -m training evaluate --run-dir runs/cpu-small --stage dsa --split val  # labels, DSA, pseudo labels
+    python -m training final --preset cpu-small --run-dir runs/cpu-small       # stage 4 (needs dsa)
+    python -m training compare --run-dir runs/cpu-small --split test           # stage 1 vs final, side by side
     python -m training export --run-dir runs/cpu-small --stage scene --out scene.onnx
     python -m training evaluate --run-dir runs/cpu-small --stage scene --split test
     python -m training import-bag run1/ run2.mcap --out data/robot --image-topic /camera/image_raw \\
@@ -73,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--split', choices=('train', 'val', 'test'), help='default: test (val for objects/dsa)')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
     p.add_argument('--batch-size', type=int)
+
+    p = sub.add_parser('compare', help='evaluate finished stages with depth networks side by side (default scene vs '
+                                       'final on the test split)')
+    p.add_argument('--run-dir', type=Path, required=True)
+    p.add_argument('--stages', nargs='+', default=['scene', 'final'],
+                   choices=sorted(n for n, s in STAGES.items() if s.has_depth_model))
+    p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    p.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
 
     p = sub.add_parser('import-bag', help='convert rosbag2 recordings into the dataset layout for training')
     p.add_argument('bags', nargs='+', type=Path, help='rosbag2 directories or .mcap/.db3 files')
@@ -178,6 +188,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from training.distributed import resolve_device
+    from training.evaluate import compare_markdown, compare_stages
+
+    cmp = compare_stages(args.run_dir, tuple(args.stages), args.split, device=str(resolve_device(args.device)))
+    print(compare_markdown(cmp), end='')
+    print(f'wrote {args.run_dir / f"compare_{args.split}.md"} and .json')
+    return 0
+
+
 def cmd_import_bag(args) -> int:
     from training.data.rosbag_import import import_bags
 
@@ -193,7 +213,7 @@ def cmd_import_bag(args) -> int:
 
 
 COMMANDS = {'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'run': cmd_run, 'export': cmd_export,
-            'evaluate': cmd_evaluate, 'import-bag': cmd_import_bag, **{name: cmd_stage for name in STAGES}}
+            'evaluate': cmd_evaluate, 'compare': cmd_compare, 'import-bag': cmd_import_bag, **{name: cmd_stage for name in STAGES}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,6 +131,21 @@ class DsaStageConfig:
 
 
 @dataclass
+class FinalStageConfig:
+    """Stage 4: the final depth network, started from stage 1 and trained with the stage-1 losses
+    (phase names as stage 1's; normally one `joint` phase) plus pseudo_weight x the pseudo-label L1 on
+    dynamic-object pixels (reference 0.1, lr 2e-5)."""
+
+    pseudo_weight: float = 0.1
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    phases: list[PhaseConfig] = field(default_factory=lambda: _phases({'name': 'joint', 'steps': 1000, 'lr': 2e-5}))
+
+    def __post_init__(self):
+        if self.pseudo_weight < 0:
+            raise ValueError(f'final.pseudo_weight must be >= 0, got {self.pseudo_weight}')
+
+
+@dataclass
 class EvalConfig:
     """Depth evaluation (design §8): valid GT in (min_depth, max_depth) metres.
 
@@ -181,6 +196,7 @@ class PipelineConfig:
     scene: SceneStageConfig = field(default_factory=SceneStageConfig)
     objects: ObjectsStageConfig = field(default_factory=ObjectsStageConfig)
     dsa: DsaStageConfig = field(default_factory=DsaStageConfig)
+    final: FinalStageConfig = field(default_factory=FinalStageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

@@ -213,3 +213,38 @@ def markdown_report(report: dict) -> str:
     lines.append('Baseline: per-pixel mean GT depth of the training split. Lead: moving cars ahead in the ego lane '
                  'travelling with the ego.')
     return '\n'.join(lines) + '\n'
+
+
+def compare_stages(run_dir: str | os.PathLike, stages: tuple[str, ...] = ('scene', 'final'), split: str = 'test',
+                   device: str = 'cpu', progress: bool = True) -> dict:
+    """Evaluate several finished stages on the same split (each writes its own eval_<split>.json) and put
+    them side by side; writes compare_<split>.json/.md into the run directory."""
+    reports = {s: evaluate(run_dir, s, split, device=device, progress=progress) for s in stages}
+    out = {'split': split, 'created': now_iso(), 'stages': list(stages), 'reports': reports}
+    write_json_atomic(Path(run_dir) / f'compare_{split}.json', out)
+    write_text_atomic(Path(run_dir) / f'compare_{split}.md', compare_markdown(out))
+    return out
+
+
+def compare_markdown(cmp: dict) -> str:
+    """Side-by-side AbsRel and δ<1.25 of the compared stages (the first is the reference of the ratio)."""
+    stages = cmp['stages']
+    reports = cmp['reports']
+    first = reports[stages[0]]
+    head = ('| region | mode | frames | ' + ' | '.join(f'{s} AbsRel' for s in stages)
+            + f' | {stages[-1]}/{stages[0]} | ' + ' | '.join(f'{s} δ<1.25' for s in stages) + ' | baseline AbsRel |')
+    lines = [f'# {" vs ".join(stages)} on the {cmp["split"]} split', '',
+             f'{first["frames"]} frames with GT ({first["frames_with_lead_car"]} with a lead car). '
+             'Dynamic = instances flagged as moving; lead = moving cars ahead in the ego lane.', '',
+             head, '|' + '---|' * (5 + 2 * len(stages))]
+    for region in ('dynamic', 'lead', 'all', 'static'):
+        for mode in MODES:
+            ms = [(reports[s]['model'].get(mode) or {}).get(region) for s in stages]
+            if any(m is None for m in ms):
+                continue
+            base = ((first.get('baseline_mean_train_depth') or {}).get(mode) or {}).get(region)
+            ratio = ms[-1]['abs_rel'] / ms[0]['abs_rel'] if ms[0]['abs_rel'] else float('nan')
+            lines.append(f'| {region} | {mode} | {ms[0]["frames"]} | ' + ' | '.join(f'{m["abs_rel"]:.3f}' for m in ms)
+                         + f' | {ratio:.2f} | ' + ' | '.join(f'{m["a1"]:.3f}' for m in ms)
+                         + (f' | {base["abs_rel"]:.3f} |' if base else ' | - |'))
+    return '\n'.join(lines) + '\n'

@@ -37,9 +37,11 @@ STAGES: dict[str, StageSpec] = {
     'dsa': StageSpec('dsa', 'training.stages.dsa',
                      'stage 3: Depth Scale Alignment trained on static objects; pseudo depth labels with dynamic '
                      'objects at their aligned depth', requires=('scene', 'objects'), has_depth_model=False),
+    'final': StageSpec('final', 'training.stages.final',
+                       'stage 4: the final depth network, stage-1 losses + pseudo-label loss on dynamic pixels; '
+                       'exports final.onnx', requires=('scene', 'dsa')),
 }
-# Stage 4 of design §5 registers here when it is implemented: final (requires dsa; exports the final model).
-PLANNED_STAGES = ('final',)
+PLANNED_STAGES: tuple[str, ...] = ()
 
 
 def get_stage(name: str) -> StageSpec:

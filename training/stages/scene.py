@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from training.data import build_dataset
 from training.distributed import DistContext
 from training.export import export_depth_onnx
 from training.loop import Phase, to_device, train
+from training.stages.outputs import ScenePredictions, save_npz_atomic
 from training.stages.runner import StageContext, data_settings, run_stage
 from training.stages.scene_model import SceneModel
 
@@ -102,12 +102,12 @@ def odometry_fraction(dataset) -> float:
     return have / len(dataset)
 
 
-def model_metadata(cfg: PipelineConfig, config_hash: str, metric: bool, intrinsics) -> ModelMetadata:
+def model_metadata(cfg: PipelineConfig, config_hash: str, metric: bool, intrinsics, stage: str = NAME) -> ModelMetadata:
     import dynadepth_ros
 
     return ModelMetadata(input_height=cfg.data.height, input_width=cfg.data.width,
                          min_depth=cfg.scene.model.min_depth, max_depth=cfg.scene.model.max_depth, metric=metric,
-                         intrinsics=tuple(float(v) for v in intrinsics), stage=NAME,
+                         intrinsics=tuple(float(v) for v in intrinsics), stage=stage,
                          dataset=f'{cfg.data.source}:{Path(cfg.data.root).name}', config_hash=config_hash,
                          version=dynadepth_ros.__version__)
 
@@ -197,15 +197,7 @@ def execute(ctx: StageContext) -> dict | None:
 
 
 def prediction_path(stage_dir: Path, split: str, sequence: str, frame: int) -> Path:
-    return stage_dir / PREDICTIONS / split / sequence / f'{int(frame):06d}.npz'
-
-
-def _save_npz_atomic(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f'.{path.stem}.', suffix='.tmp')
-    with os.fdopen(fd, 'wb') as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    return ScenePredictions(stage_dir).path(split, sequence, frame)
 
 
 @torch.no_grad()
@@ -247,7 +239,7 @@ def write_predictions(model: SceneModel, cfg: PipelineConfig, stage_dir: Path, m
             fp = out['flow_prev'].cpu().numpy().astype(np.float16)
             fn = out['flow_next'].cpu().numpy().astype(np.float16)
             for j, idx in enumerate(batch['index'].tolist()):
-                _save_npz_atomic(paths[idx], depth=depth[j].astype(np.float32), flow_prev=fp[j], flow_next=fn[j])
+                save_npz_atomic(paths[idx], depth=depth[j].astype(np.float32), flow_prev=fp[j], flow_next=fn[j])
         counts[split] = len(paths)
         _log(dist, f'{split}: {len(paths)} predictions ({len(todo)} written now) under {root / split}')
     return counts

@@ -279,10 +279,18 @@ class SceneModel(nn.Module):
 
         total = (photometric + cfg.smoothness_weight * smoothness + cfg.sparsity_weight * sparsity
                  + cfg.odometry_weight * odometry)
+        extra, extra_logs = self.extra_loss(batch, depths)
+        total = total + extra
         logs = self._logs(batch, phase, total, photometric, smoothness, sparsity, odometry, automask0,
                           depths[0], poses, flows, odom)
+        logs.update(extra_logs)
         previews = self._previews(target, disps[0], depths[0], warped0, automask0, flows)
         return total, logs, previews
+
+    def extra_loss(self, batch: dict, depths: dict[int, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Further loss terms on the full-resolution depths {scale: [B,1,H,W]} (none in stage 1; the final
+        stage adds the pseudo-label term). Returns (weighted scalar, logs)."""
+        return torch.zeros((), device=depths[0].device), {}
 
     @torch.no_grad()
     def predict(self, batch: dict) -> dict[str, torch.Tensor]:
