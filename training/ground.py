@@ -135,18 +135,29 @@ def bottom_pixels(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cols, lowest
 
 
+def contact_pixels(mask: np.ndarray, rows: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v) of the column bottoms that lie within `rows` rows of the mask's lowest row: where the object
+    really touches the ground (wheels, feet). Between a car's wheels the column bottom is the body,
+    above the road, and the ray through it meets the ground behind the car."""
+    u, v = bottom_pixels(mask)
+    if not len(u):
+        return u, v
+    keep = v >= v.max() - rows
+    return u[keep], v[keep]
+
+
 def contact_ratio(depth: np.ndarray, mask: np.ndarray, plane: Plane | None, K: np.ndarray) -> float | None:
-    """Median over the mask's columns of depth(lowest pixel) / ground-plane depth there; None when the
-    plane is unknown or no column's bottom lies below the horizon. 1 = the object stands where the
+    """Median over the mask's contact pixels (contact_pixels) of depth / ground-plane depth there; None
+    when the plane is unknown or the contact lies above the horizon. 1 = the object stands where the
     ground says it does; > 1 its depth is too far for its contact with the road, < 1 too near."""
     if plane is None:
         return None
-    u, v = bottom_pixels(mask)
+    u, v = contact_pixels(mask)
     if not len(u):
         return None
     zg = plane.depth_at(K, u, v + 0.5)        # the bottom edge of the lowest pixel
     d = np.asarray(depth)[v, u]
     ok = np.isfinite(zg) & (zg > 0) & (d > 0)
-    if ok.sum() < max(2, 0.3 * len(u)):
+    if ok.sum() < max(1, 0.5 * len(u)):
         return None
     return float(np.median(d[ok] / zg[ok]))

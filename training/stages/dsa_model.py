@@ -14,7 +14,8 @@ depth normalised to mean 1 inside the object's mask) is the object's depth in th
 - scalar features: a geometric anchor log β₀ and the box geometry. β₀ is where the ground plane
   fitted to the visible ground context meets the rays through the object's lowest pixels, over D̃
   at those pixels (median over columns): the scale at which the object stands on the ground. It
-  uses only the hidden-box context, like the image channels.
+  uses only the hidden-box context, like the image channels. Only the object's lowest pixels count
+  (training.ground.contact_pixels): between a car's wheels the ray passes under the body.
 
 β = exp(log β₀ + f(image features, scalars)), with f's last layer initialised to zero: the untrained
 network is the geometric estimate, training on static objects learns the corrections (where the
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.ground import bottom_pixels, ground_mask, ground_plane
+from training.ground import contact_pixels, ground_mask, ground_plane
 from training.networks.resnet import ResNetEncoder
 
 N_SCALARS = 8
@@ -107,12 +108,12 @@ def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, 
     log_anchor = 0.0
     if use_anchor:
         plane = ground_plane(scene_depth, K, context)
-        u, v = bottom_pixels(m)
+        u, v = contact_pixels(m)
         if plane is not None and len(u):
             zg = plane.depth_at(K, u, v + 0.5)
             dn = norm[v, u]
             ok = np.isfinite(zg) & (zg > 0) & (zg < 10 * max_depth) & (dn > 0)
-            if ok.sum() >= max(2, 0.3 * len(u)):
+            if ok.sum() >= max(1, 0.5 * len(u)):
                 log_anchor = float(np.log(np.median(zg[ok] / dn[ok])))
                 anchor_ok = True
         if not anchor_ok:
