@@ -17,7 +17,10 @@ cues are measured, each recorded in the labels file:
   over the depth of the ground plane (fitted to the stage-1 depth of the frame's ground, all
   instances excluded; training.ground) along the same ray. A static object stands where the
   ground says; a car that travels with the camera carries no photometric signal and gets a depth
-  behind its own contact with the road, an oncoming one in front of it.
+  behind its own contact with the road, an oncoming one in front of it. Only an instance whose contact
+  is visible counts (`contact_clear_min` of its contact pixels have background, not another object or
+  the image border, just below them): a parked car partly hidden behind another has its lowest
+  visible pixel above the road.
 - central strip (the reference's rule for objects straight ahead with no residual flow): the
   instance touches the central `centre_strip` share of the image columns and stands on the ground
   ahead (its bottom below the horizon of the fitted plane).
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.ground import Plane, bottom_pixels, contact_ratio, ground_mask, ground_plane
+from training.ground import Plane, bottom_pixels, contact_pixels, contact_ratio, ground_mask, ground_plane
 from training.stages.outputs import InstanceLabel, ScenePrediction
 
 
@@ -47,6 +50,7 @@ class LabellingConfig:
     background_quantile: float = 0.9
     contrast_min_px: float = 0.05       # ... and at least this many pixels (flow noise floor)
     ground_tolerance: float = 0.0       # |log(contact ratio)| >= log(1 + tol) → dynamic; 0 = off
+    contact_clear_min: float = 0.5      # ... only when this share of the contact has background just below it
     centre_strip: float = 0.05          # share of the width around the centre column (reference 1/20); 0 = off
     ground_angle_deg: float = 15.0      # ground pixels: normal within this angle of the vertical
     ground_step_px: int = 2             # normals from neighbours this many pixels away
@@ -113,12 +117,20 @@ def touches_centre(m: np.ndarray, fraction: float) -> bool:
 
 
 def instance_cues(m: np.ndarray, pred: ScenePrediction, magnitude: np.ndarray, background: np.ndarray,
-                  plane: Plane | None, K: np.ndarray, cfg: LabellingConfig) -> dict:
+                  plane: Plane | None, K: np.ndarray, cfg: LabellingConfig,
+                  instances_below: np.ndarray | None = None) -> dict:
     """The cues of one instance mask m (bool [H,W]); see the module docstring."""
+    if instances_below is None:
+        instances_below = m.astype(np.int32)
     vals = magnitude[m]
     bg = magnitude[background]
     bg_q = float(np.quantile(bg, cfg.background_quantile)) if bg.size else 0.0
     ratio = contact_ratio(pred.depth, m, plane, K)
+    cu, cv = contact_pixels(m)
+    h = m.shape[0]
+    # the contact is visible when the pixels just below it are background (not another object, not the border)
+    below = [(instances_below[np.minimum(h - 1, cv + k), cu] == 0) & (cv + k < h) for k in (1, 2)]
+    contact_clear = float(np.mean(below[0] & below[1])) if len(cu) else 0.0
     u, v = bottom_pixels(m)
     on_ground = False
     if plane is not None and len(u):
@@ -129,6 +141,7 @@ def instance_cues(m: np.ndarray, pred: ScenePrediction, magnitude: np.ndarray, b
         'flow_median_px': float(np.median(vals)) if vals.size else 0.0,
         'background_flow_px': bg_q,
         'contact_ratio': ratio,
+        'contact_clear': contact_clear,
         'centre': touches_centre(m, cfg.centre_strip) and on_ground,
     }
 
@@ -142,7 +155,8 @@ def decide(cues: dict, cfg: LabellingConfig) -> tuple[bool, list[str]]:
                                                                  cfg.contrast_factor * cues['background_flow_px']):
         fired.append('contrast')
     r = cues.get('contact_ratio')
-    if cfg.ground_tolerance > 0 and r is not None and r > 0 and abs(math.log(r)) >= math.log1p(cfg.ground_tolerance):
+    if cfg.ground_tolerance > 0 and r is not None and r > 0 and cues.get('contact_clear', 1.0) >= cfg.contact_clear_min \
+            and abs(math.log(r)) >= math.log1p(cfg.ground_tolerance):
         fired.append('ground')
     if cues.get('centre'):
         fired.append('centre')
@@ -161,7 +175,7 @@ def label_frame(mask: np.ndarray, pred: ScenePrediction, K: np.ndarray, cfg: Lab
     background = (objects == 0) & (pred.depth > 0)
     labels = []
     for i, m in inst.items():
-        cues = instance_cues(m, pred, magnitude, background, plane, K, cfg)
+        cues = instance_cues(m, pred, magnitude, background, plane, K, cfg, objects)
         dyn, fired = decide(cues, cfg)
         extra = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in cues.items()}
         extra['cues'] = fired
