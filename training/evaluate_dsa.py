@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from dynadepth_ros.metrics import MetricAccumulator, evaluate_frame
 from training.artifacts import now_iso, write_json_atomic, write_text_atomic
-from training.config import load_config
 from training.data import build_dataset
 from training.data.triplets import Layer
 from training.evaluate import _ego_direction, _frame_instances, lead_car_ids
@@ -107,21 +106,16 @@ def evaluate_method(run_dir: str | os.PathLike, split: str = 'val', progress: bo
         si, _ = ds.samples[idx]
         seq = ds.sequences[si]
         pred = preds.frame(split, seq_name, t)
-        item = ds.load(idx, extra={'scene_depth': Layer(pred.depth, 'depth'),
-                                   'object_depth': Layer(np.zeros_like(pred.depth), 'depth')})
+        item = ds.load(idx, extra={'scene_depth': Layer(pred.depth, 'depth')})
         gt = item['gt_depth'][0].numpy()
         mask = item['mask'].numpy()
         moving = item['moving'].numpy()
-        # 2. DSA on held-out static objects
+        # 2. DSA on held-out static objects (labelled static and not moving)
         depth = outputs.depth(split, seq_name, t)
-        for lab in labels.frame(seq_name, t):
-            if lab.dynamic or lab.id not in depth or lab.id in (seq.moving_ids(t) or set()):
-                continue
-            item['object_depth'] = torch.from_numpy(depth[lab.id])
-            got = dsa_stage.frame_scales(cfg, net, item, [lab.id], roads=dsa_stage.sample_road_ids(cfg, ds, idx))
-            if not got:
-                continue
-            _, beta, inp = got[0]
+        truly_moving = seq.moving_ids(t) or set()
+        static = {lab.id: depth[lab.id] for lab in labels.frame(seq_name, t)
+                  if not lab.dynamic and lab.id in depth and lab.id not in truly_moving}
+        for _, beta, inp in dsa_stage.frame_scales(cfg, net, item, static, roads=dsa_stage.sample_road_ids(cfg, ds, idx)):
             m = inp.mask & (pred.depth > 0)
             if not m.any():
                 continue

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from training import checkpoint as ckpt_io
@@ -65,13 +65,13 @@ def sample_road_ids(cfg: PipelineConfig, triplets: TripletDataset, idx: int) -> 
     return road_ids(_instance_classes(triplets.sequences[si], t), cfg.objects.labelling.road_classes)
 
 
-def object_inputs(cfg: PipelineConfig, item: dict, oid: int, image_key: str = 'frames_raw', ground=None,
-                  roads: set[int] = frozenset()):
-    """dsa_inputs of object `oid` of a triplet sample carrying scene_depth and object_depth layers
-    (road-class instances `roads` count as ground)."""
+def object_inputs(cfg: PipelineConfig, item: dict, oid: int, object_depth: np.ndarray, image_key: str = 'frames_raw',
+                  ground=None, roads: set[int] = frozenset()):
+    """dsa_inputs of object `oid` of a triplet sample carrying a scene_depth layer; object_depth [H,W] on the
+    sample's grid (road-class instances `roads` count as ground)."""
     dc = cfg.dsa
-    return dsa_inputs(item[image_key][1].numpy(), item['scene_depth'].numpy(), without_road(item['mask'].numpy(), roads), oid,
-                      item['object_depth'].numpy(), item['K'].numpy().astype(np.float64), dc.box_margin_px,
+    return dsa_inputs(item[image_key][1].numpy(), item['scene_depth'].numpy(), without_road(item['mask'].numpy(), roads),
+                      oid, object_depth, item['K'].numpy().astype(np.float64), dc.box_margin_px,
                       dc.model.max_depth, dc.ground_angle_deg, dc.ground_step_px, ground=ground,
                       use_anchor=dc.model.use_anchor)
 
@@ -115,7 +115,8 @@ class DsaSampleDataset(Dataset):
             raise FileNotFoundError(f'no object depth for {self.split} {seq}/{t} id {oid}: rerun stage 2')
         item = self.triplets.load(idx, extra={'scene_depth': Layer(pred.depth, 'depth'),
                                               'object_depth': Layer(od, 'depth')})
-        inp = object_inputs(self.cfg, item, oid, self.image_key, roads=sample_road_ids(self.cfg, self.triplets, idx))
+        inp = object_inputs(self.cfg, item, oid, item['object_depth'].numpy(), self.image_key,
+                            roads=sample_road_ids(self.cfg, self.triplets, idx))
         if inp is None:   # cannot happen for a labelled object with depth; keep the batch shape anyway
             raise ValueError(f'{self.split} {seq}/{t} id {oid}: the object has no pixels with depth')
         return _tensors(inp, item['scene_depth'].numpy())
@@ -171,16 +172,17 @@ def load_model(stage_dir: str | os.PathLike, device='cpu'):
 
 
 @torch.no_grad()
-def frame_scales(cfg: PipelineConfig, net: DsaNet, item: dict, object_ids: list[int], image_key='frames_raw',
-                 roads: set[int] = frozenset()):
-    """[(id, β, DsaInput)] of the given objects of one sample (with scene_depth / object_depth layers)."""
+def frame_scales(cfg: PipelineConfig, net: DsaNet, item: dict, object_depths: dict[int, np.ndarray],
+                 image_key='frames_raw', roads: set[int] = frozenset()):
+    """[(id, β, DsaInput)] of the objects {id: object depth [H,W]} of one un-augmented sample carrying a
+    scene_depth layer; the frame's ground is computed once for all of them."""
     K = item['K'].numpy().astype(np.float64)
     instances = without_road(item['mask'].numpy(), roads)
     ground = ground_mask(item['scene_depth'].numpy(), K, cfg.dsa.ground_angle_deg, cfg.dsa.ground_step_px,
                          exclude=instances > 0)
     inputs = []
-    for oid in object_ids:
-        inp = object_inputs(cfg, item, oid, image_key, ground=ground, roads=roads)
+    for oid, depth in object_depths.items():
+        inp = object_inputs(cfg, item, oid, depth, image_key, ground=ground, roads=roads)
         if inp is not None:
             inputs.append((oid, inp))
     if not inputs:
@@ -224,14 +226,9 @@ def write_pseudo_labels(ctx: StageContext, net: DsaNet, split: str) -> dict:
         objects = []
         if dyn:
             depth = outputs.depth(split, seq, t)
-            item = ds.load(idx, extra={'scene_depth': Layer(pred.depth, 'depth'),
-                                       'object_depth': Layer(np.zeros_like(pred.depth), 'depth')})
-            entries = []
-            for oid in dyn:
-                if oid not in depth:
-                    continue
-                item['object_depth'] = torch.from_numpy(depth[oid])
-                entries += frame_scales(cfg, net, item, [oid], roads=sample_road_ids(cfg, ds, idx))
+            item = ds.load(idx, extra={'scene_depth': Layer(pred.depth, 'depth')})
+            entries = frame_scales(cfg, net, item, {oid: depth[oid] for oid in dyn if oid in depth},
+                                   roads=sample_road_ids(cfg, ds, idx))
             for oid, beta, inp in entries:
                 objects.append((inp.mask, beta * inp.norm_depth))
             scales[frame_key(seq, t)] = [{'id': oid, 'beta': round(beta, 5), 'log_anchor': round(inp.log_anchor, 5),

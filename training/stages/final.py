@@ -26,7 +26,7 @@ import torch
 from dynadepth_ros.camera import normalise_intrinsics
 from training import checkpoint as ckpt_io
 from training.artifacts import file_entry
-from training.config import PipelineConfig, load_config, to_dict
+from training.config import PipelineConfig, to_dict
 from training.data import build_dataset
 from training.data.triplets import Layer
 from training.export import export_depth_onnx
@@ -149,17 +149,8 @@ def execute(ctx: StageContext) -> dict | None:
 
 def load_depth_net(stage_dir: str | os.PathLike, device: str | torch.device = 'cpu'):
     """(DepthNet in eval mode, PipelineConfig, manifest) of a finished stage 4."""
-    from training.artifacts import read_manifest
-
-    stage_dir = Path(stage_dir)
-    manifest = read_manifest(stage_dir)
-    if manifest is None:
-        raise FileNotFoundError(f'{stage_dir} has no manifest.json: stage 4 has not finished there; run '
-                                f'`python -m training final --run-dir {stage_dir.parent}` first')
-    cfg = load_config(config_file=stage_dir / 'config.yaml')
-    model = SceneModel(cfg.scene.model)
-    model.load_state_dict(ckpt_io.load(stage_dir / MODEL_FILE, map_location='cpu')['model'])
-    return model.depth.to(device).eval(), cfg, manifest
+    model, cfg, manifest = scene_stage.load_model(stage_dir, device, model_file=MODEL_FILE, stage=NAME)
+    return model.depth, cfg, manifest
 
 
 def model_metadata(cfg: PipelineConfig, config_hash: str, metric: bool, intrinsics):

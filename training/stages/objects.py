@@ -40,7 +40,7 @@ from training.geometry import splat_to_source
 from training.loop import Phase, train
 from training.previews import colourise_depth, colourise_flow, compose, write_png
 from training.stages import scene as scene_stage
-from training.stages.labelling import LabellingConfig, label_frame, min_area
+from training.stages.labelling import label_frame
 from training.stages.object_model import ObjectModel
 from training.stages.outputs import ObjectLabels, ObjectOutputs, ScenePredictions, frame_key
 from training.stages.runner import StageContext, data_settings, run_stage
@@ -115,7 +115,6 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
     preds = ScenePredictions(ctx.upstream_dir('scene'))
     outputs = ObjectOutputs(ctx.stage_dir)
     H, W = cfg.data.height, cfg.data.width
-    need = min_area(oc.labelling, H, W)
     need_triplet = max(1, int(math.ceil(oc.min_triplet_area_fraction * H * W)))
     frames: dict[str, list] = {}
     stats = {'frames': 0, 'instances': 0, 'dynamic': 0, 'static': 0, 'with_correspondences': 0,
@@ -157,7 +156,7 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
                 vals = torch.from_numpy(ref.astype(np.float32))[None]
                 Kt = batch['K'][j:j + 1]
                 splat = {}
-                for k, (off, flow) in enumerate(((-1, pred.flow_prev), (1, pred.flow_next))):
+                for off, flow in ((-1, pred.flow_prev), (1, pred.flow_next)):
                     splat[off] = splat_masks(depth, Kt, poses[off][j:j + 1], vals,
                                              torch.from_numpy(flow)[None], cfg.scene.model.splat_upsample).numpy()
             kept = {}
@@ -170,7 +169,7 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
                     for k, off in enumerate(OFFSETS):
                         if by_id[i][k].sum() >= need_triplet:
                             stats['splat_vs_id_iou'].append(_iou(splat[off][n], by_id[i][k]))
-                if inst[i].sum() >= need and prev.sum() >= need_triplet and nxt.sum() >= need_triplet:
+                if prev.sum() >= need_triplet and nxt.sum() >= need_triplet:   # inst: already >= min area
                     kept[i] = np.stack([prev, inst[i], nxt]).astype(np.uint8)
             stats['with_correspondences'] += len(kept)
             outputs.write_masks(split, seq_name, t, kept)

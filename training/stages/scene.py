@@ -245,16 +245,18 @@ def write_predictions(model: SceneModel, cfg: PipelineConfig, stage_dir: Path, m
     return counts
 
 
-def load_model(stage_dir: str | os.PathLike, device: str | torch.device = 'cpu'):
-    """(SceneModel with the trained weights in eval mode, PipelineConfig, manifest) of a finished stage."""
+def load_model(stage_dir: str | os.PathLike, device: str | torch.device = 'cpu', model_file: str = MODEL_FILE,
+               stage: str = NAME):
+    """(SceneModel with the trained weights in eval mode, PipelineConfig, manifest) of a finished stage that
+    saves a SceneModel (stage 1, and stage 4 with model_file='final_model.pt', stage='final')."""
     stage_dir = Path(stage_dir)
     manifest = read_manifest(stage_dir)
     if manifest is None:
-        raise FileNotFoundError(f'{stage_dir} has no {MANIFEST_NAME}: stage 1 has not finished there; run '
-                                f'`python -m training scene --run-dir {stage_dir.parent}` first')
+        raise FileNotFoundError(f'{stage_dir} has no {MANIFEST_NAME}: stage {stage!r} has not finished there; run '
+                                f'`python -m training {stage} --run-dir {stage_dir.parent}` first')
     cfg = load_config(config_file=stage_dir / 'config.yaml')
     model = build_model(cfg)
-    saved = ckpt_io.load(stage_dir / MODEL_FILE, map_location='cpu')
+    saved = ckpt_io.load(stage_dir / model_file, map_location='cpu')
     model.load_state_dict(saved['model'])
     return model.to(device).eval(), cfg, manifest
 
