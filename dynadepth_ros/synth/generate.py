@@ -20,14 +20,14 @@ import numpy as np
 from ..dataset_layout import SPLITS, Calib, Frame, Instance, SequenceWriter
 from .materials import MaterialTable
 from .primitives import PrimitiveSet
-from .render import CameraRays, Scene
-from .rig import T_base_camera, T_base_lidar, pose_matrix, synth_intrinsics
-from .shading import RoadPaint, shade_camera
+from .render import CameraRays, Lighting, Scene
+from .rig import CAMERA_PITCH, CAMERA_XYZ, LIDAR_XYZ, T_base_camera, T_base_lidar, pose_matrix, synth_intrinsics
+from .shading import SKY_HORIZON, SKY_ZENITH, RoadPaint, shade_camera
 from .textures import MipTexture, fractal_noise_tile
 from .traffic import StaticTrack, plan_traffic, random_ego
 from .world import build_street, random_crossings, random_layout
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2            # 2: per-sequence Look (camera, sun, exposure, noise), vehicle kinds
 FPS = 10.0
 LEAD_RANGE = 30.0            # a frame "contains a lead car" when it is visible and closer than this (m)
 MOVING_SPEED = 0.05          # m/s; slower objects are flagged static in that frame
@@ -100,12 +100,65 @@ def sequence_name(index: int) -> str:
     return f'seq_{index:04d}'
 
 
+@dataclass(frozen=True)
+class Look:
+    """How one sequence is seen: the camera mount and lens, the light, and the sensor's response.
+    Drawn per sequence (random_look) so models trained on the synthetic world meet many cameras and
+    lighting conditions, not one renderer's fixed settings."""
+    camera_height: float = CAMERA_XYZ[2]      # m above the ground
+    camera_pitch_deg: float = float(np.rad2deg(CAMERA_PITCH))   # downward tilt
+    focal_scale: float = 1.0                  # fx = fy = 0.58 W x focal_scale
+    light: Lighting = Lighting()
+    overcast: bool = False                    # greyer sky
+    exposure: float = 1.0                     # linear gain before the response curve
+    gamma: float = 1.0                        # out = (gain x wb x in) ** gamma
+    white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    noise_scale: float = 1.0                  # sensor noise std = SynthParams.noise x noise_scale
+
+    def sky(self) -> tuple[np.ndarray, np.ndarray]:
+        """(horizon, zenith) RGB of the sky gradient."""
+        if not self.overcast:
+            return SKY_HORIZON, SKY_ZENITH
+        grey = np.float32(0.8)
+        return (SKY_HORIZON * 0.3 + grey * 0.7).astype(np.float32), (SKY_ZENITH * 0.3 + grey * 0.65).astype(np.float32)
+
+    def record(self) -> dict:
+        d = asdict(self)
+        d['light'] = asdict(self.light)
+        return d
+
+
+def random_look(rng: np.random.Generator) -> Look:
+    """A random camera / light / sensor within what road vehicles and daylight give: camera 1.25-1.85 m
+    high (hatchback to van), pitched -1..+4 deg, 72-92 deg horizontal field of view; sun anywhere in
+    azimuth, 15-70 deg high, a quarter of the sequences overcast; exposure +-30 %, gamma 0.85-1.15,
+    a few percent of white-balance cast, 0.5-2.5x the sensor noise."""
+    overcast = bool(rng.random() < 0.25)
+    if overcast:
+        sun, ambient = rng.uniform(0.08, 0.25), rng.uniform(0.55, 0.72)
+    else:
+        sun, ambient = rng.uniform(0.45, 0.72), rng.uniform(0.30, 0.48)
+    light = Lighting.from_angles(float(rng.uniform(0, 2 * np.pi)), float(np.deg2rad(rng.uniform(15, 70))),
+                                 float(ambient), float(rng.uniform(0.05, 0.15)), float(sun))
+    wb = 1.0 + rng.uniform(-0.06, 0.06, 3)
+    return Look(camera_height=float(rng.uniform(1.25, 1.85)), camera_pitch_deg=float(rng.uniform(-1.0, 4.0)),
+                focal_scale=float(rng.uniform(0.88, 1.14)), light=light, overcast=overcast,
+                exposure=float(rng.uniform(0.75, 1.3)), gamma=float(rng.uniform(0.85, 1.15)),
+                white_balance=tuple(float(v) for v in wb / wb.mean()), noise_scale=float(rng.uniform(0.5, 2.5)))
+
+
+def look_seed(ss: np.random.SeedSequence) -> np.random.SeedSequence:
+    """The Look's own stream, derived from the sequence's, so drawing it never shifts the world's draws."""
+    return np.random.SeedSequence(entropy=ss.entropy, spawn_key=tuple(ss.spawn_key) + (1 << 20,))
+
+
 class SequenceRenderer:
     """Builds one sequence's world from its seed and renders frames of it."""
 
-    def __init__(self, ss: np.random.SeedSequence, params: SynthParams, has_lead: bool):
+    def __init__(self, ss: np.random.SeedSequence, params: SynthParams, has_lead: bool, look: Look | None = None):
         rng = np.random.default_rng(ss)
         self.params = params
+        self.look = random_look(np.random.default_rng(look_seed(ss))) if look is None else look
         duration = (params.frames - 1) / FPS
         # cross-section first (the lane count shapes the ego path), then the ego, then crossings ahead of it
         self.layout = random_layout(rng)
@@ -127,9 +180,11 @@ class SequenceRenderer:
         self.reflectivity = self.mats.color.mean(axis=1).astype(np.float32)
         self.texture = MipTexture(fractal_noise_tile(rng, 256))
         self.paint = RoadPaint(self.layout.lanes_per_dir, self.layout.lane_width, self.layout.crossings)
-        self.K = synth_intrinsics(params.height, params.width)
-        self.T_base_cam = T_base_camera()
-        self.T_base_lidar = T_base_lidar()
+        lk = self.look
+        self.K = synth_intrinsics(params.height, params.width, lk.focal_scale)
+        self.T_base_cam = T_base_camera(lk.camera_height, float(np.deg2rad(lk.camera_pitch_deg)))
+        self.T_base_lidar = T_base_lidar(lk.camera_height + (LIDAR_XYZ[2] - CAMERA_XYZ[2]))
+        self._wb = np.asarray(lk.white_balance, np.float32) * np.float32(lk.exposure)
         self.noise_rng = np.random.default_rng(rng.integers(1 << 62))
         self.lead_id = next((a.id for a in plan.actors if a.role == 'lead'), None)
         self._static_states: dict = {}
@@ -155,7 +210,7 @@ class SequenceRenderer:
         moving_cars = [a for a in self.moving if a.cls == 'car']
         shadows = [self._static_shadows] + [_footprint(a, t) for a in moving_cars]
         return Scene(PrimitiveSet.concat([self.static] + [a.primitives_at(t) for a in self.moving]), self.ground,
-                     np.concatenate(shadows))
+                     np.concatenate(shadows), light=self.look.light)
 
     def render(self, index: int) -> tuple[Frame, Scene, np.ndarray]:
         """(frame, scene, T_world_base) of frame `index`."""
@@ -166,9 +221,14 @@ class SequenceRenderer:
         scene = self.scene_at(t)
         rays = CameraRays(self.K, p.height, p.width, T_wc)
         g = scene.cast(rays)
-        rgb = shade_camera(scene, g, rays, self.mats, self.texture, self.paint)
+        rgb = shade_camera(scene, g, rays, self.mats, self.texture, self.paint, sky=self.look.sky())
+        rgb *= self._wb
+        np.clip(rgb, 0, 1, out=rgb)
+        if self.look.gamma != 1.0:
+            np.power(rgb, np.float32(self.look.gamma), out=rgb)
         if p.noise > 0:
-            rgb += _GAUSS_TABLE[self.noise_rng.integers(0, 256, rgb.shape, dtype=np.uint8)] * np.float32(p.noise)
+            std = np.float32(p.noise * self.look.noise_scale)
+            rgb += _GAUSS_TABLE[self.noise_rng.integers(0, 256, rgb.shape, dtype=np.uint8)] * std
         rgb8 = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
         valid = g.prim >= 0
         depth = np.where(valid, g.t, np.float32(0)).astype(np.float32)
@@ -287,8 +347,9 @@ def generate_sequence(out_dir: str | os.PathLike, split: str, index: int, params
                    'road_half_width': r.layout.road_half, 'curb_height': r.layout.curb_height,
                    'crossings_x': list(r.layout.crossings)},
         'ego': {'mean_speed_mps': r.ego.v0, 'lane_changes': len(r.ego.lane_changes)},
-        'actors': [{'id': a.id, 'class': a.cls, 'role': a.role, 'size': [float(v) for v in a.size]}
+        'actors': [{'id': a.id, 'class': a.cls, 'kind': a.kind, 'role': a.role, 'size': [float(v) for v in a.size]}
                    for a in r.actors.values()],
+        'look': r.look.record(),
         'frames_tf': {'T_base_camera': r.T_base_cam.tolist(), 'T_base_lidar': r.T_base_lidar.tolist()},
     }
     _write_json_atomic(writer.path / 'synth.json', summary)

@@ -25,10 +25,37 @@ SUN = 0.58
 SUN_DIR = np.array([-0.35, -0.50, 0.79]) / np.linalg.norm([-0.35, -0.50, 0.79])   # towards the sun, world
 
 
-def lambert(normal: np.ndarray) -> np.ndarray:
-    """Shading factor for world normals [...,3] (float64) under the fixed sun."""
+@dataclass(frozen=True)
+class Lighting:
+    """shading = ambient + skylight * n_z + sun * max(0, n . sun_dir); sun_dir points towards the sun
+    (world, unit). The default is the original fixed sun; sequences draw their own (generate.Look)."""
+    ambient: float = AMBIENT
+    skylight: float = SKYLIGHT
+    sun: float = SUN
+    sun_dir: tuple[float, float, float] = tuple(float(v) for v in SUN_DIR)
+
+    def __post_init__(self):
+        d = np.asarray(self.sun_dir, float)
+        if d.shape != (3,) or not np.isfinite(d).all() or abs(np.linalg.norm(d) - 1.0) > 1e-6:
+            raise ValueError(f'sun_dir must be a finite unit 3-vector, got {self.sun_dir}')
+        if min(self.ambient, self.skylight, self.sun) < 0:
+            raise ValueError('lighting terms must be non-negative')
+
+    @staticmethod
+    def from_angles(azimuth: float, elevation: float, ambient: float, skylight: float, sun: float) -> 'Lighting':
+        """Sun at `azimuth` (rad, from +x towards +y) and `elevation` (rad above the horizon)."""
+        ce = np.cos(elevation)
+        d = (ce * np.cos(azimuth), ce * np.sin(azimuth), np.sin(elevation))
+        return Lighting(float(ambient), float(skylight), float(sun), tuple(float(v) for v in d))
+
+
+DEFAULT_LIGHTING = Lighting()
+
+
+def lambert(normal: np.ndarray, light: Lighting = DEFAULT_LIGHTING) -> np.ndarray:
+    """Shading factor for world normals [...,3] (float64) under `light`."""
     n = np.asarray(normal, float)
-    return AMBIENT + SKYLIGHT * n[..., 2] + SUN * np.maximum(0.0, n @ SUN_DIR)
+    return light.ambient + light.skylight * n[..., 2] + light.sun * np.maximum(0.0, n @ np.asarray(light.sun_dir))
 
 
 @dataclass
@@ -201,11 +228,14 @@ class Scene:
     Global primitive index: quads [0, Nq), cylinders [Nq, Nq+Nc), ellipsoids next, then the five
     ground surfaces (road, sidewalk left, sidewalk right, curb left, curb right)."""
 
-    def __init__(self, prims: PrimitiveSet, ground: Ground, shadows: np.ndarray | None = None):
-        """shadows: float64 [N,5] (x, y, yaw, half length, half width) footprints of vehicles standing
+    def __init__(self, prims: PrimitiveSet, ground: Ground, shadows: np.ndarray | None = None,
+                 light: Lighting = DEFAULT_LIGHTING):
+        """light: the sun and sky terms of the Lambert shading.
+        shadows: float64 [N,5] (x, y, yaw, half length, half width) footprints of vehicles standing
         on the road; the road under and around them is darkened (contact shadow / ambient occlusion)."""
         self.prims = prims
         self.ground = ground
+        self.light = light
         self.shadows = np.zeros((0, 5)) if shadows is None else np.asarray(shadows, np.float64).reshape(-1, 5)
         q, c, e = prims.quads, prims.cylinders, prims.ellipsoids
         self.n_quads, self.n_cyl, self.n_ell = len(q), len(c), len(e)
@@ -215,7 +245,7 @@ class Scene:
         self.material = np.concatenate([q.material, c.material, e.material,
                                         np.array(ground.materials, np.int32)]).astype(np.int32)
         self.inst = np.concatenate([q.inst, c.inst, e.inst, np.zeros(5, np.int32)]).astype(np.int32)
-        self.quad_shade = lambert(q.normal).astype(np.float32)
+        self.quad_shade = lambert(q.normal, light).astype(np.float32)
         self._quad_corners = q.corners()
         self._cyl_corners = box_corners(c.center, c.rot, c.half_extents())
         self._ell_corners = box_corners(e.center, e.rot, e.half_extents())
@@ -230,9 +260,9 @@ class Scene:
         jobs = (
             (_quad_params(q, o, self.quad_shade), _quad_math, 0,
              _index_rects(rays.rects(self._quad_corners[facing], QUAD_EDGES), facing)),
-            (_cylinder_params(self.prims.cylinders, o), _cylinder_math, self.cyl_base,
+            (_cylinder_params(self.prims.cylinders, o, self.light), _cylinder_math, self.cyl_base,
              rays.rects(self._cyl_corners, BOX_EDGES)),
-            (_ellipsoid_params(self.prims.ellipsoids, o), _ellipsoid_math, self.ell_base,
+            (_ellipsoid_params(self.prims.ellipsoids, o, self.light), _ellipsoid_math, self.ell_base,
              rays.rects(self._ell_corners, BOX_EDGES)),
         )
         for params, math, base, rects in jobs:
@@ -322,9 +352,9 @@ class Scene:
             with np.errstate(all='ignore'):             # rays that miss carry t = inf
                 g.s[sl] = ox + t * dx
                 g.q[sl] = np.where(curb, oz + t * dz, oy + t * dy)
-            sh_top = np.float32(lambert(np.array([0.0, 0.0, 1.0])))
-            sh_l = np.float32(lambert(np.array([0.0, -1.0, 0.0])))   # left curb faces the road (-y)
-            sh_r = np.float32(lambert(np.array([0.0, 1.0, 0.0])))
+            sh_top = np.float32(lambert(np.array([0.0, 0.0, 1.0]), self.light))
+            sh_l = np.float32(lambert(np.array([0.0, -1.0, 0.0]), self.light))   # left curb faces the road (-y)
+            sh_r = np.float32(lambert(np.array([0.0, 1.0, 0.0]), self.light))
             g.shade[sl] = np.where(curb, np.where(left_c, sh_l, sh_r), sh_top)
 
 # ---- primitive math ---------------------------------------------------------------------------------
@@ -384,13 +414,17 @@ def _quad_math(dx, dy, dz, inv_norm, p, surface):
     return t, hit, cos, s + p['ha'], q + p['hb'], p['shade']
 
 
-def _local_params(center: np.ndarray, rot: np.ndarray, origin: np.ndarray) -> dict:
-    """Ray origin and the world->local rotation of each primitive, plus the sun and up in local axes."""
+def _local_params(center: np.ndarray, rot: np.ndarray, origin: np.ndarray, light: Lighting) -> dict:
+    """Ray origin and the world->local rotation of each primitive, plus the sun and up in local axes
+    (and the lighting terms, per primitive so the batched path can index them like the rest)."""
     o = np.einsum('nji,nj->ni', rot, origin - center)            # R^T (origin - centre)
-    sun = np.einsum('nji,j->ni', rot, SUN_DIR)
+    sun = np.einsum('nji,j->ni', rot, np.asarray(light.sun_dir))
+    n = len(center)
     p = {f'r{j}{k}': _f32(rot[:, j, k]) for j in range(3) for k in range(3)}
     p.update({'ox': _f32(o[:, 0]), 'oy': _f32(o[:, 1]), 'oz': _f32(o[:, 2]),
-              'sx': _f32(sun[:, 0]), 'sy': _f32(sun[:, 1]), 'sz': _f32(sun[:, 2])})
+              'sx': _f32(sun[:, 0]), 'sy': _f32(sun[:, 1]), 'sz': _f32(sun[:, 2]),
+              'amb': np.full(n, light.ambient, np.float32), 'skyk': np.full(n, light.skylight, np.float32),
+              'sunk': np.full(n, light.sun, np.float32)})
     return p
 
 
@@ -404,11 +438,11 @@ def _lambert_local(nx, ny, nz, p):
     """Shading factor from local normals (sun and world up expressed in local axes)."""
     sun = np.maximum(nx * p['sx'] + ny * p['sy'] + nz * p['sz'], np.float32(0))
     up = nx * p['r20'] + ny * p['r21'] + nz * p['r22']
-    return np.float32(AMBIENT) + np.float32(SUN) * sun + np.float32(SKYLIGHT) * up
+    return p['amb'] + p['sunk'] * sun + p['skyk'] * up
 
 
-def _cylinder_params(c, origin: np.ndarray) -> dict:
-    p = _local_params(c.center, c.rot, origin)
+def _cylinder_params(c, origin: np.ndarray, light: Lighting) -> dict:
+    p = _local_params(c.center, c.rot, origin, light)
     oz = p['oz']
     h = _f32(c.half_height)
     p.update({'r': _f32(c.radius), 'h': h, 'cc': _f32(p['ox'].astype(np.float64) ** 2 + p['oy'].astype(np.float64) ** 2
@@ -446,8 +480,8 @@ def _cylinder_math(dx, dy, dz, inv_norm, p, surface):
     return t, hit, cos, s, q, shade
 
 
-def _ellipsoid_params(e, origin: np.ndarray) -> dict:
-    p = _local_params(e.center, e.rot, origin)
+def _ellipsoid_params(e, origin: np.ndarray, light: Lighting) -> dict:
+    p = _local_params(e.center, e.rot, origin, light)
     inv = 1.0 / e.radii
     o_s = np.stack([p['ox'], p['oy'], p['oz']], axis=1) * inv
     p.update({'ix': _f32(inv[:, 0]), 'iy': _f32(inv[:, 1]), 'iz': _f32(inv[:, 2]),

@@ -21,27 +21,34 @@ R_BASE_OPTICAL = np.array([[0.0, 0.0, 1.0],
                            [0.0, -1.0, 0.0]])
 
 
-def synth_intrinsics(height: int, width: int) -> np.ndarray:
-    """float64 [3,3] K: square pixels, fx = fy = 0.58 W (KITTI-like ~82 deg horizontal field of view;
-    at 192x640 this is fy = 1.93 H), principal point at the image centre."""
-    f = 0.58 * width
+def synth_intrinsics(height: int, width: int, focal_scale: float = 1.0) -> np.ndarray:
+    """float64 [3,3] K: square pixels, fx = fy = 0.58 W x focal_scale (at 1: KITTI-like ~82 deg
+    horizontal field of view; at 192x640 fy = 1.93 H), principal point at the image centre."""
+    if not 0.5 <= focal_scale <= 2.0:
+        raise ValueError(f'focal_scale must be in [0.5, 2], got {focal_scale}')
+    f = 0.58 * width * focal_scale
     return intrinsics_matrix(f, f, width / 2.0, height / 2.0)
 
 
-def T_base_camera() -> np.ndarray:
-    """float64 [4,4] camera_optical -> base_link."""
-    c, s = np.cos(CAMERA_PITCH), np.sin(CAMERA_PITCH)
+def T_base_camera(height: float = CAMERA_XYZ[2], pitch: float = CAMERA_PITCH) -> np.ndarray:
+    """float64 [4,4] camera_optical -> base_link: the camera `height` m above the ground, its optical
+    axis tilted down by `pitch` rad (negative: up)."""
+    if not 0.5 <= height <= 4.0:
+        raise ValueError(f'camera height must be in [0.5, 4] m, got {height}')
+    if abs(pitch) > np.deg2rad(20):
+        raise ValueError(f'camera pitch must be within +-20 deg, got {np.rad2deg(pitch):.1f} deg')
+    c, s = np.cos(pitch), np.sin(pitch)
     pitch_down = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])   # rotation about base y (nose down)
     T = np.eye(4)
     T[:3, :3] = pitch_down @ R_BASE_OPTICAL
-    T[:3, 3] = CAMERA_XYZ
+    T[:3, 3] = (CAMERA_XYZ[0], CAMERA_XYZ[1], height)
     return T
 
 
-def T_base_lidar() -> np.ndarray:
-    """float64 [4,4] lidar -> base_link (level, no rotation)."""
+def T_base_lidar(height: float = LIDAR_XYZ[2]) -> np.ndarray:
+    """float64 [4,4] lidar -> base_link (level, no rotation), `height` m above the ground."""
     T = np.eye(4)
-    T[:3, 3] = LIDAR_XYZ
+    T[:3, 3] = (LIDAR_XYZ[0], LIDAR_XYZ[1], height)
     return T
 
 

@@ -2,7 +2,7 @@
 
 albedo = material colour x (1 + contrast x fractal noise), with painted patterns (lane markings,
 paving joints, windows, car lights, ...) drawn in surface coordinates and box-filtered by the pixel
-footprint; colour = albedo x Lambert shading of the fixed sun. Sky pixels get a direction-only
+footprint; colour = albedo x Lambert shading of the scene's sun (render.Lighting). Sky pixels get a direction-only
 gradient with clouds (it is infinitely far, so it is consistent under camera translation).
 """
 from __future__ import annotations
@@ -162,15 +162,15 @@ def _sign(alb, s, q, fp, p, color2):
 
 
 def shade_camera(scene: Scene, g: GBuffer, rays: CameraRays, mats: FrozenMaterials, tex: MipTexture,
-                 paint: RoadPaint) -> np.ndarray:
-    """RGB float32 [H,W,3] in [0,1] from a camera G-buffer."""
+                 paint: RoadPaint, sky: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """RGB float32 [H,W,3] in [0,1] from a camera G-buffer; sky: (horizon, zenith) RGB of the sky."""
     H, W = g.t.shape
     out = np.empty((H * W, 3), np.float32)
     prim = g.prim.reshape(-1)
     hit = np.flatnonzero(prim >= 0)
-    sky = np.flatnonzero(prim < 0)
-    if len(sky):
-        out[sky] = _sky(rays, sky, tex)
+    sky_idx = np.flatnonzero(prim < 0)
+    if len(sky_idx):
+        out[sky_idx] = _sky(rays, sky_idx, tex, *(sky or (SKY_HORIZON, SKY_ZENITH)))
     if len(hit) == 0:
         return out.reshape(H, W, 3)
 
@@ -234,12 +234,12 @@ def shade_camera(scene: Scene, g: GBuffer, rays: CameraRays, mats: FrozenMateria
     return out.reshape(H, W, 3)
 
 
-def _sky(rays: CameraRays, idx: np.ndarray, tex: MipTexture) -> np.ndarray:
+def _sky(rays: CameraRays, idx: np.ndarray, tex: MipTexture, horizon: np.ndarray, zenith: np.ndarray) -> np.ndarray:
     dx, dy, dz = (a.reshape(-1)[idx] for a in (rays.dx, rays.dy, rays.dz))
     inv = rays.inv_norm.reshape(-1)[idx]
     el = np.clip(dz * inv, -1, 1)                             # sin(elevation)
     k = np.clip(el * np.float32(2.2), 0, 1)[:, None]
-    col = SKY_HORIZON * (1 - k) + SKY_ZENITH * k
+    col = horizon * (1 - k) + zenith * k
     az = np.arctan2(dy, dx)
     scale = np.float32(60.0)                                   # texels per radian
     fp = np.full(len(idx), np.float32(rays.pixel_angle) * scale, np.float32)

@@ -164,6 +164,7 @@ class Actor:
     parts: PrimitiveSet
     disc_offsets: tuple[float, ...]
     disc_radius: float
+    kind: str = ''                         # vehicle body kind (VEHICLE_KINDS) or the class for people
 
     def transform(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """(R [3,3], p [3]) object-local -> world at time t."""
@@ -184,44 +185,107 @@ class Actor:
 
 # ---- road-user models -----------------------------------------------------------------------------
 
-def car_parts(rng: np.random.Generator, mats: MaterialTable, inst: int, van: bool = False):
-    """(PrimitiveSet, size) of a car or van: body box, glass cabin, four wheels."""
-    if van:
-        L, W = rng.uniform(4.8, 5.4), rng.uniform(1.9, 2.05)
-        hb, hcab = rng.uniform(0.95, 1.1), rng.uniform(0.75, 0.9)
-    else:
-        L, W = rng.uniform(3.8, 4.9), rng.uniform(1.68, 1.88)
-        hb, hcab = rng.uniform(0.62, 0.78), rng.uniform(0.5, 0.62)
-    L, W, hb, hcab = float(L), float(W), float(hb), float(hcab)
-    r = float(rng.uniform(0.3, 0.34))
+# Vehicle body kinds: length, width, body height, cabin height (uniform ranges, m), the cabin's share
+# of the length and its offset (share of L, + = forward), wheel radius.
+VEHICLE_KINDS = {
+    'sedan': dict(L=(3.9, 4.9), W=(1.70, 1.88), hb=(0.62, 0.76), hcab=(0.50, 0.62), cab=(0.45, 0.55),
+                  cab_x=(-0.10, -0.05), r=(0.30, 0.34)),
+    'hatch': dict(L=(3.5, 4.2), W=(1.65, 1.80), hb=(0.68, 0.82), hcab=(0.62, 0.76), cab=(0.58, 0.68),
+                  cab_x=(-0.16, -0.10), r=(0.29, 0.32)),
+    'low': dict(L=(4.2, 4.7), W=(1.85, 1.98), hb=(0.48, 0.58), hcab=(0.38, 0.46), cab=(0.38, 0.46),
+                cab_x=(-0.12, -0.04), r=(0.32, 0.35)),
+    'suv': dict(L=(4.4, 4.95), W=(1.85, 2.0), hb=(0.80, 0.95), hcab=(0.66, 0.78), cab=(0.55, 0.65),
+                cab_x=(-0.12, -0.06), r=(0.36, 0.40)),
+    'van': dict(L=(4.8, 5.6), W=(1.9, 2.05), hb=(0.95, 1.1), hcab=(0.75, 0.95), cab=None, cab_x=None,
+                r=(0.30, 0.34)),
+    'truck': dict(L=(6.2, 8.5), W=(2.25, 2.5), hb=(1.0, 1.2), hcab=(0.7, 0.85), cab=None, cab_x=None,
+                  r=(0.42, 0.50)),
+}
+# Mix of kinds by where the vehicle is; trucks (up to 3.6 m tall) never park under the street trees.
+KIND_MIX = {
+    'parked': {'sedan': 0.38, 'hatch': 0.22, 'low': 0.06, 'suv': 0.18, 'van': 0.16},
+    'moving': {'sedan': 0.30, 'hatch': 0.16, 'low': 0.07, 'suv': 0.18, 'van': 0.14, 'truck': 0.15},
+}
+
+
+def vehicle_kind(rng: np.random.Generator, where: str) -> str:
+    mix = KIND_MIX[where]
+    return str(rng.choice(list(mix), p=np.array(list(mix.values())) / sum(mix.values())))
+
+
+def _paint(rng: np.random.Generator, kind: str) -> np.ndarray:
+    """Body colour: mostly the common greys/whites/darks, sometimes a saturated colour; trucks are
+    mostly white or a fleet colour."""
+    if kind == 'truck' and rng.random() < 0.6:
+        return jitter_color(rng, (0.88, 0.88, 0.86), 0.04)
+    if rng.random() < 0.25:
+        return jitter_color(rng, M.BRIGHT_CAR_COLORS[rng.integers(len(M.BRIGHT_CAR_COLORS))], 0.05)
+    return jitter_color(rng, M.CAR_COLORS[rng.integers(len(M.CAR_COLORS))], 0.04)
+
+
+def car_parts(rng: np.random.Generator, mats: MaterialTable, inst: int, van: bool = False, kind: str | None = None):
+    """(PrimitiveSet, size) of a road vehicle of `kind` (VEHICLE_KINDS; `van=True` is kind 'van',
+    default 'sedan'): body box, glass cabin (a driver's cab and a cargo box for trucks), four wheels."""
+    kind = kind or ('van' if van else 'sedan')
+    if kind not in VEHICLE_KINDS:
+        raise ValueError(f'unknown vehicle kind {kind!r}; one of {sorted(VEHICLE_KINDS)}')
+    spec = VEHICLE_KINDS[kind]
+    L, W, hb, hcab, r = (float(rng.uniform(*spec[k])) for k in ('L', 'W', 'hb', 'hcab', 'r'))
     zb = r - 0.04                           # body bottom (ground clearance)
-    H = zb + hb + hcab
-    paint = jitter_color(rng, M.CAR_COLORS[rng.integers(len(M.CAR_COLORS))], 0.04)
+    paint = _paint(rng, kind)
+    contrast = float(rng.uniform(0.08, 0.3))     # clean paint .. dusty / matte
     sd = int(rng.integers(1 << 30))
-    body_side = mats.add(M.CAR_SIDE, paint, contrast=0.15, texel=0.01, seed=sd, params=(L, hb))
-    body_front = mats.add(M.CAR_FRONT, paint, contrast=0.15, texel=0.01, seed=sd + 1, params=(W, hb))
-    body_rear = mats.add(M.CAR_REAR, paint, contrast=0.15, texel=0.01, seed=sd + 2, params=(W, hb))
-    roof = mats.add(M.PLAIN, paint, contrast=0.15, texel=0.01, seed=sd + 3)
-    glass_col = (0.19, 0.23, 0.27)
-    if van:
-        cab_len = L - 1.1
-        cab_x = -0.45
-    else:
-        cab_len = L * float(rng.uniform(0.45, 0.55))
-        cab_x = -L * 0.08
-    glass_side = mats.add(M.GLASS, glass_col, contrast=0.25, texel=0.02, seed=sd + 4, params=(cab_len, hcab))
-    glass_end = mats.add(M.GLASS, glass_col, contrast=0.25, texel=0.02, seed=sd + 5, params=(0.0, hcab))
+    glass_col = jitter_color(rng, (0.19, 0.23, 0.27), 0.08)
     tire = mats.add(M.PLAIN, (0.07, 0.07, 0.07), contrast=0.35, texel=0.006, seed=sd + 6)
     b = PrimitiveBuilder()
-    b.box((0, 0, zb + hb / 2), (L / 2, W / 2, hb / 2),
-          [body_front, body_rear, body_side, body_side, roof, roof], inst=inst, faces=(0, 1, 2, 3, 4))
-    b.box((cab_x, 0, zb + hb + hcab / 2), (cab_len / 2, W / 2 - 0.07, hcab / 2),
-          [glass_end, glass_end, glass_side, glass_side, roof, roof], inst=inst, faces=(0, 1, 2, 3, 4))
-    wx = L / 2 - float(rng.uniform(0.75, 0.9))
+    if kind == 'truck':
+        # driver's cab at the front (body + glass), a tall cargo box behind it
+        cab_len = float(rng.uniform(1.7, 2.1))
+        box_h = float(rng.uniform(2.3, 2.8))
+        box_len = L - cab_len - 0.15
+        H = zb + box_h + 0.25
+        cab_paint = paint if rng.random() < 0.5 else _paint(rng, 'sedan')
+        cab_side = mats.add(M.CAR_SIDE, cab_paint, contrast=contrast, texel=0.01, seed=sd, params=(cab_len, hb))
+        cab_front = mats.add(M.CAR_FRONT, cab_paint, contrast=contrast, texel=0.01, seed=sd + 1, params=(W, hb))
+        cab_roof = mats.add(M.PLAIN, cab_paint, contrast=contrast, texel=0.01, seed=sd + 3)
+        box_side = mats.add(M.PLAIN, paint, contrast=float(rng.uniform(0.15, 0.4)), texel=float(rng.uniform(0.01, 0.04)),
+                            seed=sd + 7, coarse=float(rng.uniform(0.3, 0.8)))
+        box_rear = mats.add(M.CAR_REAR, paint, contrast=contrast, texel=0.01, seed=sd + 2, params=(W, box_h))
+        glass_side = mats.add(M.GLASS, glass_col, contrast=0.25, texel=0.02, seed=sd + 4, params=(cab_len, hcab))
+        glass_end = mats.add(M.GLASS, glass_col, contrast=0.25, texel=0.02, seed=sd + 5, params=(0.0, hcab))
+        cx = L / 2 - cab_len / 2
+        b.box((cx, 0, zb + hb / 2), (cab_len / 2, W / 2, hb / 2),
+              [cab_front, cab_front, cab_side, cab_side, cab_roof, cab_roof], inst=inst, faces=(0, 1, 2, 3, 4))
+        b.box((cx + 0.05, 0, zb + hb + hcab / 2), (cab_len / 2 - 0.1, W / 2 - 0.05, hcab / 2),
+              [glass_end, glass_end, glass_side, glass_side, cab_roof, cab_roof], inst=inst, faces=(0, 1, 2, 3, 4))
+        bx = -L / 2 + box_len / 2
+        b.box((bx, 0, zb + 0.25 + box_h / 2), (box_len / 2, W / 2, box_h / 2),
+              [box_side, box_rear, box_side, box_side, box_side, box_side], inst=inst, faces=(0, 1, 2, 3, 4, 5))
+        wx_front, wx_rear = L / 2 - cab_len / 2, -L / 2 + float(rng.uniform(1.0, 1.6))
+    else:
+        H = zb + hb + hcab
+        body_side = mats.add(M.CAR_SIDE, paint, contrast=contrast, texel=0.01, seed=sd, params=(L, hb))
+        body_front = mats.add(M.CAR_FRONT, paint, contrast=contrast, texel=0.01, seed=sd + 1, params=(W, hb))
+        body_rear = mats.add(M.CAR_REAR, paint, contrast=contrast, texel=0.01, seed=sd + 2, params=(W, hb))
+        roof = mats.add(M.PLAIN, paint, contrast=contrast, texel=0.01, seed=sd + 3)
+        if kind == 'van':
+            cab_len = L - 1.1
+            cab_x = -0.45
+        else:
+            cab_len = L * float(rng.uniform(*spec['cab']))
+            cab_x = L * float(rng.uniform(*spec['cab_x']))
+        glass_side = mats.add(M.GLASS, glass_col, contrast=0.25, texel=0.02, seed=sd + 4, params=(cab_len, hcab))
+        glass_end = mats.add(M.GLASS, glass_col, contrast=0.25, texel=0.02, seed=sd + 5, params=(0.0, hcab))
+        b.box((0, 0, zb + hb / 2), (L / 2, W / 2, hb / 2),
+              [body_front, body_rear, body_side, body_side, roof, roof], inst=inst, faces=(0, 1, 2, 3, 4))
+        b.box((cab_x, 0, zb + hb + hcab / 2), (cab_len / 2, W / 2 - 0.07, hcab / 2),
+              [glass_end, glass_end, glass_side, glass_side, roof, roof], inst=inst, faces=(0, 1, 2, 3, 4))
+        wx = L / 2 - float(rng.uniform(0.7, 0.9))
+        wx_front, wx_rear = wx, -wx
     axis_y = rot_x(np.pi / 2)                # local z -> -y: wheel axles across the car
-    for sx in (-1, 1):
+    for x_w in (wx_rear, wx_front):
         for sy in (-1, 1):
-            b.cylinder((sx * wx, sy * (W / 2 - 0.12), r), r, 0.11, tire, inst=inst, rot=axis_y)
+            b.cylinder((x_w, sy * (W / 2 - 0.12), r), r, 0.11, tire, inst=inst, rot=axis_y)
     return b.build(), (L, W, H)
 
 
@@ -343,11 +407,14 @@ def plan_traffic(rng: np.random.Generator, layout: StreetLayout, ego: EgoTrack, 
     def next_id() -> int:
         return len(actors) + 1
 
+    pending_kind = ['']
+
     def build(parts_fn):
         """(parts, size, mark): a candidate's geometry with the next instance id; `mark` lets a
         rejected candidate's materials be dropped again."""
         mark = len(mats)
         parts, size = parts_fn(next_id())
+        pending_kind[0] = getattr(parts_fn, 'kind', '')
         return parts, size, mark
 
     def place(cls: str, role: str, track: Track, z0: float, parts, size) -> bool:
@@ -357,7 +424,7 @@ def plan_traffic(rng: np.random.Generator, layout: StreetLayout, ego: EgoTrack, 
             off, rad = (-0.45, 0.45), 0.45
         else:
             off, rad = (0.0,), 0.35
-        a = Actor(next_id(), cls, role, size, z0, track, parts, off, rad)
+        a = Actor(next_id(), cls, role, size, z0, track, parts, off, rad, kind=pending_kind[0] or cls)
         centres = a.discs(times)
         if not occ.free(centres, rad, margin=0.25 if cls != 'car' else 0.4):
             return False
@@ -365,13 +432,17 @@ def plan_traffic(rng: np.random.Generator, layout: StreetLayout, ego: EgoTrack, 
         actors.append(a)
         return True
 
-    def car_fn(van_p=0.15):
-        van = bool(rng.random() < van_p)
-        return lambda inst: car_parts(rng, mats, inst, van=van)
+    def car_fn(where='moving'):
+        kind = vehicle_kind(rng, where)
+
+        def parts(inst):
+            return car_parts(rng, mats, inst, kind=kind)
+        parts.kind = kind
+        return parts
 
     # lead car first: it must exist when requested
     if has_lead:
-        parts, size, _ = build(car_fn(0.1))
+        parts, size, _ = build(car_fn())
         amp = float(rng.uniform(3.0, 8.0))
         eps = float(rng.uniform(0.04, 0.095))            # max relative speed difference
         gap0 = float(rng.uniform(6.0 + amp, 26.0 - amp))
@@ -394,7 +465,7 @@ def plan_traffic(rng: np.random.Generator, layout: StreetLayout, ego: EgoTrack, 
             if rng.random() < 0.2:
                 x += float(rng.uniform(4, 18))
                 continue
-            parts, size, mark = build(car_fn())
+            parts, size, mark = build(car_fn('parked'))
             cx = x + size[0] / 2
             if any(abs(cx - xc) < 4.5 + size[0] / 2 for xc in layout.crossings):
                 mats.truncate(mark)

@@ -184,6 +184,20 @@ class TripletDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.load(index)
 
+    def median_intrinsics(self) -> tuple[float, float, float, float]:
+        """Normalised (fx/W, fy/H, cx/W, cy/H), the median over the sequences: the camera a model trained
+        on this data expects (sequences may come from different cameras, e.g. the synthetic Look)."""
+        rows = []
+        for si in sorted({si for si, _ in self.samples}):
+            seq = self.sequences[si]
+            t = next(t for s, t in self.samples if s == si)
+            h0, w0 = seq.rgb(t).shape[:2]
+            K = seq.K(t)
+            rows.append((K[0, 0] / w0, K[1, 1] / h0, K[0, 2] / w0, K[1, 2] / h0))
+        if not rows:
+            raise ValueError('no samples: cannot tell the training intrinsics')
+        return tuple(float(v) for v in np.median(np.asarray(rows, float), axis=0))
+
     def load(self, index: int, extra: dict[str, Layer] | None = None) -> dict[str, torch.Tensor]:
         """Sample `index` with the dataset's layers plus `extra` ones (same augmentation as the frames)."""
         if not 0 <= index < len(self.samples):

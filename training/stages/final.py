@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from dynadepth_ros.camera import normalise_intrinsics
 from training import checkpoint as ckpt_io
 from training.artifacts import file_entry
 from training.config import PipelineConfig, to_dict
@@ -128,8 +127,7 @@ def execute(ctx: StageContext) -> dict | None:
     ckpt_io.save_atomic({'format': ckpt_io.CHECKPOINT_FORMAT, 'stage': NAME, 'model': model.state_dict(),
                          'config_hash': ctx.hashes.train, 'global_step': result.global_step}, stage_dir / MODEL_FILE)
     metric = bool(scene_manifest.get('metric'))
-    intrinsics = scene_manifest.get('intrinsics') or normalise_intrinsics(
-        build_dataset(cfg.data, 'train', augment=False)[0]['K'].numpy(), cfg.data.width, cfg.data.height)
+    intrinsics = scene_manifest.get('intrinsics') or build_dataset(cfg.data, 'train', augment=False).median_intrinsics()
     meta = scene_stage.model_metadata(cfg, ctx.hashes.config, metric, intrinsics, stage=NAME)
     ctx.log('exporting the final depth network to ONNX and checking it against torch')
     report = export_depth_onnx(model.depth, stage_dir / ONNX_FILE, meta, opset=cfg.export.opset,

@@ -28,7 +28,6 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from dynadepth_ros.camera import normalise_intrinsics
 from dynadepth_ros.datasets.base import DatasetError
 from dynadepth_ros.model_format import ModelMetadata
 from training import checkpoint as ckpt_io
@@ -159,7 +158,7 @@ def execute(ctx: StageContext) -> dict | None:
     odom = odometry_fraction(train_set)
     metric = cfg.scene.model.odometry_weight > 0 and odom >= 0.5
     plain_train = build_dataset(cfg.data, 'train', augment=False)
-    intrinsics = normalise_intrinsics(plain_train[0]['K'].numpy(), cfg.data.width, cfg.data.height)
+    intrinsics = plain_train.median_intrinsics()
     if not metric:
         _log(dist, f'depth is relative (not metric): odometry weight {cfg.scene.model.odometry_weight}, '
                    f'{100 * odom:.0f} % of training triplets have poses')
