@@ -37,6 +37,7 @@ setup(
             'dynadepth-eval-bag = dynadepth_ros.eval_bag:main',
             'dynadepth-replay = dynadepth_ros.replay:main',
             'dynadepth-model-info = dynadepth_ros.model_info:main',
+            'dynadepth-build-engine = dynadepth_ros.engine_builder:main',
         ],
     },
 )

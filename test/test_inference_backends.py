@@ -205,3 +205,44 @@ def test_corrupt_onnx_files_are_refused_clearly(model, tmp_path):
     onnx.save(broken, str(tmp_path / 'broken.onnx'))
     with pytest.raises(BackendError, match='ONNX Runtime cannot load'):
         DepthEstimator(tmp_path / 'broken.onnx', backend='onnxruntime')
+
+
+# ------------------------------------------------------------------ ahead-of-time engine build (build-engine)
+def test_prebuilt_engine_is_the_one_the_node_loads_without_building(model, tmp_path):
+    from dynadepth_ros.engine_builder import build_engine
+
+    rt = SubstituteRuntime()
+    out = build_engine(model, 'fp16', cache_dir=tmp_path, runtime=rt, log=lambda m: None)
+    assert out['built'] and rt.builds == 1 and 'mean rel' in out['check']
+    # the node (batch 1, same precision and cache) finds it: no second build
+    logs = []
+    b = TensorRTBackend(model, read_metadata(model), 'fp16', engine_cache_dir=tmp_path, max_batch=1, runtime=rt,
+                        log=logs.append)
+    assert rt.builds == 1 and str(b.engine_path) == out['engine'] and any('loaded cached' in m for m in logs)
+    # building again is a no-op unless asked
+    assert not build_engine(model, 'fp16', cache_dir=tmp_path, runtime=rt, log=lambda m: None)['built']
+    assert build_engine(model, 'fp16', cache_dir=tmp_path, runtime=rt, rebuild=True, log=lambda m: None)['built']
+    assert rt.builds == 2
+
+
+def test_prebuilt_engine_that_disagrees_with_onnxruntime_is_reported(model, tmp_path):
+    from dynadepth_ros.engine_builder import VerificationError, build_engine
+
+    with pytest.raises(VerificationError, match='disagrees with ONNX Runtime'):
+        build_engine(model, 'fp16', cache_dir=tmp_path, runtime=SubstituteRuntime(distort=fp16_overflow),
+                     log=lambda m: None)
+
+
+def test_build_engine_cli_exit_codes(model, tmp_path, capsys):
+    from dynadepth_ros.engine_builder import main
+
+    bad = tmp_path / 'not_a_model.onnx'
+    bad.write_bytes(b'garbage')
+    assert main([str(bad), '--cache-dir', str(tmp_path)]) == 2
+    from dynadepth_ros.inference.backend_selection import tensorrt_installed
+    if tensorrt_installed():
+        pytest.skip('TensorRT is installed here; the no-TensorRT path cannot be shown')
+    # no TensorRT on this machine: a clear message and exit 3, nothing written
+    assert main([str(model), '--cache-dir', str(tmp_path / 'c')]) == 3
+    err = capsys.readouterr().err
+    assert 'TensorRT' in err and 'Jetson' in err and not (tmp_path / 'c').exists()

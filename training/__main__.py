@@ -10,6 +10,7 @@
     python -m training final --preset cpu-small --run-dir runs/cpu-small       # stage 4 (needs dsa)
     python -m training compare --run-dir runs/cpu-small --split test           # stage 1 vs final, side by side
     python -m training export --run-dir runs/cpu-small --stage scene --out scene.onnx
+    python -m training build-engine runs/cpu-small/final/final.onnx --precision fp16   # on the Jetson
     python -m training evaluate --run-dir runs/cpu-small --stage scene --split test
     python -m training import-bag run1/ run2.mcap --out data/robot --image-topic /camera/image_raw \\
         --camera-info-topic /camera/camera_info [--odom-topic /odom] [--mask-topic ...]
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=sorted(n for n, s in STAGES.items() if s.has_depth_model))
     p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
     p.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
+
+    p = sub.add_parser('build-engine', add_help=False,
+                       help='build the TensorRT engine of an ONNX model ahead of time into the node\'s engine cache '
+                            '(on the target GPU; same as dynadepth-build-engine, see --help)')
+    p.add_argument('engine_args', nargs=argparse.REMAINDER)
 
     p = sub.add_parser('import-bag', help='convert rosbag2 recordings into the dataset layout for training')
     p.add_argument('bags', nargs='+', type=Path, help='rosbag2 directories or .mcap/.db3 files')
@@ -160,12 +166,34 @@ def cmd_export(args) -> int:
     depth_net, cfg, manifest = mod.load_depth_net(stage_dir)
     _set_threads(cfg.runtime.threads)
     meta = mod.model_metadata(cfg, manifest['config_hash'], manifest['metric'], manifest['intrinsics'])
-    report = export_depth_onnx(depth_net, args.out, meta, opset=cfg.export.opset,
+    frames = _check_frames(cfg)
+    report = export_depth_onnx(depth_net, args.out, meta, opset=cfg.export.opset, frames=frames,
                                max_batch=args.max_batch or cfg.export.max_batch, tolerance=cfg.export.tolerance)
     print(f'wrote {args.out} ({report["bytes"] / 1e6:.1f} MB, {cfg.data.height}x{cfg.data.width}, batch 1..'
-          f'{report["max_batch"]}, {"metric" if meta.metric else "relative"} depth); max |torch - onnxruntime| = '
-          f'{report["max_abs_diff"]:.2e} m')
+          f'{report["max_batch"]}, {"metric" if meta.metric else "relative"} depth); torch vs ONNX Runtime on '
+          f'{report["real_frames"]} real frames + {len(report["batch_sizes"]) - (report["real_frames"] + 1) // 2} '
+          f'fixed inputs: max relative difference {report["max_rel_diff"]:.2e} (tolerance {cfg.export.tolerance:g}), '
+          f'max {report["max_abs_diff"]:.2e} m')
     return 0
+
+
+def _check_frames(cfg):
+    """A few real frames of the run's data for the export check (val, else test, else train split), or
+    None with a warning when the data is not on this machine."""
+    from dynadepth_ros.datasets.base import DatasetError
+    from training.data import build_dataset
+    from training.export import sample_frames
+
+    for split in ('val', 'test', 'train'):
+        if not cfg.data.split_name(split):
+            continue
+        try:
+            return sample_frames(build_dataset(cfg.data, split, augment=False))
+        except (DatasetError, ValueError, OSError):
+            continue
+    print(f'warning: no frames of {cfg.data.root} found; checking the export on fixed synthetic inputs only',
+          file=sys.stderr)
+    return None
 
 
 def cmd_evaluate(args) -> int:
@@ -217,6 +245,10 @@ COMMANDS = {'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'run': cmd
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['build-engine']:       # its own parser (argparse.REMAINDER would swallow --help wrongly)
+        from dynadepth_ros.engine_builder import main as build_main
+        return build_main(argv[1:])
     args = build_parser().parse_args(argv)
     from dynadepth_ros.datasets.base import DatasetError
     from training.checkpoint import CheckpointError

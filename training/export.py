@@ -5,7 +5,8 @@ metric): normalisation and the sigmoid-disparity → depth conversion are inside
 (1..max_batch), H and W are fixed. Exported with the torch.export-based exporter (opset 18, one
 self-contained file), tagged with the dynadepth metadata, validated with
 `dynadepth_ros.model_format.read_metadata`, then run in ONNX Runtime on fixed inputs at two batch
-sizes: if any depth differs from torch by more than the tolerance, nothing is written.
+sizes, and on real frames of the run's data when given: if any depth differs from torch by more than
+the relative tolerance, nothing is written.
 """
 from __future__ import annotations
 
@@ -42,9 +43,23 @@ def check_inputs(height: int, width: int, batch_sizes=(1, 2), seed: int = 0) -> 
     return out
 
 
+def sample_frames(dataset, n: int = 4) -> np.ndarray | None:
+    """float32 [k,3,H,W] RGB in [0,1]: frame t of k <= n evenly spaced samples of an un-augmented triplet
+    dataset (real frames for the export check), or None when the dataset is empty."""
+    if dataset is None or len(dataset) == 0:
+        return None
+    idx = np.unique(np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int))
+    return np.stack([dataset[int(i)]['frames_raw'][1].numpy() for i in idx]).astype(np.float32)
+
+
 def export_depth_onnx(depth_net: DepthNet, out_path: str | os.PathLike, meta: ModelMetadata, *, opset: int = 18,
-                      max_batch: int = 16, tolerance: float = 1e-3, verbose: bool = False) -> dict:
-    """Write `out_path` (atomically) and return {'max_abs_diff', 'batch_sizes', 'seconds', 'bytes'}.
+                      max_batch: int = 16, tolerance: float = 1e-3, verbose: bool = False,
+                      frames: np.ndarray | None = None) -> dict:
+    """Write `out_path` (atomically) and return {'max_abs_diff', 'batch_sizes', 'seconds', 'bytes', ...}.
+
+    frames: optional real images float32 [k,3,H,W] (e.g. sample_frames of the run's data) checked in
+    addition to the fixed inputs, in batches of up to 2; the report gives 'real_frames' (how many)
+    and the differences over all inputs.
 
     tolerance: the largest relative depth difference |onnx - torch| / torch accepted on the check
     inputs (float32 rounding through the 1/disparity conversion is ~1e-6); raises ExportError
@@ -82,7 +97,15 @@ def export_depth_onnx(depth_net: DepthNet, out_path: str | os.PathLike, meta: Mo
         session = ort.InferenceSession(str(tmp), providers=['CPUExecutionProvider'])
         worst = worst_rel = 0.0
         sizes = []
-        for x in check_inputs(h, w, (1, 2)):
+        inputs = check_inputs(h, w, (1, 2))
+        n_real = 0
+        if frames is not None and len(frames):
+            frames = np.ascontiguousarray(frames, np.float32)
+            if frames.ndim != 4 or frames.shape[1:] != (3, h, w):
+                raise ExportError(f'check frames must be [k,3,{h},{w}], got {frames.shape}')
+            inputs += [frames[i:i + 2] for i in range(0, len(frames), 2)]
+            n_real = len(frames)
+        for x in inputs:
             with torch.no_grad():
                 ref = module(torch.from_numpy(x)).numpy()
             got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
@@ -101,7 +124,7 @@ def export_depth_onnx(depth_net: DepthNet, out_path: str | os.PathLike, meta: Mo
     except Exception:
         _unlink(tmp)
         raise
-    return {'max_abs_diff': worst, 'max_rel_diff': worst_rel, 'batch_sizes': sizes, 'seconds': time.perf_counter() - t0,
+    return {'max_abs_diff': worst, 'max_rel_diff': worst_rel, 'batch_sizes': sizes, 'real_frames': n_real, 'seconds': time.perf_counter() - t0,
             'bytes': out_path.stat().st_size, 'opset': opset, 'max_batch': int(max_batch)}
 
 

@@ -40,6 +40,10 @@ class EngineError(BackendError):
     """An engine file that cannot be used (corrupt, or built for another TensorRT / GPU / model / precision)."""
 
 
+class TensorRTUnavailable(BackendError):
+    """TensorRT or CUDA cannot run in this process (not installed, no GPU, too old)."""
+
+
 def default_engine_cache_dir() -> Path:
     """$DYNADEPTH_ENGINE_CACHE, else $XDG_CACHE_HOME/dynadepth_ros/engines, else ~/.cache/dynadepth_ros/engines."""
     if os.environ.get('DYNADEPTH_ENGINE_CACHE'):
@@ -145,7 +149,7 @@ class TensorRTRuntime:
         try:
             import tensorrt as trt
         except Exception as exc:   # ImportError, or OSError from missing libnvinfer
-            raise BackendError(f'TensorRT is not installed or cannot load ({type(exc).__name__}: {exc}); install '
+            raise TensorRTUnavailable(f'TensorRT is not installed or cannot load ({type(exc).__name__}: {exc}); install '
                                f'TensorRT >= 10 for this GPU (JetPack on Jetson) or use backend:=onnxruntime') from exc
         try:
             from cuda.bindings import runtime as cudart
@@ -153,15 +157,18 @@ class TensorRTRuntime:
             try:
                 from cuda import cudart
             except Exception as exc:
-                raise BackendError(f'cuda-python is not installed ({exc}); `pip install cuda-python` matching '
+                raise TensorRTUnavailable(f'cuda-python is not installed ({exc}); `pip install cuda-python` matching '
                                    f'your CUDA version') from exc
         major = int(str(trt.__version__).split('.')[0])
         if major < 10:
-            raise BackendError(f'TensorRT {trt.__version__} found; this backend needs TensorRT >= 10')
+            raise TensorRTUnavailable(f'TensorRT {trt.__version__} found; this backend needs TensorRT >= 10')
         self.trt, self.cudart, self.device_id = trt, cudart, device_id
         self.version = str(trt.__version__)
-        self._check(cudart.cudaSetDevice(device_id))
-        props = self._check(cudart.cudaGetDeviceProperties(device_id))
+        try:
+            self._check(cudart.cudaSetDevice(device_id))
+            props = self._check(cudart.cudaGetDeviceProperties(device_id))
+        except BackendError as exc:
+            raise TensorRTUnavailable(f'no usable CUDA device {device_id}: {exc}') from exc
         self.compute_capability = (int(props.major), int(props.minor))
 
         class _Logger(trt.ILogger):
@@ -261,6 +268,45 @@ class TensorRTRuntime:
         return run
 
 
+def engine_key(model_path: str | Path, metadata: ModelMetadata, runtime, precision: str, max_batch: int) -> EngineKey:
+    """The cache key of `model_path` on this runtime's TensorRT version and GPU."""
+    return EngineKey(onnx_sha256=file_sha256(model_path), tensorrt_version=runtime.version,
+                     compute_capability=tuple(runtime.compute_capability), precision=precision,
+                     input_hw=(metadata.input_height, metadata.input_width), max_batch=int(max_batch))
+
+
+def ensure_engine(model_path: str | Path, metadata: ModelMetadata, runtime, precision: str, max_batch: int,
+                  engine_cache_dir: str | Path | None = None, *, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+                  rebuild: bool = False, log: Callable[[str], None] = print) -> tuple[Path, bytes, EngineKey, bool]:
+    """(engine path, engine bytes, key, built now): the cached engine of this model / TensorRT / GPU /
+    precision / shape when it is intact, else a new build written atomically into the cache (a corrupt or
+    mismatched cached engine is rebuilt, the reason logged). Shared by the node (TensorRTBackend) and the
+    ahead-of-time builder (`python -m training build-engine`), so both use the same file."""
+    if precision not in ('fp32', 'fp16'):
+        raise BackendError(f'precision {precision!r} is not one of fp32, fp16')
+    if int(max_batch) < 1:
+        raise BackendError(f'max_batch must be >= 1, got {max_batch}')
+    model_path = Path(model_path)
+    key = engine_key(model_path, metadata, runtime, precision, max_batch)
+    cache = Path(engine_cache_dir) if engine_cache_dir else default_engine_cache_dir()
+    path = cache / key.file_name(model_path.stem)
+    if path.exists() and not rebuild:
+        try:
+            blob = read_engine(path, key)
+            log(f'loaded cached TensorRT engine {path}')
+            return path, blob, key, False
+        except EngineError as exc:
+            log(f'cached TensorRT engine unusable ({exc}); rebuilding')
+    log(f'building TensorRT engine ({key.describe()}) from {model_path}; this can take minutes '
+        f'(on a Jetson up to ~5 min) and happens once per model, precision, TensorRT version and GPU')
+    t0 = time.monotonic()
+    blob = runtime.build(model_path, precision, key.input_hw, int(max_batch), workspace_bytes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_engine(path, blob, key)
+    log(f'TensorRT engine built in {time.monotonic() - t0:.0f} s, cached at {path}')
+    return path, blob, key, True
+
+
 class TensorRTBackend:
     """Runs the model as a TensorRT engine: from `engine_path`, else from the cache, else built and cached.
 
@@ -278,31 +324,25 @@ class TensorRTBackend:
             read_engine(engine_path, None)     # integrity first: a corrupt file is named even without TensorRT
         self.runtime = runtime if runtime is not None else TensorRTRuntime()
         self.precision, self.max_batch = precision, int(max_batch)
-        model_path = Path(model_path)
-        self.key = EngineKey(onnx_sha256=file_sha256(model_path), tensorrt_version=self.runtime.version,
-                             compute_capability=tuple(self.runtime.compute_capability), precision=precision,
-                             input_hw=(metadata.input_height, metadata.input_width), max_batch=self.max_batch)
         if engine_path:
+            model_path = Path(model_path)
+            self.key = engine_key(model_path, metadata, self.runtime, precision, self.max_batch)
             self.engine_path = Path(engine_path)
             blob = read_engine(self.engine_path, self.key)
             self._run = self.runtime.load(blob, self.max_batch)
         else:
-            cache = Path(engine_cache_dir) if engine_cache_dir else default_engine_cache_dir()
-            self.engine_path = cache / self.key.file_name(model_path.stem)
-            self._run = None
-            if self.engine_path.exists():
-                try:
-                    self._run = self.runtime.load(read_engine(self.engine_path, self.key), self.max_batch)
-                    log(f'loaded cached TensorRT engine {self.engine_path}')
-                except EngineError as exc:
-                    log(f'cached TensorRT engine unusable ({exc}); rebuilding')
-            if self._run is None:
-                log(f'building TensorRT engine ({self.key.describe()}) from {model_path}; this can take minutes '
-                    f'(on a Jetson up to ~5 min) and happens once per model, precision, TensorRT version and GPU')
-                t0 = time.monotonic()
-                blob = self.runtime.build(model_path, precision, self.key.input_hw, self.max_batch, workspace_bytes)
-                write_engine(self.engine_path, blob, self.key)
-                log(f'TensorRT engine built in {time.monotonic() - t0:.0f} s, cached at {self.engine_path}')
+            self.engine_path, blob, self.key, built = ensure_engine(
+                model_path, metadata, self.runtime, precision, self.max_batch, engine_cache_dir,
+                workspace_bytes=workspace_bytes, log=log)
+            try:
+                self._run = self.runtime.load(blob, self.max_batch)
+            except EngineError as exc:
+                if built:
+                    raise
+                log(f'cached TensorRT engine unusable ({exc}); rebuilding')
+                self.engine_path, blob, self.key, _ = ensure_engine(
+                    model_path, metadata, self.runtime, precision, self.max_batch, engine_cache_dir,
+                    workspace_bytes=workspace_bytes, rebuild=True, log=log)
                 self._run = self.runtime.load(blob, self.max_batch)
         self.name = f'tensorrt[{precision}]'
 

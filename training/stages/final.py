@@ -28,7 +28,7 @@ from training.artifacts import file_entry
 from training.config import PipelineConfig, to_dict
 from training.data import build_dataset
 from training.data.triplets import Layer
-from training.export import export_depth_onnx
+from training.export import export_depth_onnx, sample_frames
 from training.loop import Phase, train
 from training.stages import scene as scene_stage
 from training.stages.outputs import PseudoLabels
@@ -131,6 +131,7 @@ def execute(ctx: StageContext) -> dict | None:
     meta = scene_stage.model_metadata(cfg, ctx.hashes.config, metric, intrinsics, stage=NAME)
     ctx.log('exporting the final depth network to ONNX and checking it against torch')
     report = export_depth_onnx(model.depth, stage_dir / ONNX_FILE, meta, opset=cfg.export.opset,
+                               frames=sample_frames(build_dataset(cfg.data, 'train', augment=False)),
                                max_batch=cfg.export.max_batch, tolerance=cfg.export.tolerance)
     ctx.log(f'wrote {stage_dir / ONNX_FILE} (max |torch - onnxruntime| = {report["max_abs_diff"]:.2e} m)')
     return {

@@ -35,7 +35,7 @@ from training.artifacts import MANIFEST_NAME, file_entry, file_sha256, read_mani
 from training.config import PipelineConfig, load_config, to_dict
 from training.data import build_dataset
 from training.distributed import DistContext
-from training.export import export_depth_onnx
+from training.export import export_depth_onnx, sample_frames
 from training.loop import Phase, to_device, train
 from training.stages.outputs import ScenePredictions, save_npz_atomic
 from training.stages.runner import StageContext, data_settings, run_stage
@@ -168,6 +168,7 @@ def execute(ctx: StageContext) -> dict | None:
     _log(dist, 'exporting the depth network to ONNX and checking it against torch')
     meta = model_metadata(cfg, hashes.config, metric, intrinsics)
     report = export_depth_onnx(model.depth, stage_dir / ONNX_FILE, meta, opset=cfg.export.opset,
+                               frames=sample_frames(plain_train),
                                max_batch=cfg.export.max_batch, tolerance=cfg.export.tolerance)
     _log(dist, f'wrote {stage_dir / ONNX_FILE} (max |torch - onnxruntime| = {report["max_abs_diff"]:.2e} m)')
 
