@@ -43,6 +43,15 @@ def test_pipeline_reports_each_stage(run):
         assert f'pipeline: stage {i}/4 {name}' in out
     assert 'objects: train:' in out and 'dynamic' in out
     assert 'dsa: train:' in out and 'pseudo labels' in out
+    assert 'min of training left' in out                          # progress says how long is left
+    # the run ends with the evaluation: the method on val, stage 1 vs final on test
+    assert (run['dir'] / 'dsa' / 'method_eval_val.md').is_file()
+    cmp = json.loads((run['dir'] / 'compare_test.json').read_text())
+    assert cmp and (run['dir'] / 'compare_test.md').read_text().count('| dynamic |') >= 1
+    # the final network's export was checked against torch on real frames of the run's data
+    final = json.loads((run['dir'] / 'final' / 'manifest.json').read_text())
+    assert final['onnx']['check']['real_frames'] > 0
+    assert final['onnx']['check']['max_rel_diff'] <= 1e-3
 
 
 def test_labels_file_has_the_design_layout(run):
@@ -127,6 +136,7 @@ def test_second_run_does_nothing(run):
     assert again.returncode == 0, again.stderr[-3000:]
     for name in ('scene', 'objects', 'dsa', 'final'):
         assert f'{name}: up to date' in again.stdout
+    assert 'stage 1 vs final on test is up to date' in again.stdout
 
 
 def test_method_evaluation_reads_the_run(run):

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--until', choices=list(STAGES), help='stop after this stage')
     p.add_argument('--restart-from', choices=list(STAGES),
                    help="delete this stage's and every later stage's outputs first")
+    p.add_argument('--no-evaluate', action='store_true',
+                   help='skip the evaluation after the last stage (method on val, stage 1 vs final on test)')
 
     p = sub.add_parser('export', help="export a finished stage's depth network to ONNX (design §3 format)")
     p.add_argument('--run-dir', type=Path, required=True)
@@ -140,7 +142,8 @@ def _run_stages(args, names: list[str] | None) -> int:
     try:
         run_dir = args.run_dir or Path('runs') / cfg.name
         if names is None:
-            run_pipeline(cfg, run_dir, dist, until=args.until, restart_from=args.restart_from)
+            run_pipeline(cfg, run_dir, dist, until=args.until, restart_from=args.restart_from,
+                         evaluate=not args.no_evaluate, device=str(dist.device))
         else:
             for name in names:
                 run_stage(name, cfg, run_dir, dist, restart=args.restart)
