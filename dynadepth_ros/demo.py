@@ -3,13 +3,18 @@
 1. Generates a short synthetic driving sequence with its rosbag2 (camera, camera_info, instance
    masks, GT depth, odometry, lidar, tf_static), prints what is in it and writes a preview PNG
    (RGB | depth | instance mask, including lead-car frames).
-2. Evaluates the bundled model (or --model) on that bag offline, with the same inference core the
-   node uses: all / static / dynamic-pixel metrics, plots and sample strips under DIR/eval_offline.
-3. Runs it live: starts `depth_node`, replays the bag into it over ROS 2 with `dynadepth-replay`,
+2. The method's claim on it: the bundled stage-1 model (the baseline, or --baseline) and the bundled
+   final model (or --model) side by side with the node's inference core: AbsRel / δ<1.25 on dynamic,
+   lead-car, static and all pixels next to the mean-depth baseline, inference time, and a PNG strip
+   RGB | stage 1 | final | GT | errors on the frames with a car ahead (DIR/stage1_vs_final.png,
+   DIR/comparison.md/.json).
+3. Evaluates the final model on the bag offline (bag → same core as the node): all / static / dynamic
+   metrics, plots and samples under DIR/eval_offline.
+4. Runs it live: starts `depth_node`, replays the bag into it over ROS 2 with `dynadepth-replay`,
    records the published depth, and evaluates the recording (DIR/eval_live), which must give the
    offline metrics, plus the stamp→publish latency.
 
-Steps 2 and 3 need a model: without a bundled one, pass --model or use --skip-model.
+Steps 2-4 need a model: without a bundled one, pass --model or use --skip-model.
 """
 from __future__ import annotations
 
@@ -228,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--width', type=int, default=640)
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
-    ap.add_argument('--model', type=Path, help='ONNX model (default: the bundled model)')
+    ap.add_argument('--model', type=Path, help='ONNX model (default: the bundled final model)')
+    ap.add_argument('--baseline', type=Path,
+                    help='model to compare against (default: the bundled stage-1 model, when present)')
     ap.add_argument('--skip-model', action='store_true', help='only generate and summarise the synthetic data')
     args = ap.parse_args(argv)
     try:
@@ -249,6 +256,35 @@ def main(argv: list[str] | None = None) -> int:
     meta = read_metadata(model)
     print(f'\nmodel: {model} (stage {meta.stage}, {"metric" if meta.metric else "relative"}, '
           f'input {meta.input_width}x{meta.input_height}, trained on {meta.dataset})')
+    baseline = args.baseline
+    if baseline is None:
+        from .inference import baseline_model_path
+        try:
+            baseline = baseline_model_path()
+        except BackendError:
+            baseline = None
+    if baseline is not None:
+        from .model_comparison import comparison_table, compare_on_sequence, to_json, write_strip
+        names = (read_metadata(baseline).stage or 'baseline', meta.stage or 'model')
+        if names[0] == names[1]:
+            names = (f'{names[0]} (baseline)', names[1])
+        t0 = time.perf_counter()
+        cmp = compare_on_sequence(Path(info['sequence']), {names[0]: baseline, names[1]: model})
+        strip = write_strip(cmp, names[0], names[1], args.out / 'stage1_vs_final.png')
+        md = (f'# {names[0]} vs {names[1]} on {cmp["sequence"]} ({cmp["frames"]} frames, {cmp["lead_frames"]} '
+              f'with a car ahead; not trained on: test split)\n\n## metric depth\n\n'
+              + comparison_table(cmp, *names) + '\n\n## median-scaled\n\n'
+              + comparison_table(cmp, *names, mode='median_scaled') + '\n')
+        (args.out / 'comparison.md').write_text(md)
+        (args.out / 'comparison.json').write_text(json.dumps(to_json(cmp), indent=1))
+        print(f'\n{names[0]} ({baseline.name}) vs {names[1]} ({model.name}), metric depth, dynamic pixels first '
+              f'(lead = the car ahead in the ego lane):')
+        print(comparison_table(cmp, *names))
+        for n in names:
+            t = cmp['models'][n]['inference_ms']
+            print(f'{n}: {t["p50"]:.1f} ms per frame (p50, inference core on {cmp["models"][n]["backend"]}, '
+                  f'preprocess + model + postprocess)')
+        print(f'strip: {strip}; tables: {args.out / "comparison.md"} ({time.perf_counter() - t0:.0f} s)')
     try:
         offline, live = run_model_demo(args.out, Path(info['sequence']), model)
     except (RuntimeError, subprocess.TimeoutExpired) as e:

@@ -203,4 +203,4 @@ def test_final_model_is_exported_as_stage_final(run):
     dsa = json.loads((run['dir'] / 'dsa' / 'manifest.json').read_text())
     assert final['upstream']['dsa'] == dsa['config_hash']
     rows = (run['dir'] / 'final' / 'metrics.csv').read_text().splitlines()
-    assert 'pseudo_l1_m' in rows[0]
+    assert 'pseudo_loss' in rows[0]

@@ -133,16 +133,27 @@ class DsaStageConfig:
 @dataclass
 class FinalStageConfig:
     """Stage 4: the final depth network, started from stage 1 and trained with the stage-1 losses
-    (phase names as stage 1's; normally one `joint` phase) plus pseudo_weight x the pseudo-label L1 on
-    dynamic-object pixels (reference 0.1, lr 2e-5)."""
+    (phase names as stage 1's; normally one `joint` phase) plus pseudo_weight x the pseudo-label loss on
+    dynamic-object pixels (reference: 0.1, L1 in metres, lr 2e-5) and static_weight x the relative L1 to
+    the label on the static pixels, where the label is the stage-1 depth (0 = off, the reference).
+
+    pseudo_loss: 'l1' = |D - kP| in metres (reference); 'relative' = |D - kP| / kP. With a sigmoid-
+    disparity network the metres form weights a pixel's pull on the network output by depth squared,
+    so distant labels (the least certain) dominate; the relative form weights by depth."""
 
     pseudo_weight: float = 0.1
+    pseudo_loss: str = 'l1'
+    static_weight: float = 0.0
     loop: LoopConfig = field(default_factory=LoopConfig)
     phases: list[PhaseConfig] = field(default_factory=lambda: _phases({'name': 'joint', 'steps': 1000, 'lr': 2e-5}))
 
     def __post_init__(self):
         if self.pseudo_weight < 0:
             raise ValueError(f'final.pseudo_weight must be >= 0, got {self.pseudo_weight}')
+        if self.static_weight < 0:
+            raise ValueError(f'final.static_weight must be >= 0, got {self.static_weight}')
+        if self.pseudo_loss not in ('l1', 'relative'):
+            raise ValueError(f"final.pseudo_loss must be 'l1' or 'relative', got {self.pseudo_loss!r}")
 
 
 @dataclass

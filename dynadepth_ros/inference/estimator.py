@@ -24,6 +24,8 @@ from dynadepth_ros.inference.preprocess import CropPlan, plan_crop, to_model_bat
 from dynadepth_ros.model_format import ModelMetadata, read_metadata
 
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / 'models' / 'dynadepth.onnx'
+# the stage-1 (scene) model the bundled final model was trained from: the method's baseline
+BUNDLED_BASELINE = Path(__file__).resolve().parents[1] / 'models' / 'dynadepth_stage1.onnx'
 
 _log = logging.getLogger('dynadepth_ros.inference')
 
@@ -34,6 +36,13 @@ def default_model_path() -> Path:
         raise BackendError(f'no bundled model; set model_path (looked for {BUNDLED_MODEL}; train and export one '
                            f'with `python -m training`, or pass any design §3 ONNX model)')
     return BUNDLED_MODEL
+
+
+def baseline_model_path() -> Path:
+    """The bundled stage-1 baseline dynadepth_ros/models/dynadepth_stage1.onnx; BackendError when absent."""
+    if not BUNDLED_BASELINE.is_file():
+        raise BackendError(f'no bundled stage-1 baseline model (looked for {BUNDLED_BASELINE})')
+    return BUNDLED_BASELINE
 
 
 @dataclass

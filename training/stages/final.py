@@ -15,6 +15,12 @@ pixels (no gradient; k ≈ 1 for a metric model started from stage 1), then the 
 reference took the median over the whole image and dropped pixels beyond the 90th percentile of
 the prediction, which silently removes distant dynamic objects (§6.9); we align on the static part,
 where the label is the stage-1 depth, and keep every dynamic pixel.
+
+Two options depart from the reference (config final.*; defaults = the reference): pseudo_loss
+'relative' divides each pixel's error by its label (the metres form, through the sigmoid-disparity
+output, weights a pixel's pull by depth squared, so the least certain, distant labels dominate), and
+static_weight > 0 adds the relative L1 to the label on the static pixels (the stage-1 depth there),
+which holds the static scene where stage 1 had it. What cpu-small uses and why is in its preset.
 """
 from __future__ import annotations
 
@@ -51,10 +57,11 @@ def run(cfg: PipelineConfig, run_dir, dist=None, *, restart: bool = False):
     return run_stage(NAME, cfg, run_dir, dist, restart=restart)
 
 
-def pseudo_label_loss(depths: dict[int, torch.Tensor], label: torch.Tensor, dynamic: torch.Tensor
-                      ) -> tuple[torch.Tensor, float]:
-    """Mean over scales of the aligned L1 on dynamic pixels (module docstring). depths {s: [B,1,H,W]};
-    label [B,1,H,W] metres (0 = none); dynamic bool [B,1,H,W]. Returns (loss, pixels counted)."""
+def pseudo_label_loss(depths: dict[int, torch.Tensor], label: torch.Tensor, dynamic: torch.Tensor,
+                      mode: str = 'l1') -> tuple[torch.Tensor, float]:
+    """Mean over scales of the aligned L1 on dynamic pixels (module docstring); mode 'relative' divides
+    each pixel's error by its aligned label. depths {s: [B,1,H,W]}; label [B,1,H,W] metres (0 = none);
+    dynamic bool [B,1,H,W]. Returns (loss, pixels counted)."""
     dyn = dynamic.bool() & (label > 0)
     static = (~dynamic.bool()) & (label > 0)
     if not dyn.any():
@@ -66,17 +73,31 @@ def pseudo_label_loss(depths: dict[int, torch.Tensor], label: torch.Tensor, dyna
             for b in range(d.shape[0]):
                 if static[b].sum() >= 10:
                     k[b] = torch.median(d[b][static[b]] / label[b][static[b]])
-        err = (d - k * label).abs()
+        target = k * label
+        err = (d - target).abs()
+        if mode == 'relative':
+            err = err / target.clamp(min=1e-3)
         terms.append(err[dyn].mean())
     return torch.stack(terms).mean(), float(dyn.sum())
+
+
+def static_anchor_loss(depths: dict[int, torch.Tensor], label: torch.Tensor, dynamic: torch.Tensor) -> torch.Tensor:
+    """Mean over scales of |D - P| / P on the label's static pixels, where P is the stage-1 depth: keeps
+    the static scene where stage 1 had it while the dynamic pixels move to their labels."""
+    static = (~dynamic.bool()) & (label > 0)
+    if not static.any():
+        return torch.zeros((), device=label.device)
+    return torch.stack([((d - label).abs() / label.clamp(min=1e-3))[static].mean() for d in depths.values()]).mean()
 
 
 class FinalModel(SceneModel):
     """The stage-1 model with the pseudo-label term (batches carry pseudo_depth and pseudo_dynamic)."""
 
-    def __init__(self, config, pseudo_weight: float = 0.1):
+    def __init__(self, config, pseudo_weight: float = 0.1, pseudo_loss: str = 'l1', static_weight: float = 0.0):
         super().__init__(config)
         self.pseudo_weight = float(pseudo_weight)
+        self.pseudo_loss = pseudo_loss
+        self.static_weight = float(static_weight)
 
     def extra_loss(self, batch, depths):
         label, dynamic = batch.get('pseudo_depth'), batch.get('pseudo_dynamic')
@@ -84,8 +105,15 @@ class FinalModel(SceneModel):
             return super().extra_loss(batch, depths)
         if label.dim() == 3:
             label, dynamic = label[:, None], dynamic[:, None]
-        loss, n = pseudo_label_loss(depths, label.to(depths[0].dtype), dynamic)
-        return self.pseudo_weight * loss, {'pseudo_l1_m': loss.item(), 'pseudo_pixels': n}
+        label = label.to(depths[0].dtype)
+        loss, n = pseudo_label_loss(depths, label, dynamic, self.pseudo_loss)
+        total = self.pseudo_weight * loss
+        logs = {'pseudo_loss': loss.item(), 'pseudo_pixels': n}
+        if self.static_weight > 0:
+            anchor = static_anchor_loss(depths, label, dynamic)
+            total = total + self.static_weight * anchor
+            logs['static_anchor'] = anchor.item()
+        return total, logs
 
 
 def _loss(model, batch, phase):
@@ -105,7 +133,7 @@ def execute(ctx: StageContext) -> dict | None:
     cfg, dist, stage_dir = ctx.cfg, ctx.dist, ctx.stage_dir
     fc = cfg.final
     ckpt_io.seed_everything(fc.loop.seed)
-    model = FinalModel(cfg.scene.model, fc.pseudo_weight)
+    model = FinalModel(cfg.scene.model, fc.pseudo_weight, fc.pseudo_loss, fc.static_weight)
     scene_model, _, scene_manifest = scene_stage.load_model(ctx.upstream_dir('scene'))
     model.load_state_dict(scene_model.state_dict())
     del scene_model
@@ -138,7 +166,8 @@ def execute(ctx: StageContext) -> dict | None:
         'training': {'steps': result.global_step, 'phases': [[p.name, p.steps] for p in fc.phases],
                      'batch_size': fc.loop.batch_size, 'world_size': dist.world_size,
                      'resumed_from': result.resumed_from, 'steps_this_run': result.trained_steps,
-                     'seconds_per_step': result.seconds_per_step, 'pseudo_weight': fc.pseudo_weight},
+                     'seconds_per_step': result.seconds_per_step, 'pseudo_weight': fc.pseudo_weight,
+                     'pseudo_loss': fc.pseudo_loss, 'static_weight': fc.static_weight},
         'model_selection': 'last checkpoint (label-free)',
         'metric': metric, 'intrinsics': list(intrinsics),
         'files': {'checkpoint': file_entry(stage_dir, MODEL_FILE), 'onnx': file_entry(stage_dir, ONNX_FILE)},
