@@ -16,7 +16,7 @@ setup(
     name=PACKAGE,
     version='0.1.0',
     packages=find_packages(include=[PACKAGE, PACKAGE + '.*']),
-    package_data={PACKAGE: ['models/*.onnx', 'models/*.json']},
+    package_data={PACKAGE: ['models/*.onnx', 'models/*.json', 'models/*.md']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),

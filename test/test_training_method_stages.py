@@ -204,3 +204,28 @@ def test_final_model_is_exported_as_stage_final(run):
     assert final['upstream']['dsa'] == dsa['config_hash']
     rows = (run['dir'] / 'final' / 'metrics.csv').read_text().splitlines()
     assert 'pseudo_loss' in rows[0]
+
+
+def test_bundle_installs_final_and_stage1_with_a_report(run, tmp_path):
+    from dynadepth_ros.model_format import read_metadata
+
+    dest = tmp_path / 'models'
+    r = training_cmd('bundle', '--run-dir', str(run['dir']), '--dest', str(dest), '--made-with', 'python -m training run')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_metadata(dest / 'dynadepth.onnx').stage == 'final'
+    assert read_metadata(dest / 'dynadepth_stage1.onnx').stage == 'scene'
+    report = (dest / 'training_report.md').read_text()
+    assert 'python -m training run' in report and '| dynamic |' in report
+    # a final stage from another stage 1 is refused, and nothing is half-written
+    other = tmp_path / 'other'
+    for stage in ('scene', 'final'):
+        (other / stage).mkdir(parents=True)
+        for f in (run['dir'] / stage).glob('*.onnx'):
+            (other / stage / f.name).write_bytes(f.read_bytes())
+    m = json.loads((run['dir'] / 'final' / 'manifest.json').read_text())
+    m['upstream']['scene'] = 'not-this-one'
+    (other / 'final' / 'manifest.json').write_text(json.dumps(m))
+    (other / 'scene' / 'manifest.json').write_text((run['dir'] / 'scene' / 'manifest.json').read_text())
+    r = training_cmd('bundle', '--run-dir', str(other), '--dest', str(tmp_path / 'no'))
+    assert r.returncode == 2 and 'another stage-1 model' in r.stderr
+    assert not (tmp_path / 'no').exists()

@@ -10,6 +10,7 @@
     python -m training final --preset cpu-small --run-dir runs/cpu-small       # stage 4 (needs dsa)
     python -m training compare --run-dir runs/cpu-small --split test           # stage 1 vs final, side by side
     python -m training export --run-dir runs/cpu-small --stage scene --out scene.onnx
+    python -m training bundle --run-dir runs/cpu-small      # install final + stage-1 ONNX as the node's models
     python -m training build-engine runs/cpu-small/final/final.onnx --precision fp16   # on the Jetson
     python -m training evaluate --run-dir runs/cpu-small --stage scene --split test
     python -m training import-bag run1/ run2.mcap --out data/robot --image-topic /camera/image_raw \\
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help='build the TensorRT engine of an ONNX model ahead of time into the node\'s engine cache '
                             '(on the target GPU; same as dynadepth-build-engine, see --help)')
     p.add_argument('engine_args', nargs=argparse.REMAINDER)
+
+    p = sub.add_parser('bundle', help="install a finished run's final and stage-1 models as the package's bundled "
+                                      "models (node default) with a training report")
+    p.add_argument('--run-dir', type=Path, required=True)
+    p.add_argument('--dest', type=Path, help='write there instead of dynadepth_ros/models/')
+    p.add_argument('--made-with', default='', help='the command that made the run (quoted in the report)')
 
     p = sub.add_parser('import-bag', help='convert rosbag2 recordings into the dataset layout for training')
     p.add_argument('bags', nargs='+', type=Path, help='rosbag2 directories or .mcap/.db3 files')
@@ -243,7 +250,15 @@ def cmd_import_bag(args) -> int:
     return 0
 
 
-COMMANDS = {'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'run': cmd_run, 'export': cmd_export,
+def cmd_bundle(args) -> int:
+    from training.bundle import bundle
+
+    out = bundle(args.run_dir, args.dest, args.made_with)
+    print(f"bundled {out['model']} and {out['baseline']} ({out['bytes'] / 1e6:.1f} MB); report {out['report']}")
+    return 0
+
+
+COMMANDS = {'bundle': cmd_bundle, 'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'run': cmd_run, 'export': cmd_export,
             'evaluate': cmd_evaluate, 'compare': cmd_compare, 'import-bag': cmd_import_bag, **{name: cmd_stage for name in STAGES}}
 
 
@@ -263,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.stages.runner import StageError
 
+    from training.bundle import BundleError
+    from dynadepth_ros.model_format import ModelFormatError
+
     known = (ConfigError, DatasetError, CheckpointError, ExportError, FileNotFoundError, BagError,
-             RosbagImportError, StageError)
+             RosbagImportError, StageError, BundleError, ModelFormatError)
     try:
         return COMMANDS[args.command](args)
     except known as exc:

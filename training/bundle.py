@@ -1,0 +1,96 @@
+"""`python -m training bundle --run-dir runs/cpu-small`: install a finished run's models as the package's
+bundled models (what the node uses when model_path is empty) with their training report.
+
+    dynadepth_ros/models/dynadepth.onnx          the final network (stage 4): the node's default
+    dynadepth_ros/models/dynadepth_stage1.onnx   its stage-1 network: the baseline `make demo` compares
+    dynadepth_ros/models/training_report.md/json  how they were made and what they measured
+
+Both ONNX files are validated (design §3 metadata, stages 'final' and 'scene', the same input size)
+and the final one must come from that stage-1 model (its manifest's upstream hash). Files are
+written atomically; the report quotes the manifests (config hashes, steps, wall time, export check)
+and the evaluation tables the run wrote (compare_test.md, dsa/method_eval_val.md).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from dynadepth_ros.atomic_files import write_bytes_atomic, write_text_atomic
+from dynadepth_ros.inference.estimator import BUNDLED_BASELINE, BUNDLED_MODEL
+from dynadepth_ros.model_format import read_metadata
+
+MAX_BUNDLE_BYTES = 32 * 1024 * 1024
+
+
+class BundleError(RuntimeError):
+    """The run cannot be bundled (missing stage, mismatched models, too large)."""
+
+
+def _manifest(run_dir: Path, stage: str) -> dict:
+    try:
+        return json.loads((run_dir / stage / 'manifest.json').read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f'{run_dir / stage} has no finished stage {stage!r} ({exc}); run '
+                          f'`python -m training run --run-dir {run_dir} ...` first') from exc
+
+
+def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '') -> dict:
+    """Copy the run's final and stage-1 ONNX models into the package (or `dest`) with a report."""
+    run_dir = Path(run_dir)
+    final_m, scene_m = _manifest(run_dir, 'final'), _manifest(run_dir, 'scene')
+    if final_m.get('upstream', {}).get('scene') != scene_m.get('config_hash'):
+        raise BundleError(f'{run_dir}/final was trained from another stage-1 model than {run_dir}/scene '
+                          f'(upstream {final_m.get("upstream")}, scene {scene_m.get("config_hash")}); rerun the final stage')
+    final_onnx, scene_onnx = run_dir / 'final' / 'final.onnx', run_dir / 'scene' / 'scene.onnx'
+    fm, sm = read_metadata(final_onnx), read_metadata(scene_onnx)
+    if fm.stage != 'final' or sm.stage != 'scene':
+        raise BundleError(f'expected stages final and scene, got {fm.stage!r} and {sm.stage!r}')
+    if (fm.input_height, fm.input_width) != (sm.input_height, sm.input_width):
+        raise BundleError('the final and stage-1 models have different input sizes')
+    size = final_onnx.stat().st_size + scene_onnx.stat().st_size
+    if size > MAX_BUNDLE_BYTES:
+        raise BundleError(f'the two models take {size / 2**20:.1f} MiB; the package bundles at most '
+                          f'{MAX_BUNDLE_BYTES / 2**20:.0f} MiB (use a smaller width_mult)')
+    model, baseline = (dest / BUNDLED_MODEL.name, dest / BUNDLED_BASELINE.name) if dest else (BUNDLED_MODEL, BUNDLED_BASELINE)
+    model.parent.mkdir(parents=True, exist_ok=True)
+    for src, dst in ((final_onnx, model), (scene_onnx, baseline)):
+        tmp = dst.with_name(f'.{dst.name}.tmp')
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    report = {
+        'bundled_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'run_dir': str(run_dir), 'command': command,
+        'models': {model.name: {'stage': 'final', 'metadata': fm.to_props(), 'bytes': model.stat().st_size,
+                                'config_hash': final_m.get('config_hash'), 'training': final_m.get('training'),
+                                'export_check': (final_m.get('onnx') or {}).get('check')},
+                   baseline.name: {'stage': 'scene', 'metadata': sm.to_props(), 'bytes': baseline.stat().st_size,
+                                   'config_hash': scene_m.get('config_hash'), 'training': scene_m.get('training'),
+                                   'export_check': (scene_m.get('onnx') or {}).get('check')}},
+    }
+    tables = {}
+    for name, rel in (('stage 1 vs final, test split', 'compare_test.md'),
+                      ('the method on the val split', 'dsa/method_eval_val.md')):
+        p = run_dir / rel
+        if p.is_file():
+            tables[name] = p.read_text()
+    report['evaluations'] = list(tables)
+    lines = [f'# Bundled models: {run_dir.name}', '',
+             f'- `{model.name}`: final network (stage 4), {model.stat().st_size / 1e6:.1f} MB, input '
+             f'{fm.input_width}x{fm.input_height}, {"metric" if fm.metric else "relative"}, trained on {fm.dataset}, '
+             f'config {final_m.get("config_hash")}',
+             f'- `{baseline.name}`: its stage-1 network (the baseline), {baseline.stat().st_size / 1e6:.1f} MB, config '
+             f'{scene_m.get("config_hash")}', '']
+    if command:
+        lines += ['Made with:', '', '```', command, f'python -m training bundle --run-dir {run_dir}', '```', '']
+    for key, m in (('final', final_m), ('stage 1', scene_m)):
+        t = m.get('training') or {}
+        lines.append(f'- {key}: {t.get("steps")} steps of batch {t.get("batch_size")}, '
+                     f'{t.get("seconds_per_step") or 0:.2f} s/step, export max relative difference to torch '
+                     f'{((m.get("onnx") or {}).get("check") or {}).get("max_rel_diff", float("nan")):.1e}')
+    for name, text in tables.items():
+        lines += ['', f'## {name}', '', text.strip()]
+    write_text_atomic(model.parent / 'training_report.md', '\n'.join(lines) + '\n')
+    write_bytes_atomic(model.parent / 'training_report.json', (json.dumps(report, indent=1) + '\n').encode())
+    return {'model': str(model), 'baseline': str(baseline), 'report': str(model.parent / 'training_report.md'),
+            'bytes': size}
