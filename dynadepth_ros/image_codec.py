@@ -95,14 +95,83 @@ def to_depth_m(encoding: str, height: int, width: int, step: int, data, is_bigen
     return out
 
 
-def decode_compressed(fmt: str, data) -> np.ndarray:
-    """uint8 [H,W,3] RGB from a CompressedImage (jpeg/png; `format` like 'jpeg' or 'bgr8; jpeg compressed bgr8')."""
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic): FFC0..FFCF
+# except DHT (C4), JPG (C8) and DAC (CC), which are not frame headers.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def compressed_image_size(data) -> tuple[int, int]:
+    """(width, height) a PNG (IHDR) or JPEG (SOF) declares in its header, read without decoding any pixel.
+
+    ImageFormatError when the data is neither PNG nor JPEG or its header is truncated or corrupt.
+    """
+    buf = _as_bytes(data)
+    head = buf[:24].tobytes()
+    if head.startswith(_PNG_SIGNATURE):
+        if len(head) < 24 or head[12:16] != b'IHDR':
+            raise ImageFormatError('PNG header is truncated or does not start with IHDR')
+        return int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')
+    if not head.startswith(b'\xff\xd8'):
+        raise ImageFormatError(f'it is neither PNG nor JPEG (starts with {head[:8]!r})')
+    b = buf.tobytes()
+    i = 2
+    while i + 1 < len(b):
+        if b[i] != 0xFF:
+            raise ImageFormatError(f'JPEG header is corrupt (no segment marker at byte {i})')
+        marker = b[i + 1]
+        if marker == 0xFF:                                   # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:         # segments without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):                           # end of image / start of scan: no frame header
+            break
+        if i + 4 > len(b):
+            break
+        length = int.from_bytes(b[i + 2:i + 4], 'big')
+        if length < 2:
+            raise ImageFormatError(f'JPEG header is corrupt (segment FF{marker:02X} of length {length})')
+        if marker in _JPEG_SOF:
+            if i + 9 > len(b):
+                break
+            return int.from_bytes(b[i + 7:i + 9], 'big'), int.from_bytes(b[i + 5:i + 7], 'big')
+        i += 2 + length
+    raise ImageFormatError('JPEG has no frame header (SOF) before its image data, so its size is unknown')
+
+
+def check_image_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    """ImageFormatError when a width x height image has more than max_pixels pixels (or an empty size)."""
+    if width <= 0 or height <= 0:
+        raise ImageFormatError(f'{what} declares {width}x{height} pixels; width and height must be positive')
+    if width * height > max_pixels:
+        raise ImageFormatError(
+            f'{what} declares {width}x{height} = {width * height / 1e6:.1f} Mpx, more than max_image_pixels = '
+            f'{max_pixels} ({max_pixels / 1e6:.1f} Mpx); not decoded. A decompression bomb, or a camera mode '
+            f'larger than expected (then raise max_image_pixels)')
+
+
+def decode_compressed(fmt: str, data, max_pixels: int | None = None) -> np.ndarray:
+    """uint8 [H,W,3] RGB from a CompressedImage (jpeg/png; `format` like 'jpeg' or 'bgr8; jpeg compressed bgr8').
+
+    With max_pixels, the size the PNG/JPEG header declares is checked before anything is decoded (a few hundred
+    bytes can declare 16000x16000 and make the decoder allocate gigabytes), and other formats are refused
+    because their size cannot be checked first.
+    """
     f = (fmt or '').lower()
     if 'compresseddepth' in f:
         raise ImageFormatError(f'CompressedImage format {fmt!r} is a depth stream, not a camera image')
     buf = _as_bytes(data)
     if buf.size == 0:
         raise ImageFormatError('CompressedImage has no data')
+    if max_pixels is not None:
+        what = f'CompressedImage ({fmt!r}, {buf.size} bytes)'
+        try:
+            w, h = compressed_image_size(buf)
+        except ImageFormatError as exc:
+            raise ImageFormatError(f'{what} could not be decoded: {exc}') from None
+        check_image_pixels(w, h, int(max_pixels), what)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
         raise ImageFormatError(f'CompressedImage ({fmt!r}, {buf.size} bytes) could not be decoded as jpeg/png')

@@ -12,13 +12,20 @@ Decision rule for a waiting depth frame with stamp t (per-topic stamps are assum
   * when the frame is pushed out of the queue or waited `max_wait`: pair with the best mask within `slop`
     received so far, else give up.
 A mask may serve several depth frames (masks slower than depth); each depth frame pairs at most once.
+
+Stamps that jump backwards (a looped bag, a restarted driver, a sim-time reset): when a depth or mask stamp is
+older than the newest of its own stream by more than `jump_tolerance` seconds, the old timeline is dropped —
+waiting depth frames newer than the jump target are decided now (best mask within slop, else unpaired), newer
+masks are discarded — and pairing starts again from the new stamps. Without this an old-timeline mask would
+sit after every new frame (so each is "decided" without a mask) and a new mask inserted at the front of a
+full queue would be evicted at once. `on_time_jump(stream, stamp_ns, newest_ns)` is called once per jump.
 """
 from __future__ import annotations
 
 import bisect
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -27,6 +34,7 @@ class PairingStats:
     unpaired: int = 0            # depth frames that got no mask within slop
     masks_received: int = 0
     last_offset_ns: int | None = None
+    time_jumps: int = 0          # backwards stamp jumps that restarted pairing
 
 
 @dataclass(order=True)
@@ -40,7 +48,9 @@ class _Entry:
 class MaskPairer:
     """Pairs depth frames with masks by stamp; see the module docstring for the rule."""
 
-    def __init__(self, queue_size: int = 10, slop_s: float = 0.05, max_wait_s: float = 1.0):
+    def __init__(self, queue_size: int = 10, slop_s: float = 0.05, max_wait_s: float = 1.0,
+                 jump_tolerance_s: float = 1.0,
+                 on_time_jump: Callable[[str, int, int], None] | None = None):
         if queue_size < 1:
             raise ValueError(f'queue_size must be >= 1, got {queue_size}')
         if slop_s < 0:
@@ -48,6 +58,9 @@ class MaskPairer:
         self.queue_size = int(queue_size)
         self.slop_ns = int(round(slop_s * 1e9))
         self.max_wait_s = float(max_wait_s)
+        self.jump_tolerance_ns = int(round(jump_tolerance_s * 1e9))
+        self.on_time_jump = on_time_jump
+        self._newest: dict[str, int | None] = {'depth': None, 'mask': None}
         self._depth: list[_Entry] = []
         self._masks: list[_Entry] = []
         self._seq = 0
@@ -59,20 +72,49 @@ class MaskPairer:
 
     def add_depth(self, stamp_ns: int, item: Any, now: float | None = None) -> list[tuple[Any, Any]]:
         """Queue a computed depth frame; returns the (depth item, mask item) pairs now decided."""
+        out = self._restart_if_jumped('depth', int(stamp_ns))
         bisect.insort(self._depth, self._entry(stamp_ns, item, now))
-        return self._settle(now)
+        return out + self._settle(now)
 
     def add_mask(self, stamp_ns: int, item: Any, now: float | None = None) -> list[tuple[Any, Any]]:
         """Queue a mask; returns the (depth item, mask item) pairs now decided."""
         self.stats.masks_received += 1
+        out = self._restart_if_jumped('mask', int(stamp_ns))
         bisect.insort(self._masks, self._entry(stamp_ns, item, now))
         if len(self._masks) > self.queue_size:
             del self._masks[0]
-        return self._settle(now)
+        return out + self._settle(now)
 
     def poll(self, now: float | None = None) -> list[tuple[Any, Any]]:
         """Decide frames that waited max_wait (call periodically)."""
         return self._settle(now)
+
+    def _restart_if_jumped(self, stream: str, stamp_ns: int) -> list[tuple[Any, Any]]:
+        """Drop the old timeline when `stream` jumped back past jump_tolerance; the pairs that decides."""
+        newest = self._newest[stream]
+        if newest is None or stamp_ns >= newest - self.jump_tolerance_ns:
+            self._newest[stream] = stamp_ns if newest is None else max(newest, stamp_ns)
+            return []
+        limit = stamp_ns + self.jump_tolerance_ns
+        out, keep = [], []
+        for d in self._depth:
+            if d.stamp_ns <= limit:
+                keep.append(d)
+                continue
+            best, _ = self._best(d.stamp_ns)             # its mask can only come from the old timeline
+            if best is None:
+                self.stats.unpaired += 1
+            else:
+                self.stats.paired += 1
+                self.stats.last_offset_ns = best.stamp_ns - d.stamp_ns
+                out.append((d.item, best.item))
+        self._depth = keep
+        self._masks = [m for m in self._masks if m.stamp_ns <= limit]
+        self._newest = {'depth': stamp_ns, 'mask': stamp_ns}     # both streams continue on the new timeline
+        self.stats.time_jumps += 1
+        if self.on_time_jump is not None:
+            self.on_time_jump(stream, stamp_ns, newest)
+        return out
 
     def _best(self, t: int) -> tuple[_Entry | None, bool]:
         """(nearest mask within slop or None, whether a mask at/after t exists)."""
@@ -108,3 +150,4 @@ class MaskPairer:
     def clear(self) -> None:
         self._depth.clear()
         self._masks.clear()
+        self._newest = {'depth': None, 'mask': None}

@@ -6,6 +6,7 @@ Uses only the `onnx` package (no torch), so the node and the tools can read it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ STAGES = ('scene', 'final')
 INPUT_NAME = 'image'
 OUTPUT_NAME = 'depth'
 MIN_OPSET = 17
+MAX_INPUT_SIDE = 16384              # pixels; larger network inputs are a typo, not a model
+INTRINSICS_NAMES = ('fx/W', 'fy/H', 'cx/W', 'cy/H')
 
 
 class ModelFormatError(ValueError):
@@ -61,36 +64,73 @@ class ModelMetadata:
         problems = []
         if g['format'] != FORMAT_VERSION:
             problems.append(f'dynadepth.format is {g["format"]!r}, this release reads {FORMAT_VERSION!r}')
-        try:
-            h, w = int(g['input_height']), int(g['input_width'])
-            if h <= 0 or w <= 0:
-                raise ValueError
-        except ValueError:
-            problems.append(f'input size {g["input_height"]!r}x{g["input_width"]!r} is not two positive integers')
-            h = w = 0
-        try:
-            dmin, dmax = float(g['min_depth']), float(g['max_depth'])
-            if not 0 < dmin < dmax:
-                problems.append(f'depth range {dmin}..{dmax} must satisfy 0 < min < max')
-        except ValueError:
-            problems.append(f'min/max depth {g["min_depth"]!r}/{g["max_depth"]!r} are not numbers')
-            dmin = dmax = 0.0
+        h, w = (_integer(k, g[k], 1, MAX_INPUT_SIDE, problems) for k in ('input_height', 'input_width'))
+        dmin, dmax = (_number(k, g[k], problems) for k in ('min_depth', 'max_depth'))
+        if dmin is not None and dmax is not None and not 0 < dmin < dmax:
+            problems.append(f'dynadepth.min_depth={dmin:g} and dynadepth.max_depth={dmax:g} must satisfy '
+                            f'0 < min < max (metres)')
         if g['metric'] not in ('true', 'false'):
             problems.append(f'dynadepth.metric must be "true" or "false", got {g["metric"]!r}')
-        try:
-            intr = tuple(float(v) for v in g['intrinsics'].split(','))
-            if len(intr) != 4 or min(intr[:2]) <= 0:
-                raise ValueError
-        except ValueError:
-            problems.append(f'dynadepth.intrinsics must be 4 numbers fx/W,fy/H,cx/W,cy/H, got {g["intrinsics"]!r}')
-            intr = (0.0,) * 4
+        intr = _intrinsics(g['intrinsics'], problems)
         if g['stage'] not in STAGES:
             problems.append(f'dynadepth.stage must be one of {STAGES}, got {g["stage"]!r}')
         if problems:
-            raise ModelFormatError(f'{source}: invalid dynadepth metadata: ' + '; '.join(problems))
+            raise ModelFormatError(f'{source}: invalid dynadepth metadata: ' + '; '.join(problems) + '. Re-export '
+                                   'the model, or fix the key with `dynadepth-model-info MODEL --set KEY=VALUE`')
         return cls(input_height=h, input_width=w, min_depth=dmin, max_depth=dmax, metric=g['metric'] == 'true',
                    intrinsics=intr, stage=g['stage'], dataset=g['dataset'], config_hash=g['config_hash'],
                    version=g['version'], format=g['format'])
+
+
+def _number(key: str, text: str, problems: list[str]) -> float | None:
+    """float(text) when it is a finite number, else None with the problem (naming dynadepth.<key>) appended."""
+    try:
+        v = float(text)
+    except ValueError:
+        problems.append(f'{PREFIX}{key} is {text!r}, not a number')
+        return None
+    if not math.isfinite(v):
+        problems.append(f'{PREFIX}{key} is {text!r}; it must be a finite number')
+        return None
+    return v
+
+
+def _integer(key: str, text: str, lo: int, hi: int, problems: list[str]) -> int:
+    """int(text) when it is an integer in [lo, hi], else 0 with the problem (naming dynadepth.<key>) appended."""
+    try:
+        v = int(text)
+    except ValueError:
+        problems.append(f'{PREFIX}{key} is {text!r}, not an integer')
+        return 0
+    if not lo <= v <= hi:
+        problems.append(f'{PREFIX}{key}={v} must be in {lo}..{hi} (pixels)')
+        return 0
+    return v
+
+
+def _intrinsics(text: str, problems: list[str]) -> tuple:
+    """(fx/W, fy/H, cx/W, cy/H) from 'a,b,c,d': finite, focal lengths > 0, principal point inside the image
+    ([0, 1]); else zeros with the problems (naming dynadepth.intrinsics and the component) appended."""
+    parts = text.split(',')
+    if len(parts) != 4:
+        problems.append(f'dynadepth.intrinsics must be 4 numbers fx/W,fy/H,cx/W,cy/H, got {text!r}')
+        return (0.0,) * 4
+    n = len(problems)
+    vals = []
+    for name, part in zip(INTRINSICS_NAMES, parts):
+        try:
+            v = float(part)
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v):
+            problems.append(f'dynadepth.intrinsics {name} is {part.strip()!r}; it must be a finite number')
+        elif name in ('fx/W', 'fy/H') and v <= 0:
+            problems.append(f'dynadepth.intrinsics {name}={v:g} must be > 0')
+        elif name in ('cx/W', 'cy/H') and not 0.0 <= v <= 1.0:
+            problems.append(f'dynadepth.intrinsics {name}={v:g} must be in [0, 1] (the principal point lies in '
+                            f'the image)')
+        vals.append(v)
+    return tuple(vals) if len(problems) == n else (0.0,) * 4
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:

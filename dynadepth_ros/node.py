@@ -4,6 +4,9 @@ A lifecycle node (rclpy.lifecycle.LifecycleNode): configure loads the model and 
 activate creates the subscriptions and starts the worker thread, deactivate/cleanup undo that. With
 `autostart` (default true, read-only) it configures and activates itself at start, so `ros2 run` alone gives
 a working node; if that configure fails the process exits with status 1 and the reason in the log.
+A watchdog checks the worker thread: if it died, or spent more than `worker_timeout` seconds on one frame,
+/diagnostics goes ERROR with the reason and the process exits with status 1 a moment later, so a launch
+respawn or a supervisor restarts it (a process that lives on without publishing would look healthy).
 
 Topics (relative, remappable)                                    QoS (defaults; change via qos_overrides.*)
   in  image               sensor_msgs/Image rgb8/bgr8/rgba8/bgra8/mono8       sensor data (best effort, depth 5)
@@ -18,7 +21,9 @@ Topics (relative, remappable)                                    QoS (defaults; 
 
 Processing is latest-frame-wins on one worker thread: the subscription callback only stores the newest
 image (a frame replaced before the worker took it counts as dropped), so there is never a backlog. Masks are
-paired with computed depth frames by stamp (mask_sync.py); depth never waits for a mask.
+paired with computed depth frames by stamp (mask_sync.py); depth never waits for a mask. Frames larger than
+`max_image_pixels` (a CompressedImage by its PNG/JPEG header, before decoding) are skipped as bad frames;
+camera_info with a focal length outside 0.1x..10x of the model's is ignored (with a throttled warning).
 """
 from __future__ import annotations
 
@@ -44,10 +49,10 @@ from visualization_msgs.msg import MarkerArray
 from dynadepth_ros import ros_messages
 from dynadepth_ros.camera import denormalise_intrinsics, scale_intrinsics
 from dynadepth_ros.colorize import colorize_depth
-from dynadepth_ros.image_codec import ImageFormatError
+from dynadepth_ros.image_codec import ImageFormatError, check_image_pixels
 from dynadepth_ros.inference import BACKENDS, PRECISIONS, BackendError, DepthEstimator
-from dynadepth_ros.inference.postprocess import (CameraCalibration, CameraInfoError, image_calibration,
-                                                 rescale_calibration)
+from dynadepth_ros.inference.postprocess import (CameraCalibration, CameraInfoError, focal_ratios,
+                                                 image_calibration, rescale_calibration)
 from dynadepth_ros.latency import RollingWindow
 from dynadepth_ros.mask_sync import MaskPairer
 from dynadepth_ros.model_format import ModelFormatError
@@ -60,6 +65,12 @@ CONFIGURE_PARAMS = ('model_path', 'backend', 'precision', 'fallback', 'trt_toler
                     'engine_path', 'intra_op_threads', 'aspect_tolerance', 'allow_relative_model')
 ACTIVATE_PARAMS = ('image_transport', 'mask_queue_size', 'mask_slop', 'mask_max_wait')
 THROTTLE_S = 5.0
+WATCHDOG_PERIOD_S = 0.5
+EXIT_GRACE_S = 1.0        # between the ERROR status on /diagnostics and the exit, so subscribers receive it
+
+
+class WorkerFailure(RuntimeError):
+    """The worker thread died or is stuck; raised out of the executor so that main() exits with status 1."""
 
 
 def _desc(text: str, *, read_only: bool = False, lo=None, hi=None, step=None, constraints: str = '') -> ParameterDescriptor:
@@ -113,6 +124,15 @@ PARAMETERS = {
     'colored_max_depth': (80.0, _desc('depth/colored: farthest depth of the colour scale (m)', lo=0.02, hi=10000.0)),
     'min_object_pixels': (20, _desc('smallest instance (pixels with valid depth) reported on `objects`',
                                     lo=1, hi=100000000)),
+    'max_image_pixels': (4096 * 4096, _desc(
+        'largest camera image (width x height pixels) processed; bigger frames are skipped and counted as bad '
+        'frames. A CompressedImage is checked from its PNG/JPEG header before decoding (a few hundred bytes can '
+        'declare 16000x16000 and make the decoder allocate gigabytes), a raw Image from its height and width',
+        lo=1, hi=1 << 30)),
+    'worker_timeout': (30.0, _desc(
+        'longest time (s) the worker may spend on one frame; beyond it (or if the worker thread dies) '
+        '/diagnostics goes ERROR and the process exits with status 1 so a launch respawn / supervisor restarts it',
+        lo=0.5, hi=3600.0)),
     'autostart': (True, _desc('configure and activate at start (false: wait for a lifecycle manager)',
                               read_only=True)),
     'diagnostics_period': (1.0, _desc('seconds between /diagnostics messages', read_only=True, lo=0.1, hi=60.0)),
@@ -150,10 +170,15 @@ class DepthNode(LifecycleNode):
         self._pairer: MaskPairer | None = None
         self._mask_sub = None
         self._throttle: dict[str, tuple[float, int]] = {}
+        self._busy_since: float | None = None    # monotonic time the worker started on its current item
+        self._worker_death = ''                   # the exception that ended the worker thread
+        self._fatal = ''                          # why the node exits (worker dead or stuck)
+        self._fatal_at = 0.0
         self._reset_stats()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diag_timer = self.create_timer(float(self.get_parameter('diagnostics_period').value),
                                              self._publish_diagnostics)
+        self._watchdog_timer = self.create_timer(WATCHDOG_PERIOD_S, self._watch_worker)
 
     # ---------------------------------------------------------------- parameters
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -185,7 +210,18 @@ class DepthNode(LifecycleNode):
             return
         self._throttle[key] = (now, 0)
         more = f' ({suppressed} similar in the last {THROTTLE_S:.0f} s not shown)' if suppressed else ''
-        getattr(self.get_logger(), level)(text + more)
+        self._log(level, text + more)
+
+    def _log(self, level: str, text: str) -> None:
+        """Log at `level` ('error', 'warning' or 'info'), one call site per severity: rclpy refuses a call site
+        whose severity changes between calls (ValueError), which would kill the worker."""
+        logger = self.get_logger()
+        if level == 'error':
+            logger.error(text)
+        elif level == 'warning':
+            logger.warning(text)
+        else:
+            logger.info(text)
 
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -251,8 +287,9 @@ class DepthNode(LifecycleNode):
             event_callbacks=self._sub_events('instance_mask'))
         self._subs.append(self._mask_sub)
         self._pairer = MaskPairer(int(self._p('mask_queue_size')), float(self._p('mask_slop')),
-                                  float(self._p('mask_max_wait')))
+                                  float(self._p('mask_max_wait')), on_time_jump=self._on_time_jump)
         self._running = True
+        self._busy_since, self._worker_death = None, ''
         self._worker = threading.Thread(target=self._work, name='dynadepth-worker', daemon=True)
         self._worker.start()
         self._phase = 'active'
@@ -260,7 +297,8 @@ class DepthNode(LifecycleNode):
                                f'({self._p("image_transport")}) on {self.resolve_topic_name("depth")}')
         return super().on_activate(state)
 
-    def _stop_worker(self) -> None:
+    def _stop_worker(self) -> bool:
+        """Stop the subscriptions and the worker; False when the worker did not stop (stuck)."""
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -269,9 +307,12 @@ class DepthNode(LifecycleNode):
             self._slot = None
             self._masks = []
             self._lock.notify_all()
+        stopped = True
         if self._worker is not None:
-            self._worker.join(timeout=10.0)
+            self._worker.join(timeout=1.0 if self._fatal else 10.0)
+            stopped = not self._worker.is_alive()
             self._worker = None
+        return stopped
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_worker()
@@ -279,12 +320,13 @@ class DepthNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def _release(self) -> None:
-        self._stop_worker()
+        stopped = self._stop_worker()
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
         if self.estimator is not None:
-            self.estimator.close()
+            if stopped:              # a stuck worker may still be inside the backend: leave it to process exit
+                self.estimator.close()
             self.estimator = None
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -340,6 +382,13 @@ class DepthNode(LifecycleNode):
 
     # ---------------------------------------------------------------- worker thread
     def _work(self) -> None:
+        try:
+            self._work_loop()
+        except BaseException as exc:          # recorded for the watchdog (_watch_worker), then the thread ends
+            self._worker_death = f'{type(exc).__name__}: {exc}'
+            raise
+
+    def _work_loop(self) -> None:
         while True:
             with self._lock:
                 while self._running and self._slot is None and not self._masks:
@@ -350,6 +399,7 @@ class DepthNode(LifecycleNode):
                     return
                 item, self._slot = self._slot, None
                 masks, self._masks = self._masks, []
+            self._busy_since = time.monotonic()
             try:
                 for m in masks:
                     self._handle_mask(m)
@@ -360,6 +410,45 @@ class DepthNode(LifecycleNode):
                 self._stats['errors'] += 1
                 self._log_throttled(f'error:{type(exc).__name__}', 'error',
                                     f'unexpected error while processing a frame: {type(exc).__name__}: {exc}')
+            finally:
+                self._busy_since = None
+
+    def _on_time_jump(self, stream: str, stamp_ns: int, newest_ns: int) -> None:
+        self.get_logger().warning(
+            f'{"image" if stream == "depth" else "instance_mask"} stamps went backwards by '
+            f'{(newest_ns - stamp_ns) / 1e9:.3f} s (looped bag, restarted driver or sim time reset?): '
+            f'mask pairing restarted from the new stamps')
+
+    # ---------------------------------------------------------------- watchdog (executor thread)
+    def _worker_failure(self) -> str:
+        """Why the worker can no longer publish depth ('' while it is healthy or not supposed to run)."""
+        worker = self._worker
+        if worker is None or not self._running:
+            return ''
+        if not worker.is_alive():
+            return f'worker thread died ({self._worker_death or "no exception recorded"}); no depth is published'
+        busy = self._busy_since
+        limit = float(self._p('worker_timeout'))
+        if busy is not None and time.monotonic() - busy > limit:
+            return (f'worker stuck for {time.monotonic() - busy:.1f} s on one frame (worker_timeout {limit:g} s); '
+                    f'no depth is published')
+        return ''
+
+    def _watch_worker(self) -> None:
+        """Timer: on a dead or stuck worker report ERROR on /diagnostics, then (EXIT_GRACE_S later) raise
+        WorkerFailure out of the executor so that main() exits with status 1."""
+        if self._fatal:
+            if time.monotonic() - self._fatal_at >= EXIT_GRACE_S:
+                raise WorkerFailure(self._fatal)
+            return
+        reason = self._worker_failure()
+        if not reason:
+            return
+        self._fatal = self._status_error = reason
+        self._fatal_at = time.monotonic()
+        self.get_logger().fatal(f'{reason}; exiting with status 1 so that a supervisor (launch respawn) '
+                                f'restarts the node')
+        self._publish_diagnostics()
 
     def _image_intrinsics(self, h: int, w: int) -> CameraCalibration | None:
         info = self._camera_info
@@ -368,6 +457,9 @@ class DepthNode(LifecycleNode):
             return None
         try:
             calib, note = image_calibration(ros_messages.camera_info_to_calibration(info), h, w)
+            m = self.estimator.metadata       # implausible focal lengths: keep the model's intrinsics
+            focal_ratios(self.estimator.plan_for(h, w).model_intrinsics(calib.K), m.intrinsics, m.input_height,
+                         m.input_width)
         except CameraInfoError as exc:
             self._stats['camera_info_errors'] += 1
             self._camera_info_note = f'ignored: {exc}'
@@ -379,8 +471,13 @@ class DepthNode(LifecycleNode):
         return calib
 
     def _handle_image(self, kind: str, msg) -> None:
+        max_pixels = int(self._p('max_image_pixels'))
         try:
-            rgb = ros_messages.compressed_to_rgb(msg) if kind == 'compressed' else ros_messages.image_to_rgb(msg)
+            if kind == 'compressed':
+                rgb = ros_messages.compressed_to_rgb(msg, max_pixels)
+            else:
+                check_image_pixels(int(msg.width), int(msg.height), max_pixels, f'{msg.encoding} Image')
+                rgb = ros_messages.image_to_rgb(msg)
         except ImageFormatError as exc:
             self._stats['bad_frames'] += 1
             self._last_bad = str(exc)
@@ -496,6 +593,7 @@ class DepthNode(LifecycleNode):
             'objects_published': st['objects_out'],
             'colored_published': st['colored_out'],
             'objects_unpaired': self._pairer.stats.unpaired if self._pairer else 0,
+            'stamp_jumps_back': self._pairer.stats.time_jumps if self._pairer else 0,
             'camera_info': self._camera_info_note,
             'qos_incompatible_events': st['qos_incompatible'],
             'errors': st['errors'],
@@ -542,6 +640,8 @@ def main(args=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except WorkerFailure:                 # already logged (fatal) and reported on /diagnostics
+        code = 1
     finally:
         if node is not None:
             try:

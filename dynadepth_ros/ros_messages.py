@@ -35,9 +35,10 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return image_codec.to_rgb8(msg.encoding, msg.height, msg.width, msg.step, _buf(msg.data), bool(msg.is_bigendian))
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """uint8 [H,W,3] RGB from a jpeg/png CompressedImage (ImageFormatError otherwise)."""
-    return image_codec.decode_compressed(msg.format, _buf(msg.data))
+def compressed_to_rgb(msg: CompressedImage, max_pixels: int | None = None) -> np.ndarray:
+    """uint8 [H,W,3] RGB from a jpeg/png CompressedImage (ImageFormatError otherwise, and for more than
+    max_pixels pixels by its header, before decoding)."""
+    return image_codec.decode_compressed(msg.format, _buf(msg.data), max_pixels)
 
 
 def mask_to_labels(msg: Image) -> np.ndarray:

@@ -78,3 +78,52 @@ def test_compressed_png_and_jpeg_decode_to_rgb(rgb):
 def test_garbage_compressed_data_is_a_clear_error():
     with pytest.raises(ic.ImageFormatError, match='could not be decoded'):
         ic.decode_compressed('jpeg', b'not an image at all')
+
+
+def _png_declaring(width, height):
+    """A PNG whose IHDR declares width x height (8-bit RGB) with only a stub of image data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0))
+            + chunk(b'IDAT', zlib.compress(b'\x00' * 64)) + chunk(b'IEND', b''))
+
+
+def _jpeg_declaring(width, height):
+    """A real small JPEG whose SOF header is rewritten to declare width x height (after an APP and a DQT segment)."""
+    ok, jpg = cv2.imencode('.jpg', np.zeros((16, 24, 3), np.uint8))
+    data = bytearray(jpg.tobytes())
+    i = 2
+    while data[i + 1] not in (0xC0, 0xC1, 0xC2):     # walk the segments to the SOF
+        i += 2 + int.from_bytes(data[i + 2:i + 4], 'big')
+    assert int.from_bytes(data[i + 5:i + 7], 'big') == 16 and int.from_bytes(data[i + 7:i + 9], 'big') == 24
+    data[i + 5:i + 7] = height.to_bytes(2, 'big')
+    data[i + 7:i + 9] = width.to_bytes(2, 'big')
+    return bytes(data)
+
+
+def test_compressed_size_is_read_from_the_png_and_jpeg_headers():
+    assert ic.compressed_image_size(_png_declaring(16000, 16000)) == (16000, 16000)
+    assert ic.compressed_image_size(_jpeg_declaring(640, 480)) == (640, 480)
+    ok, png = cv2.imencode('.png', np.zeros((5, 7, 3), np.uint8))
+    assert ic.compressed_image_size(png.tobytes()) == (7, 5)
+    for bad in (b'', b'\x89PNG\r\n\x1a\n\x00', b'\xff\xd8\xff\xe0\x00', b'GIF89a' + b'\x00' * 20):
+        with pytest.raises(ic.ImageFormatError):
+            ic.compressed_image_size(bad)
+
+
+@pytest.mark.parametrize('kind', ['png', 'jpeg'])
+def test_compressed_image_over_max_pixels_is_refused_before_decoding(kind):
+    """A decompression bomb: a few hundred bytes declaring 16000x16000 (256 Mpx) is refused from its header."""
+    bomb = _png_declaring(16000, 16000) if kind == 'png' else _jpeg_declaring(16000, 16000)
+    assert len(bomb) < 2000
+    with pytest.raises(ic.ImageFormatError, match=r'16000x16000.*max_image_pixels'):
+        ic.decode_compressed(kind, bomb, max_pixels=4096 * 4096)
+    ok, png = cv2.imencode('.png', np.zeros((48, 64, 3), np.uint8))
+    assert ic.decode_compressed('png', png.tobytes(), max_pixels=48 * 64).shape == (48, 64, 3)
+    with pytest.raises(ic.ImageFormatError, match='64x48'):
+        ic.decode_compressed('png', png.tobytes(), max_pixels=48 * 64 - 1)
+    with pytest.raises(ic.ImageFormatError, match='neither PNG nor JPEG'):
+        ic.decode_compressed('bmp', cv2.imencode('.bmp', np.zeros((4, 4, 3), np.uint8))[1].tobytes(), max_pixels=100)

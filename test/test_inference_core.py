@@ -106,6 +106,36 @@ def test_camera_info_for_another_resolution_is_scaled_with_a_note_or_refused():
         image_calibration(_calib(fx=0.0), 720, 1280)
 
 
+@pytest.mark.parametrize('fx,fy,field', [(1e300, None, 'fx'), (1e6, None, 'fx'), (1e-300, 1e-300, 'fx'),
+                                         (None, 1.92 * 128 * 100, 'fy'), (0.58 * 384 * 0.05, None, 'fx')])
+def test_focal_scale_refuses_focal_lengths_far_from_the_model(fx, fy, field):
+    """Outside 0.1x..10x of the training focal (scaled to the image) a camera_info is refused, naming the field."""
+    plan = plan_crop(128, 384, 64, 192)
+    K = intrinsics_matrix(fx or 0.58 * 384, fy or 1.92 * 128, 192, 64)
+    with pytest.raises(CameraInfoError, match=rf'{field}=.*0\.1x\.\.10x'):
+        focal_scale(plan.model_intrinsics(K), INTR, 64, 192)
+    for ok in (0.11, 9.9):
+        K = intrinsics_matrix(0.58 * 384 * ok, 1.92 * 128 * ok, 192, 64)
+        assert focal_scale(plan.model_intrinsics(K), INTR, 64, 192) == pytest.approx(ok)
+
+
+def test_unusable_camera_info_names_the_wrong_field():
+    bad_cx = _calib()
+    bad_cx.K[0, 2] = np.nan
+    with pytest.raises(CameraInfoError, match=r'\bcx=nan'):
+        image_calibration(bad_cx, 720, 1280)
+    bad_p = _calib()
+    bad_p.P[0, 3] = np.inf
+    with pytest.raises(CameraInfoError, match=r'P\[0,3\]'):
+        image_calibration(bad_p, 720, 1280)
+    with pytest.raises(CameraInfoError, match='binning_x=4000000000'):
+        image_calibration(_calib(binning_x=4_000_000_000), 720, 1280)
+    with pytest.raises(CameraInfoError, match='binning_y=721'):
+        image_calibration(_calib(binning_y=721), 1, 1280)
+    with pytest.raises(CameraInfoError, match='roi'):
+        image_calibration(_calib(roi=(1000, 0, 1000, 720, False)), 720, 1000)
+
+
 # ------------------------------------------------------------------ estimator on a real ORT session
 def test_estimator_metres_at_input_size_from_contract_model(est):
     rgb = np.zeros((64, 192, 3), np.uint8)
@@ -224,6 +254,33 @@ def test_pairer_decides_after_max_wait_and_on_overflow():
     for i in range(3):
         p.add_depth((500 + i) * ms, f'x{i}', now=1.0)
     assert p.stats.unpaired == 1                        # the oldest was pushed out without a mask
+
+
+@pytest.mark.parametrize('first', ['depth', 'mask'])
+def test_pairer_pairs_again_after_the_stamps_jump_backwards(first):
+    """A looped bag / restarted driver / sim-time reset: the old timeline is dropped, the new one pairs."""
+    s = 1_000_000_000
+    jumps = []
+    p = MaskPairer(queue_size=5, slop_s=0.02, max_wait_s=10.0)
+    p.on_time_jump = lambda *a: jumps.append(a)       # (stream, stamp_ns, newest_ns) per detected jump
+    for t in range(100, 120):                            # 20 s of paired frames, the mask queue full
+        p.add_depth(t * s, f'd{t}', now=0)
+        assert p.add_mask(t * s, f'm{t}', now=0) == [(f'd{t}', f'm{t}')]
+    p.add_depth(120 * s, 'pending', now=0)               # from the old timeline, still waiting
+    for t in range(10, 15):                              # back to 10 s: both streams, either order
+        if first == 'depth':
+            assert p.add_depth(t * s, f'd{t}', now=0) == []
+            assert p.add_mask(t * s, f'm{t}', now=0) == [(f'd{t}', f'm{t}')]
+        else:
+            assert p.add_mask(t * s, f'm{t}', now=0) == []
+            assert p.add_depth(t * s, f'd{t}', now=0) == [(f'd{t}', f'm{t}')]
+    assert p.stats.paired == 25 and p.stats.time_jumps == 1 and len(jumps) == 1    # logged once
+    assert jumps[0][1:] == (10 * s, (120 if first == 'depth' else 119) * s)
+    assert p.stats.unpaired == 1                         # `pending` was given up at the jump, not paired with 10 s
+    small = MaskPairer(queue_size=5, slop_s=0.02, max_wait_s=10.0)
+    small.add_mask(100 * s, 'm', now=0)
+    small.add_mask(100 * s - s // 2, 'late', now=0)      # 0.5 s back: within the tolerance, no reset
+    assert small.stats.time_jumps == 0 and small.stats.paired == 0
 
 
 # ------------------------------------------------------------------ rolling stats / colour

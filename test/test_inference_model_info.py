@@ -1,11 +1,14 @@
 """`dynadepth-model-info`: prints and validates metadata; exit 2 with a clear message when invalid."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from contract_model import make_contract_model
-from dynadepth_ros.model_format import read_metadata
+from dynadepth_ros.model_format import ModelFormatError, ModelMetadata, read_metadata
 from dynadepth_ros.model_info import main
 
 
@@ -52,3 +55,26 @@ def test_console_script_exit_status(tmp_path):
     bare = make_contract_model(tmp_path / 'bare.onnx', with_metadata=False)
     r = subprocess.run(cmd + [str(bare)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and 'INVALID' in r.stderr
+
+
+@pytest.mark.parametrize('key,value', [
+    ('intrinsics', 'nan,1.92,0.5,0.5'), ('intrinsics', '0.58,inf,0.5,0.5'), ('intrinsics', '0.58,1.92,nan,0.5'),
+    ('intrinsics', '0.58,1.92,0.5,-3'), ('intrinsics', '-0.58,1.92,0.5,0.5'), ('min_depth', 'nan'),
+    ('max_depth', 'inf'), ('max_depth', 'nan'), ('min_depth', '-1'),
+])
+def test_non_finite_or_impossible_metadata_is_refused_naming_the_key(tmp_path, capsys, key, value):
+    m = make_contract_model(tmp_path / 'm.onnx', extra_props={f'dynadepth.{key}': value})
+    assert main([str(m)]) == 2, f'dynadepth.{key}={value} accepted'
+    err = capsys.readouterr().err
+    assert f'dynadepth.{key}' in err and 'INVALID' in err, err
+
+
+def test_metadata_validation_names_every_bad_key():
+    good = ModelMetadata(64, 192, 0.1, 80.0, True, (0.58, 1.92, 0.5, 0.5), 'final', 'd', 'h', 'v').to_props()
+    assert ModelMetadata.from_props(good).max_depth == 80.0
+    bad = dict(good, **{'dynadepth.min_depth': 'nan', 'dynadepth.intrinsics': f'0.58,{math.nan},0.5,0.5',
+                        'dynadepth.input_width': '100000'})
+    with pytest.raises(ModelFormatError) as exc:
+        ModelMetadata.from_props(bad)
+    for key in ('dynadepth.min_depth', 'dynadepth.intrinsics', 'fy/H', 'dynadepth.input_width'):
+        assert key in str(exc.value), str(exc.value)

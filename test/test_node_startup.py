@@ -30,11 +30,13 @@ def test_unusable_models_and_engines_are_refused_with_a_clear_message(tmp_path):
     truncated = tmp_path / 'truncated.onnx'
     truncated.write_bytes(make_contract_model(tmp_path / 'full.onnx').read_bytes()[:300])
     relative = make_contract_model(tmp_path / 'relative.onnx', metric=False)
+    nan_intr = make_contract_model(tmp_path / 'nan_intr.onnx', extra_props={'dynadepth.intrinsics': 'nan,1.92,0.5,0.5'})
     engine = _corrupt_engine(tmp_path / 'model.engine')
     cases = {
         'bare': (['-p', f'model_path:={bare}'], 'missing dynadepth metadata'),
         'truncated': (['-p', f'model_path:={truncated}'], 'not a readable ONNX file'),
         'relative': (['-p', f'model_path:={relative}'], 'is not metric'),
+        'nan_intrinsics': (['-p', f'model_path:={nan_intr}'], 'dynadepth.intrinsics'),
         'engine': (['-p', f'model_path:={tmp_path / "full.onnx"}', '-p', 'backend:=tensorrt', '-p', 'fallback:=false',
                     '-p', f'engine_path:={engine}'], 'is corrupt: sha256'),
         'backend': (['-p', f'model_path:={tmp_path / "full.onnx"}', '-p', 'backend:=cuda'], "backend='cuda'"),

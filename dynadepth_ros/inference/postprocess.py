@@ -6,7 +6,8 @@ Order of operations on one image:
   2. Focal-length compensation (`focal_scale`, metric models only): a metric network trained with focal
      f_train (metadata intrinsics at the model input) that sees a camera whose focal at the model input is
      f_cam predicts depth f_train/f_cam too small/large; depth is multiplied by f_cam / f_train (geometric
-     mean of the x and y ratios, since a resize may scale the two axes slightly differently).
+     mean of the x and y ratios, since a resize may scale the two axes slightly differently). A camera focal
+     outside FOCAL_RATIO_RANGE (0.1x..10x) of the training focal is refused (CameraInfoError) as implausible.
   3. `to_output_geometry`: the (cropped) model window is resized onto the output image (the source image
      geometry scaled to output_size), interpolating inverse depth (as monodepth2 does for disparity);
      pixels outside the crop window are NaN.
@@ -35,17 +36,43 @@ def clean_depth(raw: np.ndarray, min_depth: float, max_depth: float) -> np.ndarr
     return out
 
 
+# A camera focal length (at the model input) outside this multiple of the model's training focal is refused:
+# fx = 1e300 gives all-inf depth, 1e6 absurd ranges, 1e-300 all NaN; a real lens swap stays well inside.
+FOCAL_RATIO_RANGE = (0.1, 10.0)
+
+
+def focal_ratios(K_model: np.ndarray, train_intrinsics, model_h: int, model_w: int) -> tuple[float, float]:
+    """(fx_cam / fx_train, fy_cam / fy_train) at the model input.
+
+    K_model: float64 [3,3] camera intrinsics at the model input (CropPlan.model_intrinsics);
+    train_intrinsics: normalised (fx/W, fy/H, cx/W, cy/H) from the model metadata.
+    CameraInfoError naming fx or fy when a focal is not finite and positive or outside FOCAL_RATIO_RANGE.
+    """
+    lo, hi = FOCAL_RATIO_RANGE
+    ratios = []
+    for name, f, f_train in (('fx', float(K_model[0, 0]), float(train_intrinsics[0]) * model_w),
+                             ('fy', float(K_model[1, 1]), float(train_intrinsics[1]) * model_h)):
+        if not np.isfinite(f) or f <= 0:
+            raise CameraInfoError(f'camera_info has {name}={f:g} at the model input; is the camera calibrated?')
+        ratio = f / f_train
+        if not lo <= ratio <= hi:
+            raise CameraInfoError(
+                f'camera_info {name} is {ratio:.3g}x the focal length the model was trained with ({name}={f:g} px '
+                f'vs {f_train:g} px at the model input); focal lengths outside {lo:g}x..{hi:g}x of the model\'s are '
+                f'implausible (wrong units, another camera\'s calibration, or an uncalibrated driver?)')
+        ratios.append(ratio)
+    return ratios[0], ratios[1]
+
+
 def focal_scale(K_model: np.ndarray, train_intrinsics, model_h: int, model_w: int) -> float:
     """f_cam / f_train at the model input: sqrt((fx_cam/fx_train) * (fy_cam/fy_train)).
 
     K_model: float64 [3,3] camera intrinsics at the model input (CropPlan.model_intrinsics);
     train_intrinsics: normalised (fx/W, fy/H, cx/W, cy/H) from the model metadata.
+    CameraInfoError for a focal that is not positive and finite or implausible (see focal_ratios).
     """
-    fx, fy = float(K_model[0, 0]), float(K_model[1, 1])
-    if not (np.isfinite(fx) and np.isfinite(fy)) or fx <= 0 or fy <= 0:
-        raise CameraInfoError(f'camera_info has fx={fx:g}, fy={fy:g} at the model input; is the camera calibrated?')
-    fx_t, fy_t = float(train_intrinsics[0]) * model_w, float(train_intrinsics[1]) * model_h
-    return float(np.sqrt((fx / fx_t) * (fy / fy_t)))
+    rx, ry = focal_ratios(K_model, train_intrinsics, model_h, model_w)
+    return float(np.sqrt(rx * ry))
 
 
 def to_output_geometry(depth_model: np.ndarray, plan: CropPlan, out_h: int, out_w: int) -> np.ndarray:
@@ -94,18 +121,47 @@ class CameraCalibration:
         return rh // by, rw // bx
 
 
+_K_NAMES = {(0, 0): 'fx', (0, 1): 'skew', (0, 2): 'cx', (1, 1): 'fy', (1, 2): 'cy'}
+
+
+def _check_fields(calib: CameraCalibration, K: np.ndarray, P: np.ndarray) -> None:
+    """CameraInfoError naming the first field of calib that cannot describe any image."""
+    for (r, c), v in np.ndenumerate(K):
+        if not np.isfinite(v):
+            name = _K_NAMES.get((r, c), f'K[{r},{c}]')
+            raise CameraInfoError(f'camera_info has {name}={v:g} (k[{3 * r + c}]); is the camera calibrated?')
+    for name, v in (('fx', K[0, 0]), ('fy', K[1, 1])):
+        if v <= 0:
+            raise CameraInfoError(f'camera_info has {name}={v:g}; is the camera calibrated?')
+    for (r, c), v in np.ndenumerate(P):
+        if not np.isfinite(v):
+            raise CameraInfoError(f'camera_info has P[{r},{c}]={v:g} (p[{4 * r + c}]); fix the projection matrix '
+                                  f'or publish all zeros to use K')
+    x, y, rw, rh = calib.roi[:4]
+    if rw > 0 and rh > 0 and calib.width > 0 and calib.height > 0 and (x + rw > calib.width or
+                                                                          y + rh > calib.height):
+        raise CameraInfoError(f'camera_info roi (x_offset={x}, y_offset={y}, width={rw}, height={rh}) lies outside '
+                              f'the calibrated {calib.width}x{calib.height} image')
+    if rw <= 0 or rh <= 0:
+        rw, rh = calib.width, calib.height
+    for name, b, side in (('binning_x', calib.binning_x, rw), ('binning_y', calib.binning_y, rh)):
+        if b > 1 and side > 0 and b > side:
+            raise CameraInfoError(f'camera_info has {name}={b}, more than the {side} px it bins; '
+                                  f'is {name} set (0 or 1 = no binning)?')
+
+
 def image_calibration(calib: CameraCalibration, image_h: int, image_w: int,
                       resize_aspect_tolerance: float = 0.01) -> tuple[CameraCalibration, str | None]:
     """(calibration of the image as received — ROI and binning applied, P filled from K when all zero —, note).
 
     When the image size differs from what camera_info describes but the aspect ratio agrees (within
     `resize_aspect_tolerance`), the image is taken as a plain resize and K/P are scaled, and `note` says so;
-    otherwise CameraInfoError. Also CameraInfoError for fx/fy <= 0 or non-finite K.
+    otherwise CameraInfoError. Also CameraInfoError naming the field for fx/fy <= 0, a non-finite K or P entry,
+    an ROI outside the calibrated image or a binning larger than the image it bins.
     """
     K = np.asarray(calib.K, np.float64).reshape(3, 3)
     P = np.asarray(calib.P, np.float64).reshape(3, 4)
-    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise CameraInfoError(f'camera_info has fx={K[0, 0]:g}, fy={K[1, 1]:g}; is the camera calibrated?')
+    _check_fields(calib, K, P)
     note = None
     if not np.any(P):
         P = np.hstack([K, np.zeros((3, 1))])
