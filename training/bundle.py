@@ -92,5 +92,7 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '') -> 
         lines += ['', f'## {name}', '', text.strip()]
     write_text_atomic(model.parent / 'training_report.md', '\n'.join(lines) + '\n')
     write_bytes_atomic(model.parent / 'training_report.json', (json.dumps(report, indent=1) + '\n').encode())
+    for name in ('training_report.md', 'training_report.json'):      # package data: readable by every user
+        (model.parent / name).chmod(0o644)
     return {'model': str(model), 'baseline': str(baseline), 'report': str(model.parent / 'training_report.md'),
             'bytes': size}
