@@ -101,13 +101,7 @@ class MaskPairer:
             if d.stamp_ns <= limit:
                 keep.append(d)
                 continue
-            best, _ = self._best(d.stamp_ns)             # its mask can only come from the old timeline
-            if best is None:
-                self.stats.unpaired += 1
-            else:
-                self.stats.paired += 1
-                self.stats.last_offset_ns = best.stamp_ns - d.stamp_ns
-                out.append((d.item, best.item))
+            self._record(d, self._best(d.stamp_ns)[0], out)   # its mask can only come from the old timeline
         self._depth = keep
         self._masks = [m for m in self._masks if m.stamp_ns <= limit]
         self._newest = {'depth': stamp_ns, 'mask': stamp_ns}     # both streams continue on the new timeline
@@ -126,6 +120,15 @@ class MaskPairer:
         best = min(cands, key=lambda m: (abs(m.stamp_ns - t), m.stamp_ns)) if cands else None
         return best, after is not None
 
+    def _record(self, d: _Entry, best: _Entry | None, out: list) -> None:
+        """Count a depth frame that is settled, and append (depth, mask) to `out` when it has a mask."""
+        if best is None:
+            self.stats.unpaired += 1
+        else:
+            self.stats.paired += 1
+            self.stats.last_offset_ns = best.stamp_ns - d.stamp_ns
+            out.append((d.item, best.item))
+
     def _settle(self, now: float | None) -> list[tuple[Any, Any]]:
         now = time.monotonic() if now is None else now
         out = []
@@ -136,12 +139,7 @@ class MaskPairer:
             exact = best is not None and best.stamp_ns == d.stamp_ns
             final = k < n_over or now - d.arrived >= self.max_wait_s
             if exact or decided or final:
-                if best is None:
-                    self.stats.unpaired += 1
-                else:
-                    self.stats.paired += 1
-                    self.stats.last_offset_ns = best.stamp_ns - d.stamp_ns
-                    out.append((d.item, best.item))
+                self._record(d, best, out)
             else:
                 keep.append(d)
         self._depth = keep

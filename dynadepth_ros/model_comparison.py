@@ -17,15 +17,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .dataset_layout import Sequence
+from .dataset_layout import Frame, Sequence
 from .metrics import MetricAccumulator, evaluate_frame
 
 REGIONS = ('dynamic', 'lead', 'static', 'all')
 ERROR_MAX = 0.5          # AbsRel shown at full brightness in the error panels
 
 
-def sequence_regions(seq: Sequence, i: int, lead_id: int | None, lead_frames: list[bool]) -> dict[str, np.ndarray]:
-    f = seq.frame(i)
+def frame_regions(f: Frame, lead_id: int | None, lead_frames: list[bool]) -> dict[str, np.ndarray]:
+    """bool [H,W] masks of frame f: dynamic, lead (module docstring) and static."""
+    i = f.index
     dynamic = np.isin(f.mask, [x.id for x in f.instances if x.moving]) & (f.mask > 0)
     lead = (f.mask == lead_id) if (lead_id is not None and i < len(lead_frames) and lead_frames[i]) \
         else np.zeros(f.mask.shape, bool)
@@ -43,7 +44,7 @@ def compare_on_sequence(seq_dir: str | Path, models: dict[str, str | Path], back
     lead_id, lead_frames = meta.get('lead_id'), list(meta.get('lead_frames') or [])
     estimators = {name: DepthEstimator(path, backend=backend, fallback=False, max_batch=1)
                   for name, path in models.items()}
-    gts = [seq.frame(i).depth for i in range(len(seq))]
+    gts = [seq.depth(i) for i in range(len(seq))]
     valid = np.stack([g > 0 for g in gts])
     mean_depth = np.where(valid.any(0), np.stack(gts).sum(0) / np.maximum(valid.sum(0), 1), np.nan).astype(np.float32)
     lead_idx = [i for i in range(len(seq)) if i < len(lead_frames) and lead_frames[i]]
@@ -55,7 +56,7 @@ def compare_on_sequence(seq_dir: str | Path, models: dict[str, str | Path], back
     preds: dict[str, dict[int, np.ndarray]] = {name: {} for name in models}
     for i in range(len(seq)):
         f = seq.frame(i)
-        regions = sequence_regions(seq, i, lead_id, lead_frames)
+        regions = frame_regions(f, lead_id, lead_frames)
         for name, est in estimators.items():
             t0 = time.perf_counter()
             depth = est.infer(f.rgb, seq.calib.K)
@@ -115,7 +116,7 @@ def write_strip(cmp: dict, a: str, b: str, path: Path) -> Path:
     rows = []
     for i in cmp['strip_frames']:
         f = seq.frame(i)
-        lead = sequence_regions(seq, i, meta.get('lead_id'), list(meta.get('lead_frames') or []))['lead']
+        lead = frame_regions(f, meta.get('lead_id'), list(meta.get('lead_frames') or []))['lead']
         panels = [_label(f.rgb, f'frame {i}')]
         errs = []
         for name in (a, b):

@@ -10,7 +10,7 @@ import pytest
 
 from contract_model import make_contract_model
 from dynadepth_ros.dataset_layout import Sequence
-from dynadepth_ros.model_comparison import comparison_table, compare_on_sequence, sequence_regions, write_strip
+from dynadepth_ros.model_comparison import comparison_table, compare_on_sequence, frame_regions, write_strip
 from dynadepth_ros.synth import generate_split
 
 H, W, FRAMES = 64, 192, 6
@@ -29,8 +29,8 @@ def test_regions_partition_the_frame_and_lead_is_the_car_ahead(seq_dir):
     meta = json.loads((seq_dir / 'synth.json').read_text())
     lead_seen = 0
     for i in range(len(seq)):
-        r = sequence_regions(seq, i, meta['lead_id'], meta['lead_frames'])
         f = seq.frame(i)
+        r = frame_regions(f, meta['lead_id'], meta['lead_frames'])
         assert not (r['dynamic'] & r['static']).any() and (r['dynamic'] | r['static']).all()
         assert not (r['lead'] & ~r['dynamic']).any()
         if meta['lead_frames'][i]:

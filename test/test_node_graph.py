@@ -150,24 +150,26 @@ def depth_array(msg):
     return np.frombuffer(bytes(msg.data), '<f4').reshape(msg.height, msg.width)
 
 
-@pytest.fixture(scope='module')
-def graph(tmp_path_factory):
-    d = tmp_path_factory.mktemp('node')
+def running_node(d, image_type=Image, image_topic='image', params=(), ns=NS, name=NAME):
+    """Start depth_node (contract model under d, log d/node.log) with `params` ('name:=value'), subscribe to its
+    outputs and /diagnostics, publish `image_type` on `image_topic` and a mask; yield the Graph once the node
+    is connected, then stop it. For module fixtures: `yield from running_node(...)`. ns, name: the node's."""
     model = make_contract_model(d / 'contract.onnx')
     log_path = d / 'node.log'
+    extra = [a for p in params for a in ('-p', p)]
     with open(log_path, 'w') as log:
         proc = subprocess.Popen(depth_node_cmd() + [
-            '--ros-args', '-p', f'model_path:={model}', '-p', 'intra_op_threads:=1',
-            '-r', f'__node:={NAME}', '-r', f'__ns:={NS}'], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+            '--ros-args', '-p', f'model_path:={model}', '-p', 'intra_op_threads:=1', *extra,
+            '-r', f'__node:={name}', '-r', f'__ns:={ns}'], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     g = Graph()
     g.proc, g.log_path, g.model = proc, log_path, model
     for mtype, topic in ((Image, 'depth'), (CameraInfo, 'depth/camera_info'), (MarkerArray, 'objects')):
-        g.sub(mtype, f'{NS}/{topic}')
+        g.sub(mtype, f'{ns}/{topic}')
     g.sub(DiagnosticArray, '/diagnostics')
-    img_pub = g.pub(Image, f'{NS}/image')
-    mask_pub = g.pub(Image, f'{NS}/instance_mask')     # a mask source exists from the start, like a segmenter
+    img_pub = g.pub(image_type, f'{ns}/{image_topic}')
+    mask_pub = g.pub(Image, f'{ns}/instance_mask')     # a mask source exists from the start, like a segmenter
     ok = g.wait(lambda: img_pub.get_subscription_count() > 0 and mask_pub.get_subscription_count() > 0
-                and g.node.count_publishers(f'{NS}/depth') > 0, 30)
+                and g.node.count_publishers(f'{ns}/depth') > 0, 30)
     if not ok:
         proc.kill()
         pytest.fail(f'depth_node did not come up; log:\n{log_path.read_text()}')
@@ -176,6 +178,11 @@ def graph(tmp_path_factory):
         proc.kill()
         proc.wait()
     g.close()
+
+
+@pytest.fixture(scope='module')
+def graph(tmp_path_factory):
+    yield from running_node(tmp_path_factory.mktemp('node'))
 
 
 def out_stamp(m):

@@ -21,11 +21,10 @@ rclpy = pytest.importorskip('rclpy')
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
-from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from contract_model import expected_depth, make_contract_model  # noqa: E402
-from test_node_graph import (FRAME, INTR, Graph, camera_info_msg, depth_array, depth_node_cmd, label_msg,  # noqa: E402
-                             next_stamp, same_stamp, send_and_wait)
+from test_node_graph import (FRAME, INTR, Graph, camera_info_msg, depth_array, label_msg,  # noqa: E402
+                             next_stamp, running_node, same_stamp, send_and_wait)
 
 NS, NAME = '/dd_robust_ns', 'dd_robust'
 MAX_PIXELS = 1_000_000
@@ -52,32 +51,8 @@ def diag(g, name, pred=lambda v: True, timeout=10.0):
 
 @pytest.fixture(scope='module')
 def robust(tmp_path_factory):
-    d = tmp_path_factory.mktemp('robust')
-    model = make_contract_model(d / 'contract.onnx')
-    log_path = d / 'node.log'
-    with open(log_path, 'w') as log:
-        proc = subprocess.Popen(depth_node_cmd() + [
-            '--ros-args', '-p', f'model_path:={model}', '-p', 'intra_op_threads:=1',
-            '-p', 'image_transport:=compressed', '-p', f'max_image_pixels:={MAX_PIXELS}',
-            '-r', f'__node:={NAME}', '-r', f'__ns:={NS}'],
-            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    g = Graph()
-    g.proc, g.log_path = proc, log_path
-    for mtype, topic in ((Image, 'depth'), (CameraInfo, 'depth/camera_info'), (MarkerArray, 'objects')):
-        g.sub(mtype, f'{NS}/{topic}')
-    g.sub(DiagnosticArray, '/diagnostics')
-    img_pub = g.pub(CompressedImage, f'{NS}/image/compressed')
-    mask_pub = g.pub(Image, f'{NS}/instance_mask')
-    ok = g.wait(lambda: img_pub.get_subscription_count() > 0 and mask_pub.get_subscription_count() > 0
-                and g.node.count_publishers(f'{NS}/depth') > 0, 30)
-    if not ok:
-        proc.kill()
-        pytest.fail(f'depth_node did not come up; log:\n{log_path.read_text()}')
-    yield g
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    g.close()
+    yield from running_node(tmp_path_factory.mktemp('robust'), CompressedImage, 'image/compressed',
+                            ('image_transport:=compressed', f'max_image_pixels:={MAX_PIXELS}'), NS, NAME)
 
 
 def send(g, msg, **kw):

@@ -187,10 +187,12 @@ class TripletDataset(Dataset):
     def median_intrinsics(self) -> tuple[float, float, float, float]:
         """Normalised (fx/W, fy/H, cx/W, cy/H), the median over the sequences: the camera a model trained
         on this data expects (sequences may come from different cameras, e.g. the synthetic Look)."""
+        first: dict[int, int] = {}
+        for si, t in self.samples:
+            first.setdefault(si, t)
         rows = []
-        for si in sorted({si for si, _ in self.samples}):
+        for si, t in sorted(first.items()):
             seq = self.sequences[si]
-            t = next(t for s, t in self.samples if s == si)
             h0, w0 = seq.rgb(t).shape[:2]
             K = seq.K(t)
             rows.append((K[0, 0] / w0, K[1, 1] / h0, K[0, 2] / w0, K[1, 2] / h0))
