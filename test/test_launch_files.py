@@ -18,7 +18,11 @@ NODE_INPUTS = {'image', 'camera_info', 'instance_mask'}
 CHOICES = {'backend': BACKENDS, 'precision': PRECISIONS, 'image_transport': TRANSPORTS}
 
 
-def _resolve(text: str, args: dict) -> str:
+def _resolve(text: str, args: dict, env: dict | None = None) -> str:
+    """Substitute $(var), $(find-pkg-share) and $(env NAME [default]) like launch does (env: the launching
+    shell's environment, default none set)."""
+    env = {} if env is None else env
+
     def sub(m):
         kind, _, rest = m.group(1).partition(' ')
         if kind == 'var':
@@ -27,6 +31,10 @@ def _resolve(text: str, args: dict) -> str:
         if kind == 'find-pkg-share':
             assert rest == 'dynadepth_ros', f'unexpected package {rest}'
             return str(REPO)          # installed share/dynadepth_ros mirrors launch/ and config/ of the repo
+        if kind == 'env':
+            name, _, default = rest.partition(' ')
+            assert name in env or default, f'$(env {name}) without a default fails when {name} is unset'
+            return env.get(name, default)
         raise AssertionError(f'unsupported substitution $({m.group(1)})')
     for _ in range(5):                # nested substitutions resolve from the inside out
         text = re.sub(r'\$\(([^()]*)\)', sub, text)
@@ -60,10 +68,6 @@ def test_launch_file_names_our_package_executable_and_existing_files(launch):
     (node,) = root.iter('node')
     assert node.get('pkg') == ET.parse(REPO / 'package.xml').getroot().findtext('name')
     assert re.search(rf"'{node.get('exec')} = dynadepth_ros\.node:main'", (REPO / 'setup.py').read_text())
-    (env,) = root.iter('set_env')
-    assert env.get('name') == 'FASTDDS_DEFAULT_PROFILES_FILE'
-    profile = Path(_resolve(env.get('value'), args))
-    assert profile.is_file() and ET.parse(profile).getroot().tag.endswith('dds')
     preset_files = [Path(_resolve(p.get('from'), {**args, 'preset': preset.stem}))
                     for p in node.iter('param') if p.get('from') for preset in PRESETS]
     assert preset_files and all(f.is_file() for f in preset_files)
@@ -109,3 +113,65 @@ def test_rclpy_accepts_the_preset_as_a_params_file(preset):
             node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+# ---------------------------------------------------------------------------- FastDDS profile scoping
+PROFILE_VAR = 'FASTDDS_DEFAULT_PROFILES_FILE'
+SHIPPED_PROFILE = REPO / 'config' / 'fastdds_large_images.xml'
+
+
+def _node_profile(root, args, env):
+    """The FASTDDS_DEFAULT_PROFILES_FILE the node process gets when launched from a shell with `env`."""
+    (node,) = root.iter('node')
+    values = [_resolve(e.get('value'), args, env) for e in node.findall('env') if e.get('name') == PROFILE_VAR]
+    assert len(values) == 1, f'the <node> must set {PROFILE_VAR} in its own environment (<env>) exactly once'
+    return values[0]
+
+
+def test_fastdds_profile_is_scoped_to_the_node_process(launch):
+    root, _ = launch
+    global_env = [e for e in root.iter() if e.tag in ('set_env', 'set_environment_variable', 'unset_env')
+                  and e.get('name', '').startswith('FASTDDS')]
+    assert not global_env, ('a launch-level <set_env> changes FastDDS for every process started after it '
+                            '(camera drivers, RViz, other nodes); set it in the <node> (<env>) instead')
+    (node,) = root.iter('node')
+    assert all(child.tag != 'set_env' for child in node)
+
+
+def test_fastdds_profile_defaults_to_the_shipped_one_but_never_overrides_the_users(launch):
+    root, args = launch
+    shipped = Path(_node_profile(root, args, env={}))
+    assert shipped == SHIPPED_PROFILE and shipped.is_file()
+    assert _node_profile(root, args, env={PROFILE_VAR: '/etc/robot/fastdds.xml'}) == '/etc/robot/fastdds.xml'
+    assert _node_profile(root, {**args, 'fastdds_profile': '/opt/mine.xml'}, env={}) == '/opt/mine.xml'
+
+
+def _transports(profile: Path):
+    """{transport_id: descriptor element} and the default participant's rtps element of a FastDDS profile."""
+    root = ET.parse(profile).getroot()
+    ns = {'d': 'http://www.eprosima.com'}
+    assert root.tag == '{http://www.eprosima.com}dds'
+    descs = {d.findtext('d:transport_id', namespaces=ns): d for d in root.iterfind('.//d:transport_descriptor', ns)}
+    (part,) = [p for p in root.iterfind('.//d:participant', ns) if p.get('is_default_profile') == 'true']
+    return descs, part.find('d:rtps', ns), ns
+
+
+def test_shipped_profile_keeps_shm_for_large_images_and_udp_on_every_interface():
+    descs, rtps, ns = _transports(SHIPPED_PROFILE)
+    used = [t.text for t in rtps.iterfind('d:userTransports/d:transport_id', ns)]
+    assert set(used) <= set(descs) and used
+    kinds = {descs[t].findtext('d:type', namespaces=ns): descs[t] for t in used}
+    assert set(kinds) == {'SHM', 'UDPv4'}, f'user transports {kinds}: SHM for this host and UDPv4 for others'
+    depth_1280x720 = 1280 * 720 * 4
+    shm = kinds['SHM']
+    assert int(shm.findtext('d:segment_size', namespaces=ns)) >= 4 * depth_1280x720
+    assert int(shm.findtext('d:maxMessageSize', namespaces=ns)) >= 2 * depth_1280x720
+    udp = kinds['UDPv4']
+    allow = [e.get('name') or e.text for e in udp.iter() if e.tag.endswith(('interface', 'address'))]
+    assert not allow and udp.find('d:interfaces', ns) is None and udp.find('d:interfaceWhiteList', ns) is None, \
+        f'UDPv4 limited to {allow}: other computers on the robot (and a remote RViz) would see nothing'
+    for tag in ('sendBufferSize', 'receiveBufferSize'):
+        assert int(udp.findtext(f'd:{tag}', namespaces=ns)) >= depth_1280x720, \
+            f'{tag}: one 1280x720 frame from another host must fit in the socket buffer'
+    # builtin transports off: otherwise FastDDS adds its own (small-segment) SHM and UDP next to ours
+    assert rtps.findtext('d:useBuiltinTransports', namespaces=ns) == 'false'
