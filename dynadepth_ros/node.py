@@ -40,7 +40,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy,
+from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSPolicyKind, QoSProfile, QoSReliabilityPolicy,
                        qos_policy_name_from_kind, qos_profile_sensor_data)
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -67,6 +67,29 @@ ACTIVATE_PARAMS = ('image_transport', 'mask_queue_size', 'mask_slop', 'mask_max_
 THROTTLE_S = 5.0
 WATCHDOG_PERIOD_S = 0.5
 EXIT_GRACE_S = 1.0        # between the ERROR status on /diagnostics and the exit, so subscribers receive it
+# QoS policies every publisher and subscription declares a `qos_overrides.<topic>.<side>.<policy>` parameter for
+OVERRIDABLE_POLICIES = (QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY, QoSPolicyKind.DURABILITY)
+
+
+def _qos_options() -> QoSOverridingOptions:
+    return QoSOverridingOptions(policy_kinds=OVERRIDABLE_POLICIES)
+
+
+def _publisher_qos() -> QoSProfile:
+    """A new QoSProfile for one publisher: reliable, keep last 5, volatile (REP 2003). One object per publisher,
+    because rclpy writes that entity's qos_overrides.* values into the profile it is given."""
+    return QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
+                      durability=QoSDurabilityPolicy.VOLATILE)
+
+
+def _sensor_qos() -> QoSProfile:
+    """A new copy of rclpy's sensor-data profile for one subscription (never the shared module-level object,
+    which rclpy would modify with that subscription's overrides, for every later user in the process)."""
+    s = qos_profile_sensor_data
+    return QoSProfile(history=s.history, depth=s.depth, reliability=s.reliability, durability=s.durability,
+                      deadline=s.deadline, lifespan=s.lifespan, liveliness=s.liveliness,
+                      liveliness_lease_duration=s.liveliness_lease_duration,
+                      avoid_ros_namespace_conventions=s.avoid_ros_namespace_conventions)
 
 
 class WorkerFailure(RuntimeError):
@@ -251,12 +274,10 @@ class DepthNode(LifecycleNode):
         self.get_logger().info(
             f'model {est.model_path} (stage {m.stage}, {"metric" if m.metric else "RELATIVE"}, input '
             f'{m.input_width}x{m.input_height}, depth {m.min_depth:g}..{m.max_depth:g} m) on {est.backend_name}')
-        pub_qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
-                             durability=QoSDurabilityPolicy.VOLATILE)
         for key, mtype, topic in (('depth', Image, 'depth'), ('info', CameraInfo, 'depth/camera_info'),
                                   ('colored', Image, 'depth/colored'), ('objects', MarkerArray, 'objects')):
             self._pubs[key] = self.create_lifecycle_publisher(
-                mtype, topic, pub_qos, qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+                mtype, topic, _publisher_qos(), qos_overriding_options=_qos_options(),
                 event_callbacks=PublisherEventCallbacks(incompatible_qos=self._qos_warning(topic, 'publisher')))
         self._status_error = ''
         self._phase = 'inactive'
@@ -268,22 +289,21 @@ class DepthNode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        sub_qos = qos_profile_sensor_data
-        opts = QoSOverridingOptions.with_default_policies
+        opts = _qos_options
         if self._p('image_transport') == 'compressed':
             topic = self.resolve_topic_name('image') + '/compressed'
             self._subs.append(self.create_subscription(
-                CompressedImage, topic, lambda m: self._on_image('compressed', m), sub_qos,
+                CompressedImage, topic, lambda m: self._on_image('compressed', m), _sensor_qos(),
                 qos_overriding_options=opts(), event_callbacks=self._sub_events(topic)))
         else:
             self._subs.append(self.create_subscription(
-                Image, 'image', lambda m: self._on_image('raw', m), sub_qos, qos_overriding_options=opts(),
+                Image, 'image', lambda m: self._on_image('raw', m), _sensor_qos(), qos_overriding_options=opts(),
                 event_callbacks=self._sub_events('image')))
         self._subs.append(self.create_subscription(
-            CameraInfo, 'camera_info', self._on_camera_info, sub_qos, qos_overriding_options=opts(),
+            CameraInfo, 'camera_info', self._on_camera_info, _sensor_qos(), qos_overriding_options=opts(),
             event_callbacks=self._sub_events('camera_info')))
         self._mask_sub = self.create_subscription(
-            Image, 'instance_mask', self._on_mask, sub_qos, qos_overriding_options=opts(),
+            Image, 'instance_mask', self._on_mask, _sensor_qos(), qos_overriding_options=opts(),
             event_callbacks=self._sub_events('instance_mask'))
         self._subs.append(self._mask_sub)
         self._pairer = MaskPairer(int(self._p('mask_queue_size')), float(self._p('mask_slop')),
@@ -349,8 +369,9 @@ class DepthNode(LifecycleNode):
         def warn(event):
             policy = qos_policy_name_from_kind(event.last_policy_kind)
             self._stats['qos_incompatible'] += 1
-            fix = (f'qos_overrides.{self.resolve_topic_name(topic)}.{side}.{policy.lower()}'
-                   if policy in ('RELIABILITY', 'DURABILITY', 'HISTORY', 'DEPTH') else 'the QoS of the other side')
+            overridable = {k.name for k in OVERRIDABLE_POLICIES}
+            fix = (f'the parameter qos_overrides.{self.resolve_topic_name(topic)}.{side}.{policy.lower()} (at start-up)'
+                   if policy in overridable else 'the QoS of the other side')
             self.get_logger().error(
                 f'QoS mismatch on {self.resolve_topic_name(topic)}: a {"subscriber" if side == "publisher" else "publisher"} '
                 f'with incompatible {policy} appeared, so no messages flow between us; change {fix} (REP 2003: '
