@@ -19,6 +19,10 @@ waiting depth frames newer than the jump target are decided now (best mask withi
 masks are discarded — and pairing starts again from the new stamps. Without this an old-timeline mask would
 sit after every new frame (so each is "decided" without a mask) and a new mask inserted at the front of a
 full queue would be evicted at once. `on_time_jump(stream, stamp_ns, newest_ns)` is called once per jump.
+
+MaskWatch notices masks that never pair, from counters sampled periodically (the node's /diagnostics timer):
+masks published on the graph but none received while depth is produced, or masks received but no depth frame
+paired with one; either for `timeout_s`.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ class PairingStats:
     masks_received: int = 0
     last_offset_ns: int | None = None
     time_jumps: int = 0          # backwards stamp jumps that restarted pairing
+    last_unpaired_offset_ns: int | None = None   # nearest queued mask stamp minus the stamp of the last unpaired frame
 
 
 @dataclass(order=True)
@@ -124,6 +129,8 @@ class MaskPairer:
         """Count a depth frame that is settled, and append (depth, mask) to `out` when it has a mask."""
         if best is None:
             self.stats.unpaired += 1
+            near = min(self._masks, key=lambda m: abs(m.stamp_ns - d.stamp_ns), default=None)
+            self.stats.last_unpaired_offset_ns = None if near is None else near.stamp_ns - d.stamp_ns
         else:
             self.stats.paired += 1
             self.stats.last_offset_ns = best.stamp_ns - d.stamp_ns
@@ -149,3 +156,76 @@ class MaskPairer:
         self._depth.clear()
         self._masks.clear()
         self._newest = {'depth': None, 'mask': None}
+
+
+NO_MASKS = 'no_masks'
+UNPAIRED = 'unpaired'
+
+
+class MaskWatch:
+    """Notices instance masks that never pair with depth (plain Python; times in seconds, monotonic).
+
+    Feed it counters with update() (e.g. once a second); it returns (kind, message) while a problem lasts:
+      * NO_MASKS: the mask topic has publishers and depth frames are being produced, but no mask arrived for
+        timeout_s (since start, since the publishers appeared, or since the last mask);
+      * UNPAIRED: masks keep arriving, but since the first of them after the last successful pairing at least
+        `min_frames` depth frames were decided and none paired, for timeout_s.
+    """
+
+    def __init__(self, timeout_s: float = 5.0, min_frames: int = 2):
+        self.timeout_s = float(timeout_s)
+        self.min_frames = int(min_frames)
+        self._start: float | None = None
+        self._pub_since: float | None = None      # when the mask topic last went from 0 to >0 publishers
+        self._masks = 0
+        self._mask_at: float | None = None         # last time the mask count grew
+        self._frames = 0
+        self._depth_at: float | None = None        # last time the depth frame count grew
+        self._paired = 0
+        self._unpaired = 0
+        self._since_pair: float | None = None      # first mask after the last pairing (None: none yet)
+        self._unpaired_base = 0                    # unpaired count at _since_pair
+
+    def update(self, now: float, *, publishers: int, masks_received: int, frames_out: int, paired: int,
+               unpaired: int, slop_s: float, max_wait_s: float,
+               last_offset_ns: int | None = None, topic: str = 'instance_mask') -> tuple[str, str] | None:
+        if self._start is None:
+            self._start = now
+        if publishers > 0 and self._pub_since is None:
+            self._pub_since = now
+        elif publishers == 0:
+            self._pub_since = None
+        if masks_received != self._masks:
+            self._masks, self._mask_at = masks_received, now
+            if self._since_pair is None:
+                self._since_pair, self._unpaired_base = now, unpaired
+        if frames_out != self._frames:
+            self._frames, self._depth_at = frames_out, now
+        if paired != self._paired:
+            self._paired, self._since_pair = paired, None
+        self._unpaired = unpaired
+        t = self.timeout_s
+        depth_recent = self._depth_at is not None and now - self._depth_at <= t
+        if self._pub_since is not None and depth_recent:
+            quiet = now - max(self._start, self._pub_since, self._mask_at if self._mask_at is not None else -1e18)
+            if quiet >= t:
+                never = 'no instance mask received' if self._mask_at is None else 'no instance mask received for ' \
+                    f'{quiet:.0f} s'
+                return NO_MASKS, (
+                    f'{publishers} publisher(s) on {topic} but {never} while depth is produced; likely cause: the '
+                    f'DDS transport (masks larger than ~1 MB, or a mask published right after an image by the same '
+                    f'process, are dropped between processes with default FastDDS settings: give the publisher the '
+                    f'FastDDS profile, README "FastDDS transports") or a QoS mismatch (logged as an error); no '
+                    f'objects are published')
+        masks_recent = self._mask_at is not None and now - self._mask_at <= t
+        if masks_recent and self._since_pair is not None and now - self._since_pair >= t:
+            lost = unpaired - self._unpaired_base
+            if lost >= self.min_frames:
+                near = '' if last_offset_ns is None else f'; the nearest mask was {last_offset_ns / 1e9:+.3f} s from ' \
+                    f'the depth frame\'s stamp'
+                return UNPAIRED, (
+                    f'instance masks arrive but none of the last {lost} depth frames paired with one; likely cause: '
+                    f'mask stamps not matching the image stamps (mask_slop {slop_s:g} s{near}: the segmenter must '
+                    f'copy the camera image header into its mask), or masks arriving more than mask_max_wait '
+                    f'({max_wait_s:g} s) after the depth; no objects are published')
+        return None

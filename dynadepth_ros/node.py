@@ -21,7 +21,8 @@ Topics (relative, remappable)                                    QoS (defaults; 
 
 Processing is latest-frame-wins on one worker thread: the subscription callback only stores the newest
 image (a frame replaced before the worker took it counts as dropped), so there is never a backlog. Masks are
-paired with computed depth frames by stamp (mask_sync.py); depth never waits for a mask. Frames larger than
+paired with computed depth frames by stamp (mask_sync.py); depth never waits for a mask. Masks that never pair
+(publishers but nothing received, or received but never matching) turn /diagnostics WARN after `mask_warn_after`. Frames larger than
 `max_image_pixels` (a CompressedImage by its PNG/JPEG header, before decoding) are skipped as bad frames;
 camera_info with a focal length outside 0.1x..10x of the model's is ignored (with a throttled warning).
 """
@@ -54,7 +55,7 @@ from dynadepth_ros.inference import BACKENDS, PRECISIONS, BackendError, DepthEst
 from dynadepth_ros.inference.postprocess import (CameraCalibration, CameraInfoError, focal_ratios,
                                                  image_calibration, rescale_calibration)
 from dynadepth_ros.latency import RollingWindow
-from dynadepth_ros.mask_sync import MaskPairer
+from dynadepth_ros.mask_sync import MaskPairer, MaskWatch
 from dynadepth_ros.model_format import ModelFormatError
 from dynadepth_ros.objects import instance_depths
 
@@ -137,6 +138,10 @@ PARAMETERS = {
                               constraints=_WHEN_ACT)),
     'mask_max_wait': (1.0, _desc('longest time (s) a depth frame waits for its mask before it is given up',
                                  lo=0.0, hi=60.0, constraints=_WHEN_ACT)),
+    'mask_warn_after': (5.0, _desc(
+        'seconds of masks that never pair before /diagnostics warns (and the log says why, once): the mask topic has '
+        'publishers but no mask arrives while depth is produced, or masks arrive but no depth frame pairs with one',
+        lo=0.5, hi=3600.0)),
     'output_width': (0, _desc('depth width in pixels; 0 = input image width (or from output_height keeping the '
                               'aspect ratio)', lo=0, hi=16384)),
     'output_height': (0, _desc('depth height in pixels; 0 = input image height (or from output_width keeping the '
@@ -192,6 +197,8 @@ class DepthNode(LifecycleNode):
         self._camera_info_note = 'no camera_info received'
         self._pairer: MaskPairer | None = None
         self._mask_sub = None
+        self._mask_watch: MaskWatch | None = None
+        self._mask_warned: set[str] = set()      # MaskWatch problem kinds already logged since activation
         self._throttle: dict[str, tuple[float, int]] = {}
         self._busy_since: float | None = None    # monotonic time the worker started on its current item
         self._worker_death = ''                   # the exception that ended the worker thread
@@ -308,6 +315,8 @@ class DepthNode(LifecycleNode):
         self._subs.append(self._mask_sub)
         self._pairer = MaskPairer(int(self._p('mask_queue_size')), float(self._p('mask_slop')),
                                   float(self._p('mask_max_wait')), on_time_jump=self._on_time_jump)
+        self._mask_watch = MaskWatch(float(self._p('mask_warn_after')))
+        self._mask_warned = set()
         self._running = True
         self._busy_since, self._worker_death = None, ''
         self._worker = threading.Thread(target=self._work, name='dynadepth-worker', daemon=True)
@@ -332,6 +341,7 @@ class DepthNode(LifecycleNode):
             self._worker.join(timeout=1.0 if self._fatal else 10.0)
             stopped = not self._worker.is_alive()
             self._worker = None
+        self._mask_sub = None
         return stopped
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -394,6 +404,7 @@ class DepthNode(LifecycleNode):
         self._camera_info = msg
 
     def _on_mask(self, msg: Image) -> None:
+        self._stats['masks_in'] += 1
         with self._lock:
             self._masks.append(msg)
             if len(self._masks) > max(1, int(self._p('mask_queue_size'))):
@@ -538,7 +549,8 @@ class DepthNode(LifecycleNode):
                                  max(float(self._p('colored_max_depth')), float(self._p('colored_min_depth')) * 1.01))
             self._pubs['colored'].publish(ros_messages.bgr_to_msg(bgr, header))
             self._stats['colored_out'] += 1
-        if self._mask_sub.get_publisher_count() > 0 or self._pairer.stats.masks_received > 0:
+        mask_sub = self._mask_sub
+        if mask_sub is not None and (mask_sub.get_publisher_count() > 0 or self._pairer.stats.masks_received > 0):
             # only while a mask source exists: otherwise every frame would wait for nothing
             self._publish_objects(self._pairer.add_depth(ros_messages.stamp_ns(header),
                                                          _Frame(header, res.depth, K_out)))
@@ -572,7 +584,8 @@ class DepthNode(LifecycleNode):
     # ---------------------------------------------------------------- diagnostics
     def _reset_stats(self) -> None:
         self._stats = dict(dropped=0, bad_frames=0, bad_masks=0, masks_dropped=0, masks_resized=0, frames_out=0,
-                           objects_out=0, colored_out=0, camera_info_errors=0, qos_incompatible=0, errors=0)
+                           objects_out=0, colored_out=0, camera_info_errors=0, qos_incompatible=0, errors=0,
+                           masks_in=0)
         self._last_bad = ''
         self._in_rate = RollingWindow(5.0)
         self._out_rate = RollingWindow(5.0)
@@ -581,8 +594,27 @@ class DepthNode(LifecycleNode):
         self._overhead = RollingWindow(5.0)        # per frame: stamp→publish latency minus inference time
         self._bad_window = (0, 0)
 
+    def _mask_problem(self, st: dict) -> str:
+        """MaskWatch's verdict while active ('' when masks pair or none are expected); logged once per kind."""
+        watch, pairer, sub = self._mask_watch, self._pairer, self._mask_sub
+        if self._phase != 'active' or watch is None or pairer is None or sub is None:
+            return ''
+        watch.timeout_s = float(self._p('mask_warn_after'))
+        problem = watch.update(time.monotonic(), publishers=sub.get_publisher_count(), masks_received=st['masks_in'],
+                               frames_out=st['frames_out'], paired=pairer.stats.paired, unpaired=pairer.stats.unpaired,
+                               slop_s=float(self._p('mask_slop')), max_wait_s=float(self._p('mask_max_wait')),
+                               last_offset_ns=pairer.stats.last_unpaired_offset_ns, topic=sub.topic_name)
+        if problem is None:
+            return ''
+        kind, text = problem
+        if kind not in self._mask_warned:
+            self._mask_warned.add(kind)
+            self._log('warning', f'masks never pair: {text}')
+        return text
+
     def _publish_diagnostics(self) -> None:
         st = dict(self._stats)
+        mask_problem = self._mask_problem(st)
         est = self.estimator
         lat = self._latency.percentiles() or {}
         inf = self._inference.percentiles() or {}
@@ -614,6 +646,10 @@ class DepthNode(LifecycleNode):
             'objects_published': st['objects_out'],
             'colored_published': st['colored_out'],
             'objects_unpaired': self._pairer.stats.unpaired if self._pairer else 0,
+            'objects_paired': self._pairer.stats.paired if self._pairer else 0,
+            'masks_received': st['masks_in'],
+            'mask_publishers': self._mask_sub.get_publisher_count() if self._mask_sub is not None else 0,
+            'mask_problem': mask_problem,
             'stamp_jumps_back': self._pairer.stats.time_jumps if self._pairer else 0,
             'camera_info': self._camera_info_note,
             'qos_incompatible_events': st['qos_incompatible'],
@@ -632,6 +668,8 @@ class DepthNode(LifecycleNode):
             level, message = DiagnosticStatus.WARN, f'bad camera frames skipped: {self._last_bad}'
         elif self._in_rate.count() == 0:
             level, message = DiagnosticStatus.WARN, f'no images on {self.resolve_topic_name("image")}'
+        elif mask_problem:
+            level, message = DiagnosticStatus.WARN, f'masks never pair: {mask_problem}'
         else:
             level, message = DiagnosticStatus.OK, (f'{values["output_rate_hz"]:.1f} Hz, latency p50 '
                                                    f'{values["latency_p50_ms"]:.1f} ms on {values["backend"]}')
