@@ -50,6 +50,7 @@ from visualization_msgs.msg import MarkerArray
 from dynadepth_ros import ros_messages
 from dynadepth_ros.camera import denormalise_intrinsics, scale_intrinsics
 from dynadepth_ros.colorize import colorize_depth
+from dynadepth_ros.depth_outputs import INTRINSICS_SOURCES, camera_matrix, model_calibration
 from dynadepth_ros.image_codec import ImageFormatError, check_image_pixels
 from dynadepth_ros.inference import BACKENDS, PRECISIONS, BackendError, DepthEstimator
 from dynadepth_ros.inference.postprocess import (CameraCalibration, CameraInfoError, focal_ratios,
@@ -61,9 +62,12 @@ from dynadepth_ros.objects import instance_depths
 
 NODE_NAME = 'dynadepth'
 TRANSPORTS = ('raw', 'compressed')
+# output_layout → (depth image topic, its camera_info topic); depth_image_proc wants image_rect + camera_info siblings
+OUTPUT_LAYOUTS = {'default': ('depth', 'depth/camera_info'),
+                  'depth_image_proc': ('depth/image_rect', 'depth/camera_info')}
 # Parameters that only take effect on configure (model, backend) or on activate (subscriptions, pairing):
 CONFIGURE_PARAMS = ('model_path', 'backend', 'precision', 'fallback', 'trt_tolerance', 'engine_cache_dir',
-                    'engine_path', 'intra_op_threads', 'aspect_tolerance', 'allow_relative_model')
+                    'engine_path', 'intra_op_threads', 'aspect_tolerance', 'allow_relative_model', 'output_layout')
 ACTIVATE_PARAMS = ('image_transport', 'mask_queue_size', 'mask_slop', 'mask_max_wait')
 THROTTLE_S = 5.0
 WATCHDOG_PERIOD_S = 0.5
@@ -148,6 +152,15 @@ PARAMETERS = {
                                'aspect ratio)', lo=0, hi=16384)),
     'use_camera_info': (True, _desc('use camera_info for focal-length compensation, depth/camera_info and object '
                                     'positions (without it the model training intrinsics are assumed)')),
+    'intrinsics_source': ('P', _desc(
+        'which camera_info matrix gives the image intrinsics (focal compensation, objects, points): P, as '
+        'image_geometry / depth_image_proc read it (fx=P[0], cx=P[2], fy=P[5], cy=P[6]; right for rectified '
+        'images), or K (the raw camera, for unrectified input). P all zero falls back to K with a one-time warning',
+        constraints='one of ' + ', '.join(INTRINSICS_SOURCES))),
+    'output_layout': ('default', _desc(
+        'default: depth image on `depth`, its camera_info on `depth/camera_info`; depth_image_proc: the depth image '
+        'on `depth/image_rect` next to `depth/camera_info`, the sibling pair depth_image_proc subscribes to',
+        constraints='one of ' + ', '.join(OUTPUT_LAYOUTS) + '; ' + _WHEN_CONF)),
     'colored_min_depth': (1.0, _desc('depth/colored: nearest depth of the colour scale (m)', lo=0.01, hi=1000.0)),
     'colored_max_depth': (80.0, _desc('depth/colored: farthest depth of the colour scale (m)', lo=0.02, hi=10000.0)),
     'min_object_pixels': (20, _desc('smallest instance (pixels with valid depth) reported on `objects`',
@@ -195,6 +208,7 @@ class DepthNode(LifecycleNode):
         self._running = False
         self._camera_info: CameraInfo | None = None
         self._camera_info_note = 'no camera_info received'
+        self._p_zero_warned = False               # intrinsics_source P with an all-zero P: warned once
         self._pairer: MaskPairer | None = None
         self._mask_sub = None
         self._mask_watch: MaskWatch | None = None
@@ -226,6 +240,12 @@ class DepthNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=f'precision must be one of {PRECISIONS}')
             if p.name == 'image_transport' and p.value not in TRANSPORTS:
                 return SetParametersResult(successful=False, reason=f'image_transport must be one of {TRANSPORTS}')
+            if p.name == 'intrinsics_source' and p.value not in INTRINSICS_SOURCES:
+                return SetParametersResult(successful=False,
+                                           reason=f'intrinsics_source must be one of {INTRINSICS_SOURCES}')
+            if p.name == 'output_layout' and p.value not in OUTPUT_LAYOUTS:
+                return SetParametersResult(successful=False,
+                                           reason=f'output_layout must be one of {tuple(OUTPUT_LAYOUTS)}')
         return SetParametersResult(successful=True)
 
     def _p(self, name: str):
@@ -255,7 +275,8 @@ class DepthNode(LifecycleNode):
 
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        for name, allowed in (('backend', BACKENDS), ('precision', PRECISIONS), ('image_transport', TRANSPORTS)):
+        for name, allowed in (('backend', BACKENDS), ('precision', PRECISIONS), ('image_transport', TRANSPORTS),
+                              ('intrinsics_source', INTRINSICS_SOURCES), ('output_layout', tuple(OUTPUT_LAYOUTS))):
             if self._p(name) not in allowed:
                 return self._configure_failed(f'parameter {name}={self._p(name)!r} is not one of {allowed}')
         model_path = self._p('model_path') or None
@@ -281,7 +302,8 @@ class DepthNode(LifecycleNode):
         self.get_logger().info(
             f'model {est.model_path} (stage {m.stage}, {"metric" if m.metric else "RELATIVE"}, input '
             f'{m.input_width}x{m.input_height}, depth {m.min_depth:g}..{m.max_depth:g} m) on {est.backend_name}')
-        for key, mtype, topic in (('depth', Image, 'depth'), ('info', CameraInfo, 'depth/camera_info'),
+        depth_topic, info_topic = OUTPUT_LAYOUTS[self._p('output_layout')]
+        for key, mtype, topic in (('depth', Image, depth_topic), ('info', CameraInfo, info_topic),
                                   ('colored', Image, 'depth/colored'), ('objects', MarkerArray, 'objects')):
             self._pubs[key] = self.create_lifecycle_publisher(
                 mtype, topic, _publisher_qos(), qos_overriding_options=_qos_options(),
@@ -323,7 +345,8 @@ class DepthNode(LifecycleNode):
         self._worker.start()
         self._phase = 'active'
         self.get_logger().info(f'active: depth from {self.resolve_topic_name("image")} '
-                               f'({self._p("image_transport")}) on {self.resolve_topic_name("depth")}')
+                               f'({self._p("image_transport")}) on {self._pubs["depth"].topic_name} '
+                               f'with {self._pubs["info"].topic_name}')
         return super().on_activate(state)
 
     def _stop_worker(self) -> bool:
@@ -482,25 +505,35 @@ class DepthNode(LifecycleNode):
                                 f'restarts the node')
         self._publish_diagnostics()
 
-    def _image_intrinsics(self, h: int, w: int) -> CameraCalibration | None:
+    def _image_intrinsics(self, h: int, w: int) -> tuple[CameraCalibration, np.ndarray] | None:
+        """(calibration of the h x w image, its intrinsics K [3,3] per intrinsics_source), or None without a
+        usable camera_info."""
         info = self._camera_info
         if info is None or not self._p('use_camera_info'):
             self._camera_info_note = 'no camera_info received' if info is None else 'disabled (use_camera_info)'
             return None
+        source = self._p('intrinsics_source')
+        if source == 'P' and not np.any(np.asarray(info.p, np.float64).reshape(3, 4)[:, :3]):
+            source = 'K'
+            if not self._p_zero_warned:
+                self._p_zero_warned = True
+                self._log('warning', 'intrinsics_source is P but camera_info P is all zero (an unrectified camera '
+                                     'driver?): using K; set intrinsics_source:=K to say so')
         try:
             calib, note = image_calibration(ros_messages.camera_info_to_calibration(info), h, w)
+            K = camera_matrix(calib, source)
             m = self.estimator.metadata       # implausible focal lengths: keep the model's intrinsics
-            focal_ratios(self.estimator.plan_for(h, w).model_intrinsics(calib.K), m.intrinsics, m.input_height,
+            focal_ratios(self.estimator.plan_for(h, w).model_intrinsics(K), m.intrinsics, m.input_height,
                          m.input_width)
         except CameraInfoError as exc:
             self._stats['camera_info_errors'] += 1
             self._camera_info_note = f'ignored: {exc}'
             self._log_throttled('camera_info:' + str(exc)[:60], 'warning', f'camera_info ignored: {exc}')
             return None
-        self._camera_info_note = note or 'ok'
+        self._camera_info_note = f'ok, intrinsics from {source}' + (f'; {note}' if note else '')
         if note:
             self._log_throttled('camera_info_note:' + note[:60], 'warning', note)
-        return calib
+        return calib, K
 
     def _handle_image(self, kind: str, msg) -> None:
         max_pixels = int(self._p('max_image_pixels'))
@@ -524,9 +557,9 @@ class DepthNode(LifecycleNode):
             oh = max(1, round(h * ow / w))
         elif not ow:
             ow = max(1, round(w * oh / h))
-        calib = self._image_intrinsics(h, w)
+        intr = self._image_intrinsics(h, w)
         est = self.estimator
-        res = est.infer_detailed([rgb], None if calib is None else [calib.K], (oh, ow))[0]
+        res = est.infer_detailed([rgb], None if intr is None else [intr[1]], (oh, ow))[0]
         header = msg.header
         self._pubs['depth'].publish(ros_messages.depth_to_msg(res.depth, header))
         now_ns = self.get_clock().now().nanoseconds
@@ -536,14 +569,15 @@ class DepthNode(LifecycleNode):
         self._overhead.add(latency_ms - res.inference_ms)
         self._out_rate.add()
         self._stats['frames_out'] += 1
-        if calib is not None:
-            out_calib = rescale_calibration(calib, oh, ow)
-            self._pubs['info'].publish(ros_messages.calibration_to_camera_info(out_calib, header))
-            K_out = out_calib.K
-        else:
+        if intr is not None:           # the camera's calibration, K and P rescaled to the depth size
+            out_calib = rescale_calibration(intr[0], oh, ow)
+            K_out = scale_intrinsics(intr[1], ow / w, oh / h)
+        else:                          # the intrinsics the model assumed, mapped back onto the depth image
             m = est.metadata
             K_model = denormalise_intrinsics(m.intrinsics, m.input_width, m.input_height)
             K_out = scale_intrinsics(res.plan.source_intrinsics(K_model), ow / w, oh / h)
+            out_calib = model_calibration(K_out, ow, oh)
+        self._pubs['info'].publish(ros_messages.calibration_to_camera_info(out_calib, header))
         if self._pubs['colored'].get_subscription_count() > 0:
             bgr = colorize_depth(res.depth, float(self._p('colored_min_depth')),
                                  max(float(self._p('colored_max_depth')), float(self._p('colored_min_depth')) * 1.01))

@@ -227,7 +227,15 @@ def test_depth_is_rep118_metres_with_the_image_header_and_nan_outside_the_crop(g
     assert d.shape == (192, 640)
     assert np.isnan(d[:, :32]).all() and np.isnan(d[:, -32:]).all()        # outside the 3:1 centre crop
     np.testing.assert_allclose(d[:, 32:-32], expected_depth(200), rtol=1e-5)
-    assert not graph.msgs(f'{NS}/depth/camera_info'), 'no camera_info in, so no depth/camera_info out'
+    # no camera_info in: depth/camera_info still comes, with the intrinsics the model assumed — its training
+    # intrinsics on the 576x192 centre crop (3:1 like the 192x64 model input), offset by the 32 cropped columns
+    info = graph.wait(lambda: next((m for m in graph.msgs(f'{NS}/depth/camera_info')
+                                    if same_stamp(m.header.stamp, msg.header.stamp)), None))
+    assert info is not None and info.header.frame_id == FRAME and (info.width, info.height) == (640, 192)
+    fx, fy, cx, cy = INTR[0] * 576, INTR[1] * 192, INTR[2] * 576 + 32, INTR[3] * 192
+    np.testing.assert_allclose(np.reshape(info.k, (3, 3)), [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], rtol=1e-9)
+    np.testing.assert_allclose(np.reshape(info.p, (3, 4)), [[fx, 0, cx, 0], [0, fy, cy, 0], [0, 0, 1, 0]], rtol=1e-9)
+    assert info.distortion_model == 'plumb_bob' and not any(info.d)
 
 
 @pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8'])

@@ -1,6 +1,7 @@
 """The depth node's outputs for real robots, over a real ROS 2 graph: masks that never pair are reported on
-/diagnostics and once in the log. One `depth_node` (mask_warn_after 1 s) is shared by the module; tests run in
-file order on purpose (the first must see no mask at all).
+/diagnostics and once in the log; depth/camera_info with intrinsics from P (or K) and the depth_image_proc
+layout. One `depth_node` (mask_warn_after 1 s) is shared by the module; tests run in file order on purpose (the
+first must see no mask at all).
 """
 import re
 import time
@@ -11,10 +12,16 @@ import pytest
 rclpy = pytest.importorskip('rclpy')
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 
-from test_node_graph import (image_msg, label_msg, next_stamp, running_node, same_stamp,  # noqa: E402
-                             send_and_wait, stamp_ns)
+from contract_model import expected_depth  # noqa: E402
+from test_node_graph import (FRAME, INTR, depth_array, image_msg, label_msg, next_stamp, running_node,  # noqa: E402
+                             same_stamp, send_and_wait, stamp_ns)
 
 NS, NAME = '/dd_out_ns', 'dd_out'
 
@@ -95,3 +102,100 @@ def test_masks_whose_stamps_never_match_are_reported_once_and_clear_when_masks_p
     v = _images_until(g, lambda v: v['mask_problem'] == '' and int(v['objects_paired']) >= 1,
                       mask_for=lambda stamp: label_msg(labels, stamp, '16UC1'))
     assert v is not None and v['_level'] == DiagnosticStatus.OK, v
+
+
+# ---------------------------------------------------------------------------- D. depth/camera_info
+def _set(g, **params):
+    client = AsyncParameterClient(g.node, f'{NS}/{NAME}')
+    assert client.wait_for_services(10)
+    res = g.call(client.set_parameters([Parameter(k, value=v) for k, v in params.items()]))
+    assert all(r.successful for r in res.results), [r.reason for r in res.results]
+
+
+def _transition(g, *tids):
+    cli = g.node.create_client(ChangeState, f'{NS}/{NAME}/change_state')
+    assert cli.wait_for_service(10)
+    for tid in tids:
+        assert g.call(cli.call_async(ChangeState.Request(transition=Transition(id=tid)))).success, tid
+
+
+def _info(K, P, w=384, h=128, stamp=None):
+    return CameraInfo(header=Header(stamp=stamp or next_stamp(), frame_id=FRAME), width=w, height=h,
+                      distortion_model='plumb_bob', d=[-0.1, 0.01, 0.0, 0.0, 0.0],
+                      k=[float(v) for v in np.ravel(K)], r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0],
+                      p=[float(v) for v in np.ravel(P)])
+
+
+def _depth_with_info(g, info, ratio, rgb_value=100):
+    """Publish `info` then an image until the depth is `ratio` x the training-intrinsics depth; (depth, info out)."""
+    rgb = np.full((128, 384, 3), rgb_value, np.uint8)
+    for _ in range(30):
+        g.pub(CameraInfo, f'{NS}/camera_info').publish(info)
+        time.sleep(0.05)
+        s = next_stamp()
+        d = send_and_wait(g, f'{NS}/image', image_msg(rgb, s), out=f'{NS}/depth')
+        if abs(float(np.nanmean(depth_array(d))) / expected_depth(rgb_value) - ratio) < 1e-4:
+            got = g.wait(lambda: next((m for m in g.msgs(f'{NS}/depth/camera_info') if same_stamp(m.header.stamp, s)),
+                                      None))
+            assert got is not None, 'no depth/camera_info with the depth stamp'
+            return d, got
+    pytest.fail(f'depth never reached {ratio}x the training-intrinsics depth:\n{g.log_path.read_text()[-2000:]}')
+
+
+FX_T, FY_T = INTR[0] * 384, INTR[1] * 128             # the model's training focal lengths at 384x128
+K_RAW = np.array([[FX_T, 0, 192.0], [0, FY_T, 64.0], [0, 0, 1]])
+P_RECT = np.array([[2 * FX_T, 0, 180.0, -2 * FX_T * 0.1], [0, 2 * FY_T, 70.0, 0], [0, 0, 1, 0]])
+
+
+def test_camera_info_intrinsics_come_from_P_by_default_and_from_K_on_request(out):
+    g = out
+    _set(g, output_width=192, output_height=64)
+    try:
+        d, info = _depth_with_info(g, _info(K_RAW, P_RECT), 2.0)       # P's focal = 2x training → depth x2
+        assert (d.width, d.height) == (info.width, info.height) == (192, 64)
+        assert info.header.frame_id == d.header.frame_id == FRAME
+        sx, sy = 192 / 384, 64 / 128                                    # independent: rows 0 and 1 scale
+        np.testing.assert_allclose(np.reshape(info.k, (3, 3)), K_RAW * [[sx], [sy], [1]], rtol=1e-12)
+        np.testing.assert_allclose(np.reshape(info.p, (3, 4)), P_RECT * [[sx], [sy], [1]], rtol=1e-12)
+        np.testing.assert_allclose(info.d, [-0.1, 0.01, 0, 0, 0])
+        assert 'intrinsics from P' in diag(g, lambda v: 'from P' in v['camera_info'])['camera_info']
+        _set(g, intrinsics_source='K')
+        _depth_with_info(g, _info(K_RAW, P_RECT), 1.0)                  # K's focal = training → depth x1
+        _set(g, intrinsics_source='P')
+        no_p = _info(K_RAW, np.zeros((3, 4)))
+        _depth_with_info(g, no_p, 1.0)                                  # P all zero: K, with one warning
+        _depth_with_info(g, no_p, 1.0)
+        assert len([ln for ln in g.log_path.read_text().splitlines() if 'P is all zero' in ln
+                    and 'intrinsics_source' in ln]) == 1, g.log_path.read_text()[-3000:]
+        assert 'intrinsics from K' in diag(g, lambda v: 'from K' in v['camera_info'])['camera_info']
+        client = AsyncParameterClient(g.node, f'{NS}/{NAME}')
+        res = g.call(client.set_parameters([Parameter('intrinsics_source', value='R')])).results[0]
+        assert not res.successful and 'P' in res.reason
+    finally:
+        _set(g, output_width=0, output_height=0, intrinsics_source='P')
+
+
+def test_depth_image_proc_layout_publishes_image_rect_beside_camera_info(out):
+    g = out
+    T = Transition
+    _transition(g, T.TRANSITION_DEACTIVATE, T.TRANSITION_CLEANUP)
+    try:
+        _set(g, output_layout='depth_image_proc')
+        _transition(g, T.TRANSITION_CONFIGURE, T.TRANSITION_ACTIVATE)
+        g.sub(Image, f'{NS}/depth/image_rect')
+        assert g.wait(lambda: g.node.count_publishers(f'{NS}/depth/image_rect') == 1
+                      and g.node.count_publishers(f'{NS}/depth') == 0)
+        s = next_stamp()
+        rect = send_and_wait(g, f'{NS}/image', image_msg(np.full((128, 384, 3), 100, np.uint8), s),
+                             out=f'{NS}/depth/image_rect')
+        # what depth_image_proc's camera subscriber does: <ns>/image_rect with the sibling <ns>/camera_info,
+        # paired by exact stamp
+        base = f'{NS}/depth/image_rect'.rsplit('/', 1)[0]
+        info = g.wait(lambda: next((m for m in g.msgs(f'{base}/camera_info') if same_stamp(m.header.stamp, s)), None))
+        assert info is not None and info.header.frame_id == rect.header.frame_id == FRAME
+        assert (info.width, info.height) == (rect.width, rect.height) and rect.encoding == '32FC1'
+    finally:
+        _transition(g, T.TRANSITION_DEACTIVATE, T.TRANSITION_CLEANUP)
+        _set(g, output_layout='default')
+        _transition(g, T.TRANSITION_CONFIGURE, T.TRANSITION_ACTIVATE)
+    send_and_wait(g, f'{NS}/image', image_msg(np.full((128, 384, 3), 100, np.uint8), next_stamp()), out=f'{NS}/depth')

@@ -163,7 +163,11 @@ def test_implausible_camera_info_is_refused_naming_the_field_and_the_model_intri
     assert np.isfinite(d).all(), f'{case}: depth must not be inf/NaN: {d.min()}..{d.max()}'
     np.testing.assert_allclose(d, expected_depth(100), rtol=1e-5)       # the model's own intrinsics
     assert v is not None, f'{case}: camera_info note does not name {field}: {diag(g, NAME)["camera_info"]!r}'
-    assert not [m for m in g.msgs(f'{NS}/depth/camera_info') if same_stamp(m.header.stamp, out.header.stamp)]
+    info = g.wait(lambda: next((m for m in g.msgs(f'{NS}/depth/camera_info')
+                                if same_stamp(m.header.stamp, out.header.stamp)), None))
+    assert info is not None, 'depth/camera_info is published for every depth frame'
+    np.testing.assert_allclose(np.reshape(info.k, (3, 3)), [[INTR[0] * 384, 0, INTR[2] * 384],
+                                                            [0, INTR[1] * 128, INTR[3] * 128], [0, 0, 1]])
     assert 'camera_info ignored' in log_text(g)
 
 
