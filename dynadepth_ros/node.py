@@ -14,8 +14,11 @@ Topics (relative, remappable)                                    QoS (defaults; 
       camera_info         sensor_msgs/CameraInfo (optional)                   sensor data
       instance_mask       sensor_msgs/Image mono8/8UC1/mono16/16UC1/32SC1 ids sensor data
   out depth               sensor_msgs/Image 32FC1 metres, NaN invalid, the image's header   reliable, depth 5
-      depth/camera_info   CameraInfo rescaled to the depth size, identical header           reliable
+      depth/camera_info   CameraInfo rescaled to the depth size (always; the model's intrinsics reliable
+                          without camera_info), identical header
       depth/colored       bgr8 (only computed while someone subscribes)                      reliable
+      points              organized PointCloud2 x,y,z(,rgb) float32, NaN invalid (only while  reliable
+                          someone subscribes)
       objects             visualization_msgs/MarkerArray per instance (needs masks)          reliable
       /diagnostics        diagnostic_msgs/DiagnosticArray at 1 Hz                            reliable
 
@@ -44,17 +47,18 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSPolicyKind, QoSProfile, QoSReliabilityPolicy,
                        qos_policy_name_from_kind, qos_profile_sensor_data)
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from dynadepth_ros import ros_messages
 from dynadepth_ros.camera import denormalise_intrinsics, scale_intrinsics
 from dynadepth_ros.colorize import colorize_depth
-from dynadepth_ros.depth_outputs import INTRINSICS_SOURCES, camera_matrix, model_calibration
+from dynadepth_ros.depth_outputs import INTRINSICS_SOURCES, camera_matrix, model_calibration, organized_cloud
 from dynadepth_ros.image_codec import ImageFormatError, check_image_pixels
 from dynadepth_ros.inference import BACKENDS, PRECISIONS, BackendError, DepthEstimator
 from dynadepth_ros.inference.postprocess import (CameraCalibration, CameraInfoError, focal_ratios,
                                                  image_calibration, rescale_calibration)
+from dynadepth_ros.inference.preprocess import resize_interpolation
 from dynadepth_ros.latency import RollingWindow
 from dynadepth_ros.mask_sync import MaskPairer, MaskWatch
 from dynadepth_ros.model_format import ModelFormatError
@@ -163,6 +167,8 @@ PARAMETERS = {
         constraints='one of ' + ', '.join(OUTPUT_LAYOUTS) + '; ' + _WHEN_CONF)),
     'colored_min_depth': (1.0, _desc('depth/colored: nearest depth of the colour scale (m)', lo=0.01, hi=1000.0)),
     'colored_max_depth': (80.0, _desc('depth/colored: farthest depth of the colour scale (m)', lo=0.02, hi=10000.0)),
+    'points_rgb': (False, _desc('points: add the camera colour as a packed float32 `rgb` field (like depth_image_proc '
+                                '`point_cloud_xyzrgb`); the image is resized to the depth size')),
     'min_object_pixels': (20, _desc('smallest instance (pixels with valid depth) reported on `objects`',
                                     lo=1, hi=100000000)),
     'max_image_pixels': (4096 * 4096, _desc(
@@ -304,7 +310,8 @@ class DepthNode(LifecycleNode):
             f'{m.input_width}x{m.input_height}, depth {m.min_depth:g}..{m.max_depth:g} m) on {est.backend_name}')
         depth_topic, info_topic = OUTPUT_LAYOUTS[self._p('output_layout')]
         for key, mtype, topic in (('depth', Image, depth_topic), ('info', CameraInfo, info_topic),
-                                  ('colored', Image, 'depth/colored'), ('objects', MarkerArray, 'objects')):
+                                  ('colored', Image, 'depth/colored'), ('objects', MarkerArray, 'objects'),
+                                  ('points', PointCloud2, 'points')):
             self._pubs[key] = self.create_lifecycle_publisher(
                 mtype, topic, _publisher_qos(), qos_overriding_options=_qos_options(),
                 event_callbacks=PublisherEventCallbacks(incompatible_qos=self._qos_warning(topic, 'publisher')))
@@ -583,6 +590,13 @@ class DepthNode(LifecycleNode):
                                  max(float(self._p('colored_max_depth')), float(self._p('colored_min_depth')) * 1.01))
             self._pubs['colored'].publish(ros_messages.bgr_to_msg(bgr, header))
             self._stats['colored_out'] += 1
+        if self._pubs['points'].get_subscription_count() > 0:
+            colour = None
+            if self._p('points_rgb'):
+                colour = rgb if (h, w) == (oh, ow) else cv2.resize(rgb, (ow, oh), interpolation=resize_interpolation(
+                    h, w, oh, ow))
+            self._pubs['points'].publish(ros_messages.cloud_to_msg(organized_cloud(res.depth, K_out, colour), header))
+            self._stats['points_out'] += 1
         mask_sub = self._mask_sub
         if mask_sub is not None and (mask_sub.get_publisher_count() > 0 or self._pairer.stats.masks_received > 0):
             # only while a mask source exists: otherwise every frame would wait for nothing
@@ -619,7 +633,7 @@ class DepthNode(LifecycleNode):
     def _reset_stats(self) -> None:
         self._stats = dict(dropped=0, bad_frames=0, bad_masks=0, masks_dropped=0, masks_resized=0, frames_out=0,
                            objects_out=0, colored_out=0, camera_info_errors=0, qos_incompatible=0, errors=0,
-                           masks_in=0)
+                           masks_in=0, points_out=0)
         self._last_bad = ''
         self._in_rate = RollingWindow(5.0)
         self._out_rate = RollingWindow(5.0)
@@ -679,6 +693,7 @@ class DepthNode(LifecycleNode):
             'masks_resized': st['masks_resized'],
             'objects_published': st['objects_out'],
             'colored_published': st['colored_out'],
+            'points_published': st['points_out'],
             'objects_unpaired': self._pairer.stats.unpaired if self._pairer else 0,
             'objects_paired': self._pairer.stats.paired if self._pairer else 0,
             'masks_received': st['masks_in'],

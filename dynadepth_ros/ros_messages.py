@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from builtin_interfaces.msg import Duration as DurationMsg
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField, RegionOfInterest
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -55,6 +55,18 @@ def depth_to_msg(depth: np.ndarray, header: Header) -> Image:
 def bgr_to_msg(bgr: np.ndarray, header: Header) -> Image:
     h, w, step, data = image_codec.encode(bgr, 'bgr8')
     return Image(header=header, height=h, width=w, encoding='bgr8', is_bigendian=0, step=step, data=data)
+
+
+def cloud_to_msg(points: np.ndarray, header: Header) -> PointCloud2:
+    """Organized PointCloud2 (height x width = the array's shape, not dense) from a structured float32 array
+    [H,W] (depth_outputs.organized_cloud), one FLOAT32 field per array field, little-endian."""
+    h, w = points.shape
+    fields = [PointField(name=name, offset=int(points.dtype.fields[name][1]), datatype=PointField.FLOAT32, count=1)
+              for name in points.dtype.names]
+    step = int(points.dtype.itemsize)
+    return PointCloud2(header=header, height=int(h), width=int(w), fields=fields, is_bigendian=False,
+                       point_step=step, row_step=step * int(w), data=np.ascontiguousarray(points).tobytes(),
+                       is_dense=False)
 
 
 def camera_info_to_calibration(msg: CameraInfo) -> CameraCalibration:

@@ -1,6 +1,6 @@
 """The depth node's outputs for real robots, over a real ROS 2 graph: masks that never pair are reported on
-/diagnostics and once in the log; depth/camera_info with intrinsics from P (or K) and the depth_image_proc
-layout. One `depth_node` (mask_warn_after 1 s) is shared by the module; tests run in file order on purpose (the
+/diagnostics and once in the log; depth/camera_info with intrinsics from P (or K); the organized point cloud;
+the depth_image_proc layout. One `depth_node` (mask_warn_after 1 s) is shared by the module; tests run in file order on purpose (the
 first must see no mask at all).
 """
 import re
@@ -16,7 +16,7 @@ from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from contract_model import expected_depth  # noqa: E402
@@ -173,6 +173,92 @@ def test_camera_info_intrinsics_come_from_P_by_default_and_from_K_on_request(out
         assert not res.successful and 'P' in res.reason
     finally:
         _set(g, output_width=0, output_height=0, intrinsics_source='P')
+
+
+
+# ---------------------------------------------------------------------------- E. points
+def _cloud(msg):
+    """{field: float32 [H,W]} of an organized PointCloud2 (FLOAT32 fields, little-endian)."""
+    assert not msg.is_bigendian and msg.row_step == msg.point_step * msg.width and not msg.is_dense
+    raw = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, msg.point_step)
+    out = {}
+    for f in msg.fields:
+        assert f.datatype == PointField.FLOAT32 and f.count == 1
+        out[f.name] = raw[..., f.offset:f.offset + 4].copy().view('<f4')[..., 0]
+    return out
+
+
+def _check_backprojection(cloud, depth_msg, info):
+    """The cloud against X=(u-cx)Z/fx, Y=(v-cy)Z/fy from the received depth image and depth/camera_info (P, as
+    depth_image_proc reads it), NaN where the depth is invalid."""
+    Z = depth_array(depth_msg).astype(np.float64)
+    fx, cx, fy, cy = info.p[0], info.p[2], info.p[5], info.p[6]
+    v, u = np.mgrid[0:Z.shape[0], 0:Z.shape[1]].astype(np.float64)
+    bad = ~np.isfinite(Z)
+    assert bad.any() and not bad.all(), 'the test image must give both valid and invalid depth'
+    for name, want in (('x', (u - cx) * Z / fx), ('y', (v - cy) * Z / fy), ('z', Z)):
+        got = cloud[name]
+        assert got.shape == Z.shape
+        assert np.isnan(got[bad]).all(), f'{name} must be NaN where the depth is invalid'
+        np.testing.assert_allclose(got[~bad], want[~bad], rtol=2e-6, atol=1e-6, err_msg=name)
+
+
+def _wait_cloud(g, stamp):
+    return g.wait(lambda: next((m for m in g.msgs(f'{NS}/points') if same_stamp(m.header.stamp, stamp)), None))
+
+
+def test_points_are_the_back_projected_depth_and_only_computed_while_subscribed(out):
+    g = out
+    rgb = np.zeros((192, 640, 3), np.uint8)              # 640x192: columns outside the 3:1 crop give NaN depth
+    rgb[..., 0] = np.linspace(20, 220, 640).astype(np.uint8)[None, :]
+    rgb[..., 1] = np.arange(192, dtype=np.uint8)[:, None]
+    rgb[..., 2] = 77
+    fx_t = INTR[0] * 576                                  # training focal on the 576-px crop
+    K = np.array([[fx_t, 0, 320.0], [0, INTR[1] * 192, 96.0], [0, 0, 1]])
+    P = np.array([[1.5 * fx_t, 0, 310.0, 0], [0, 1.5 * INTR[1] * 192, 100.0, 0], [0, 0, 1, 0]])
+    info_in = _info(K, P, w=640, h=192)
+    for _ in range(5):                                    # no subscriber: no cloud work
+        info_in.header.stamp = next_stamp()
+        g.pub(CameraInfo, f'{NS}/camera_info').publish(info_in)
+        send_and_wait(g, f'{NS}/image', image_msg(rgb, next_stamp()), out=f'{NS}/depth')
+    diag(g, lambda v: int(v['frames_out']) > 0)
+    time.sleep(1.2)
+    assert g.node.count_publishers(f'{NS}/points') == 1
+    assert diag(g)['points_published'] == '0', 'a cloud was computed without a subscriber'
+
+    g.sub(PointCloud2, f'{NS}/points')
+    _set(g, points_rgb=True)
+    try:
+        for _ in range(30):
+            s = next_stamp()
+            d = send_and_wait(g, f'{NS}/image', image_msg(rgb, s), out=f'{NS}/depth')
+            cloud_msg = g.wait(lambda: next((m for m in g.msgs(f'{NS}/points') if same_stamp(m.header.stamp, s)),
+                                            None), 1.0)
+            if cloud_msg is not None:
+                break
+        assert cloud_msg is not None, 'no points while subscribed'
+        info = g.wait(lambda: next((m for m in g.msgs(f'{NS}/depth/camera_info') if same_stamp(m.header.stamp, s)),
+                                   None))
+        np.testing.assert_allclose(np.reshape(info.p, (3, 4)), P)          # the camera_info really was used
+        assert cloud_msg.header.frame_id == FRAME and (cloud_msg.height, cloud_msg.width) == (192, 640)
+        assert [f.name for f in cloud_msg.fields] == ['x', 'y', 'z', 'rgb'] and cloud_msg.point_step == 16
+        cloud = _cloud(cloud_msg)
+        _check_backprojection(cloud, d, info)
+        packed = cloud['rgb'].view(np.uint32)
+        np.testing.assert_array_equal(np.stack([packed >> 16 & 255, packed >> 8 & 255, packed & 255], -1), rgb)
+        # without colour, at half size: x, y, z only, against the half-size camera_info
+        _set(g, points_rgb=False, output_width=320)
+        s = next_stamp()
+        d = send_and_wait(g, f'{NS}/image', image_msg(rgb, s), out=f'{NS}/depth')
+        cloud_msg = _wait_cloud(g, s)
+        assert cloud_msg is not None and (cloud_msg.height, cloud_msg.width) == (96, 320)
+        assert [f.name for f in cloud_msg.fields] == ['x', 'y', 'z'] and cloud_msg.point_step == 12
+        info = g.wait(lambda: next((m for m in g.msgs(f'{NS}/depth/camera_info') if same_stamp(m.header.stamp, s)),
+                                   None))
+        _check_backprojection(_cloud(cloud_msg), d, info)
+        assert int(diag(g, lambda v: int(v['points_published']) >= 2)['points_published']) >= 2
+    finally:
+        _set(g, points_rgb=False, output_width=0)
 
 
 def test_depth_image_proc_layout_publishes_image_rect_beside_camera_info(out):
