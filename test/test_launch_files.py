@@ -1,7 +1,12 @@
 """The XML launch file and the parameter presets, checked without the `launch` package (not installable here):
 every file they name exists, every parameter they set is one the node declares with a compatible type and
-range, every remap targets a node topic, and rclpy itself accepts each preset as a --params-file."""
+range, every remap targets a node topic, and rclpy itself accepts each preset as a --params-file; the FastDDS
+profile reaches the node process only and never overrides the user's; the launch arguments users expect
+(use_sim_time, log_level, namespace, autostart) are declared and reach the node."""
+import json
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,6 +21,7 @@ LAUNCH = REPO / 'launch' / 'dynadepth.launch.xml'
 PRESETS = sorted(p for p in (REPO / 'config').glob('*.yaml') if 'ros__parameters' in p.read_text())   # node presets
 NODE_INPUTS = {'image', 'camera_info', 'instance_mask'}
 CHOICES = {'backend': BACKENDS, 'precision': PRECISIONS, 'image_transport': TRANSPORTS}
+RCLPY_PARAMETERS = {'use_sim_time': False}      # declared by rclpy itself for every node
 
 
 def _resolve(text: str, args: dict, env: dict | None = None) -> str:
@@ -42,6 +48,9 @@ def _resolve(text: str, args: dict, env: dict | None = None) -> str:
 
 
 def _check_value(name, value, where):
+    if name in RCLPY_PARAMETERS:
+        assert type(value) is type(RCLPY_PARAMETERS[name]), f'{where}: {name}={value!r}'
+        return
     assert name in PARAMETERS, f'{where}: the node declares no parameter {name!r}'
     default, desc = PARAMETERS[name]
     assert type(value) is type(default), f'{where}: {name}={value!r} is {type(value).__name__}, ' \
@@ -175,3 +184,62 @@ def test_shipped_profile_keeps_shm_for_large_images_and_udp_on_every_interface()
             f'{tag}: one 1280x720 frame from another host must fit in the socket buffer'
     # builtin transports off: otherwise FastDDS adds its own (small-segment) SHM and UDP next to ours
     assert rtps.findtext('d:useBuiltinTransports', namespaces=ns) == 'false'
+
+
+# ---------------------------------------------------------------------------- launch arguments users expect
+EXPECTED_ARGS = {'use_sim_time': 'false', 'log_level': 'info', 'namespace': '', 'autostart': 'true'}
+
+
+def test_launch_arguments_users_expect_are_declared_and_passed_to_the_node(launch):
+    root, args = launch
+    for name, default in EXPECTED_ARGS.items():
+        (arg,) = root.findall(f"arg[@name='{name}']")
+        assert arg.get('default') == default and arg.get('description'), name
+    (node,) = root.iter('node')
+    params = {p.get('name'): p.get('value') for p in node.iter('param') if p.get('name')}
+    assert params['use_sim_time'] == '$(var use_sim_time)' and params['autostart'] == '$(var autostart)'
+    assert node.get('namespace') == '$(var namespace)'
+    assert '--log-level $(var log_level)' in node.get('ros_args', '')
+    assert PARAMETERS['autostart'][0] is True and yaml.safe_load(args['autostart']) is True
+    assert yaml.safe_load(args['use_sim_time']) is False
+
+
+NODE_FROM_ARGS = """
+import json, sys
+import rclpy
+from rclpy.logging import LoggingSeverity
+from dynadepth_ros.node import DepthNode
+name, args = sys.argv[1], sys.argv[2:]
+rclpy.init(args=args)
+node = DepthNode(name)
+print(json.dumps({'namespace': node.get_namespace(), 'use_sim_time': node.get_parameter('use_sim_time').value,
+                  'autostart': node.get_parameter('autostart').value,
+                  'debug': node.get_logger().get_effective_level() == LoggingSeverity.DEBUG}))
+node.destroy_node()
+rclpy.shutdown()
+"""
+
+
+def test_rclpy_accepts_the_launch_file_node_command_line(launch, tmp_path):
+    """Resolve the launch file with non-default arguments into what launch_ros hands the process (--ros-args with
+    --log-level, the namespace and a params file of the <param name=...> values read as YAML), and start the node
+    from it in a process of its own (--log-level is process-wide)."""
+    pytest.importorskip('rclpy')
+    root, args = launch
+    args = {**args, 'use_sim_time': 'true', 'log_level': 'debug', 'namespace': 'front', 'autostart': 'false'}
+    (node_el,) = root.iter('node')
+    params = {}
+    for p in node_el.iter('param'):
+        if p.get('name'):
+            raw = _resolve(p.get('value'), args)
+            params[p.get('name')] = yaml.safe_load(raw) if raw != '' else ''     # launch_ros reads values as YAML
+    params_file = tmp_path / 'launch_params.yaml'
+    params_file.write_text(yaml.safe_dump({'/**': {'ros__parameters': params}}))
+    ros_args = _resolve(node_el.get('ros_args'), args).split()
+    ns = '/' + _resolve(node_el.get('namespace'), args).lstrip('/')
+    res = subprocess.run([sys.executable, '-c', NODE_FROM_ARGS, _resolve(node_el.get('name'), args), '--ros-args',
+                          *ros_args, '-r', f'__ns:={ns}', '--params-file', str(params_file)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got == {'namespace': '/front', 'use_sim_time': True, 'autostart': False, 'debug': True}
