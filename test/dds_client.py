@@ -31,45 +31,66 @@ def main():
     best_effort = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
     got = {'reliable': [], 'best_effort': [], 'camera_info': []}
 
+    def stamp(m):
+        return m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+
     def on_depth(key):
         def cb(m):
             arr = np.frombuffer(bytes(m.data), '<f4').reshape(m.height, m.width)
-            got[key].append({'stamp': m.header.stamp.sec * 10**9 + m.header.stamp.nanosec, 'h': m.height,
-                             'w': m.width, 'centre': float(arr[m.height // 2, m.width // 2]),
-                             'latency_ms': (time.time_ns() - (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec)) / 1e6})
+            got[key].append({'stamp': stamp(m), 'h': m.height, 'w': m.width,
+                             'centre': float(arr[m.height // 2, m.width // 2]),
+                             'latency_ms': (time.time_ns() - stamp(m)) / 1e6})
         return cb
+
+    def on_info(m):
+        got['camera_info'].append({'stamp': stamp(m), 'w': m.width, 'h': m.height})
 
     subs = [node.create_subscription(Image, f'{a.ns}/depth', on_depth('reliable'), reliable),
             node.create_subscription(Image, f'{a.ns}/depth', on_depth('best_effort'), best_effort),
-            node.create_subscription(CameraInfo, f'{a.ns}/depth/camera_info',
-                                     lambda m: got['camera_info'].append([m.width, m.height]), reliable)]
+            node.create_subscription(CameraInfo, f'{a.ns}/depth/camera_info', on_info, reliable)]
     pub = node.create_publisher(Image, f'{a.ns}/image', reliable)
+
+    def spin_for(seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.01)
+
+    rgb = np.zeros((a.height, a.width, 3), np.uint8)
+
+    def frame(red):
+        ns = time.time_ns()
+        rgb[..., 0] = red
+        msg = Image(height=a.height, width=a.width, encoding='rgb8', step=a.width * 3, data=rgb.tobytes())
+        msg.header.stamp.sec, msg.header.stamp.nanosec = ns // 10**9, ns % 10**9
+        msg.header.frame_id = 'cam_optical'
+        pub.publish(msg)
+        return ns
     t0 = time.monotonic()
     while time.monotonic() - t0 < a.discovery_timeout and not (
             pub.get_subscription_count() > 0 and all(s.get_publisher_count() > 0 for s in subs)):
         rclpy.spin_once(node, timeout_sec=0.05)
     matched = {'image': pub.get_subscription_count(), 'depth': subs[0].get_publisher_count(),
                'camera_info': subs[2].get_publisher_count(), 'after_s': round(time.monotonic() - t0, 2)}
-    end = time.monotonic() + 1.0            # let the matches settle on both sides
-    while time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
+    # warm-up: our readers seeing the node's writers does not mean the node's writers have matched our readers;
+    # send frames until one depth and one camera_info came back, then count from a clean slate
+    warmup = 0
+    end = time.monotonic() + a.discovery_timeout
+    while time.monotonic() < end and not (got['reliable'] and got['camera_info']):
+        frame(20)
+        warmup += 1
+        spin_for(0.5)
+    matched['warmup_frames'] = warmup
+    spin_for(0.5)
     sent = []
-    rgb = np.zeros((a.height, a.width, 3), np.uint8)
     for i in range(a.frames):
-        rgb[..., 0] = 40 + 7 * i
-        ns = time.time_ns()
-        msg = Image(height=a.height, width=a.width, encoding='rgb8', step=a.width * 3, data=rgb.tobytes())
-        msg.header.stamp.sec, msg.header.stamp.nanosec = ns // 10**9, ns % 10**9
-        msg.header.frame_id = 'cam_optical'
-        pub.publish(msg)
-        sent.append({'stamp': ns, 'red': 40 + 7 * i})
-        end = time.monotonic() + 1.0 / a.rate
-        while time.monotonic() < end:
-            rclpy.spin_once(node, timeout_sec=0.01)
+        sent.append({'stamp': frame(40 + 7 * i), 'red': 40 + 7 * i})
+        spin_for(1.0 / a.rate)
     end = time.monotonic() + a.linger
-    while time.monotonic() < end and len(got['reliable']) < len(sent):
+    while time.monotonic() < end and min(len(got['reliable']), len(got['camera_info'])) < len(sent):
         rclpy.spin_once(node, timeout_sec=0.05)
-    print(json.dumps({'matched': matched, 'sent': sent, **got}), flush=True)
+    counted = {s['stamp'] for s in sent}          # a late warm-up frame is not one of ours
+    print(json.dumps({'matched': matched, 'sent': sent,
+                      **{k: [m for m in v if m['stamp'] in counted] for k, v in got.items()}}), flush=True)
     node.destroy_node()
     rclpy.shutdown()
 

@@ -50,7 +50,8 @@ def _node_args(model, ns, reliable_image=True):
 
 
 def _check(result, node_log):
-    """Every frame came back as 1280x720 metric depth on the reliable subscription; returns the report."""
+    """Every frame came back as 1280x720 metric depth on the reliable subscription, with its depth/camera_info;
+    returns the report."""
     sent = {s['stamp']: s['red'] for s in result['sent']}
     assert len(sent) == FRAMES
     report = {k: len(result[k]) for k in ('reliable', 'best_effort', 'camera_info')}
@@ -62,6 +63,7 @@ def _check(result, node_log):
             assert (m['w'], m['h']) == (1280, 720)
             assert m['stamp'] in sent
             assert m['centre'] == pytest.approx(expected_depth(sent[m['stamp']]), rel=1e-5)
+    assert report['camera_info'] == FRAMES, f'depth/camera_info: {report}'
     got = {m['stamp'] for m in result['reliable']}
     assert got == set(sent), f'reliable depth subscription got {len(got)}/{FRAMES} frames: {report}\n' \
                              f'node log:\n{node_log[-3000:]}'
