@@ -25,9 +25,10 @@ Topics (relative, remappable)                                    QoS (defaults; 
 Processing is latest-frame-wins on one worker thread: the subscription callback only stores the newest
 image (a frame replaced before the worker took it counts as dropped), so there is never a backlog. Masks are
 paired with computed depth frames by stamp (mask_sync.py); depth never waits for a mask. Masks that never pair
-(publishers but nothing received, or received but never matching) turn /diagnostics WARN after `mask_warn_after`. Frames larger than
-`max_image_pixels` (a CompressedImage by its PNG/JPEG header, before decoding) are skipped as bad frames;
-camera_info with a focal length outside 0.1x..10x of the model's is ignored (with a throttled warning).
+(publishers but nothing received, or received but never matching) turn /diagnostics WARN after
+`mask_warn_after`. Frames larger than `max_image_pixels` (a CompressedImage by its PNG/JPEG header, before
+decoding) are skipped as bad frames; camera_info with a focal length outside 0.1x..10x of the model's is
+ignored (with a throttled warning). Camera intrinsics come from camera_info P (or K, `intrinsics_source`).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The depth node's outputs for real robots, over a real ROS 2 graph: masks that never pair are reported on
 /diagnostics and once in the log; depth/camera_info with intrinsics from P (or K); the organized point cloud;
-the depth_image_proc layout. One `depth_node` (mask_warn_after 1 s) is shared by the module; tests run in file order on purpose (the
-first must see no mask at all).
+the depth_image_proc layout. One `depth_node` (mask_warn_after 1 s) is shared by the module; tests run in file
+order on purpose (the first must see no mask at all).
 """
 import re
 import time
