@@ -201,17 +201,22 @@ def send_and_wait(g, topic, msg, mtype=Image, out=f'{NS}/depth', tries=3, timeou
     raise AssertionError(f'no {out} for stamp {stamp_ns(msg.header.stamp)}; node log:\n{g.log_path.read_text()[-3000:]}')
 
 
-def diag_values(g, pred=lambda v: True, timeout=10.0):
-    """Values of the newest /diagnostics status of our node satisfying pred."""
+def diag(g, name, pred=lambda v: True, timeout=10.0):
+    """Values (+ _level, _message, _hw) of the newest /diagnostics status of node `name` satisfying pred, or None."""
     def find():
         for arr in reversed(g.msgs('/diagnostics')):
             for st in arr.status:
-                if st.name == f'{NAME}: depth':
+                if st.name == f'{name}: depth':
                     v = {kv.key: kv.value for kv in st.values}
                     v['_level'], v['_message'], v['_hw'] = st.level, st.message, st.hardware_id
                     return v if pred(v) else None
         return None
-    v = g.wait(find, timeout)
+    return g.wait(find, timeout)
+
+
+def diag_values(g, pred=lambda v: True, timeout=10.0):
+    """Values of the newest /diagnostics status of our node satisfying pred."""
+    v = diag(g, NAME, pred, timeout)
     assert v is not None, 'no matching /diagnostics status'
     return v
 

@@ -20,8 +20,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: 
 from std_msgs.msg import Header  # noqa: E402
 
 from contract_model import expected_depth  # noqa: E402
-from test_node_graph import (FRAME, INTR, depth_array, image_msg, label_msg, next_stamp, running_node,  # noqa: E402
-                             same_stamp, send_and_wait, stamp_ns)
+from test_node_graph import (FRAME, INTR, depth_array, diag, image_msg, label_msg, next_stamp,  # noqa: E402
+                             running_node, same_stamp, send_and_wait, stamp_ns)
 
 NS, NAME = '/dd_out_ns', 'dd_out'
 
@@ -31,16 +31,9 @@ def out(tmp_path_factory):
     yield from running_node(tmp_path_factory.mktemp('outputs'), params=('mask_warn_after:=1.0',), ns=NS, name=NAME)
 
 
-def diag(g, pred=lambda v: True, timeout=10.0):
-    def find():
-        for arr in reversed(g.msgs('/diagnostics')):
-            for st in arr.status:
-                if st.name == f'{NAME}: depth':
-                    v = {kv.key: kv.value for kv in st.values}
-                    v['_level'], v['_message'] = st.level, st.message
-                    return v if pred(v) else None
-        return None
-    return g.wait(find, timeout)
+def status(g, pred=lambda v: True, timeout=10.0):
+    """Values (+ _level, _message) of the node's newest /diagnostics status satisfying pred, or None."""
+    return diag(g, NAME, pred, timeout)
 
 
 def _images_until(g, pred, seconds=15.0, mask_for=None):
@@ -52,7 +45,7 @@ def _images_until(g, pred, seconds=15.0, mask_for=None):
         send_and_wait(g, f'{NS}/image', image_msg(rgb, s), out=f'{NS}/depth')
         if mask_for is not None:
             g.pub(Image, f'{NS}/instance_mask').publish(mask_for(s))
-        v = diag(g, pred, timeout=0.2)
+        v = status(g, pred, timeout=0.2)
         if v is not None:
             return v
         time.sleep(0.1)
@@ -158,7 +151,7 @@ def test_camera_info_intrinsics_come_from_P_by_default_and_from_K_on_request(out
         np.testing.assert_allclose(np.reshape(info.k, (3, 3)), K_RAW * [[sx], [sy], [1]], rtol=1e-12)
         np.testing.assert_allclose(np.reshape(info.p, (3, 4)), P_RECT * [[sx], [sy], [1]], rtol=1e-12)
         np.testing.assert_allclose(info.d, [-0.1, 0.01, 0, 0, 0])
-        assert 'intrinsics from P' in diag(g, lambda v: 'from P' in v['camera_info'])['camera_info']
+        assert 'intrinsics from P' in status(g, lambda v: 'from P' in v['camera_info'])['camera_info']
         _set(g, intrinsics_source='K')
         _depth_with_info(g, _info(K_RAW, P_RECT), 1.0)                  # K's focal = training → depth x1
         _set(g, intrinsics_source='P')
@@ -167,7 +160,7 @@ def test_camera_info_intrinsics_come_from_P_by_default_and_from_K_on_request(out
         _depth_with_info(g, no_p, 1.0)
         assert len([ln for ln in g.log_path.read_text().splitlines() if 'P is all zero' in ln
                     and 'intrinsics_source' in ln]) == 1, g.log_path.read_text()[-3000:]
-        assert 'intrinsics from K' in diag(g, lambda v: 'from K' in v['camera_info'])['camera_info']
+        assert 'intrinsics from K' in status(g, lambda v: 'from K' in v['camera_info'])['camera_info']
         client = AsyncParameterClient(g.node, f'{NS}/{NAME}')
         res = g.call(client.set_parameters([Parameter('intrinsics_source', value='R')])).results[0]
         assert not res.successful and 'P' in res.reason
@@ -221,10 +214,10 @@ def test_points_are_the_back_projected_depth_and_only_computed_while_subscribed(
         info_in.header.stamp = next_stamp()
         g.pub(CameraInfo, f'{NS}/camera_info').publish(info_in)
         send_and_wait(g, f'{NS}/image', image_msg(rgb, next_stamp()), out=f'{NS}/depth')
-    diag(g, lambda v: int(v['frames_out']) > 0)
+    status(g, lambda v: int(v['frames_out']) > 0)
     time.sleep(1.2)
     assert g.node.count_publishers(f'{NS}/points') == 1
-    assert diag(g)['points_published'] == '0', 'a cloud was computed without a subscriber'
+    assert status(g)['points_published'] == '0', 'a cloud was computed without a subscriber'
 
     g.sub(PointCloud2, f'{NS}/points')
     _set(g, points_rgb=True)
@@ -256,7 +249,7 @@ def test_points_are_the_back_projected_depth_and_only_computed_while_subscribed(
         info = g.wait(lambda: next((m for m in g.msgs(f'{NS}/depth/camera_info') if same_stamp(m.header.stamp, s)),
                                    None))
         _check_backprojection(_cloud(cloud_msg), d, info)
-        assert int(diag(g, lambda v: int(v['points_published']) >= 2)['points_published']) >= 2
+        assert int(status(g, lambda v: int(v['points_published']) >= 2)['points_published']) >= 2
     finally:
         _set(g, points_rgb=False, output_width=0)
 

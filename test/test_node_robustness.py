@@ -23,7 +23,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from contract_model import expected_depth, make_contract_model  # noqa: E402
-from test_node_graph import (FRAME, INTR, Graph, camera_info_msg, depth_array, label_msg,  # noqa: E402
+from test_node_graph import (FRAME, INTR, Graph, camera_info_msg, depth_array, diag, label_msg,  # noqa: E402
                              next_stamp, running_node, same_stamp, send_and_wait)
 
 NS, NAME = '/dd_robust_ns', 'dd_robust'
@@ -34,19 +34,6 @@ def png_msg(rgb, stamp):
     ok, buf = cv2.imencode('.png', np.ascontiguousarray(rgb[..., ::-1]))
     assert ok
     return CompressedImage(header=Header(stamp=stamp, frame_id=FRAME), format='png', data=buf.tobytes())
-
-
-def diag(g, name, pred=lambda v: True, timeout=10.0):
-    """Values (+ _level, _message) of the newest /diagnostics status of node `name` satisfying pred, or None."""
-    def find():
-        for arr in reversed(g.msgs('/diagnostics')):
-            for st in arr.status:
-                if st.name == f'{name}: depth':
-                    v = {kv.key: kv.value for kv in st.values}
-                    v['_level'], v['_message'] = st.level, st.message
-                    return v if pred(v) else None
-        return None
-    return g.wait(find, timeout)
 
 
 @pytest.fixture(scope='module')
