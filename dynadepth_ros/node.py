@@ -41,7 +41,8 @@ import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
+                                SetParametersResult)
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -52,6 +53,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from dynadepth_ros import ros_messages
+from dynadepth_ros.camera_streams import CameraStream, take_batch, validate_camera_names
 from dynadepth_ros.camera import denormalise_intrinsics, scale_intrinsics
 from dynadepth_ros.colorize import colorize_depth
 from dynadepth_ros.depth_outputs import INTRINSICS_SOURCES, camera_matrix, model_calibration, organized_cloud
@@ -72,7 +74,8 @@ OUTPUT_LAYOUTS = {'default': ('depth', 'depth/camera_info'),
                   'depth_image_proc': ('depth/image_rect', 'depth/camera_info')}
 # Parameters that only take effect on configure (model, backend) or on activate (subscriptions, pairing):
 CONFIGURE_PARAMS = ('model_path', 'backend', 'precision', 'fallback', 'trt_tolerance', 'engine_cache_dir',
-                    'engine_path', 'intra_op_threads', 'aspect_tolerance', 'allow_relative_model', 'output_layout')
+                    'engine_path', 'intra_op_threads', 'aspect_tolerance', 'allow_relative_model', 'output_layout',
+                    'cameras')
 ACTIVATE_PARAMS = ('image_transport', 'mask_queue_size', 'mask_slop', 'mask_max_wait')
 THROTTLE_S = 5.0
 WATCHDOG_PERIOD_S = 0.5
@@ -106,8 +109,9 @@ class WorkerFailure(RuntimeError):
     """The worker thread died or is stuck; raised out of the executor so that main() exits with status 1."""
 
 
-def _desc(text: str, *, read_only: bool = False, lo=None, hi=None, step=None, constraints: str = '') -> ParameterDescriptor:
-    d = ParameterDescriptor(description=text, read_only=read_only, additional_constraints=constraints)
+def _desc(text: str, *, read_only: bool = False, lo=None, hi=None, step=None, constraints: str = '',
+          type_: int = ParameterType.PARAMETER_NOT_SET) -> ParameterDescriptor:
+    d = ParameterDescriptor(description=text, read_only=read_only, additional_constraints=constraints, type=type_)
     if isinstance(lo, float) or isinstance(hi, float):
         d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
     elif lo is not None:
@@ -181,6 +185,12 @@ PARAMETERS = {
         'longest time (s) the worker may spend on one frame; beyond it (or if the worker thread dies) '
         '/diagnostics goes ERROR and the process exits with status 1 so a launch respawn / supervisor restarts it',
         lo=0.5, hi=3600.0)),
+    'cameras': ([], _desc(
+        'camera namespaces served by this node with one model and backend, e.g. [front, left]: camera c reads '
+        'c/image (c/image/compressed), c/camera_info, c/instance_mask and publishes c/depth, c/depth/camera_info, '
+        'c/depth/colored, c/points, c/objects; the newest pending frame of every camera runs in one batch. '
+        'Empty: one camera on image, depth, ... (no prefix)', constraints=_WHEN_CONF,
+        type_=ParameterType.PARAMETER_STRING_ARRAY)),
     'autostart': (True, _desc('configure and activate at start (false: wait for a lifecycle manager)',
                               read_only=True)),
     'diagnostics_period': (1.0, _desc('seconds between /diagnostics messages', read_only=True, lo=0.1, hi=60.0)),
@@ -206,20 +216,14 @@ class DepthNode(LifecycleNode):
         self._phase = 'unconfigured'
         self._status_error = ''
         self.estimator: DepthEstimator | None = None
-        self._pubs: dict = {}
         self._subs: list = []
         self._lock = threading.Condition()
-        self._slot = None                  # (kind, msg) latest unprocessed image
-        self._masks: list = []              # unprocessed mask messages
+        # one CameraStream per camera (cameras parameter; a single unprefixed one when empty): its pending frame
+        # and masks (under _lock), camera_info, mask pairing, publishers and counters — camera_streams.py
+        self._streams: list[CameraStream] = [CameraStream()]
+        self._next_camera = 0                     # round-robin start of the next batch (take_batch)
         self._worker: threading.Thread | None = None
         self._running = False
-        self._camera_info: CameraInfo | None = None
-        self._camera_info_note = 'no camera_info received'
-        self._p_zero_warned = False               # intrinsics_source P with an all-zero P: warned once
-        self._pairer: MaskPairer | None = None
-        self._mask_sub = None
-        self._mask_watch: MaskWatch | None = None
-        self._mask_warned: set[str] = set()      # MaskWatch problem kinds already logged since activation
         self._throttle: dict[str, tuple[float, int]] = {}
         self._busy_since: float | None = None    # monotonic time the worker started on its current item
         self._worker_death = ''                   # the exception that ended the worker thread
@@ -286,13 +290,17 @@ class DepthNode(LifecycleNode):
                               ('intrinsics_source', INTRINSICS_SOURCES), ('output_layout', tuple(OUTPUT_LAYOUTS))):
             if self._p(name) not in allowed:
                 return self._configure_failed(f'parameter {name}={self._p(name)!r} is not one of {allowed}')
+        try:
+            cameras = validate_camera_names(self._p('cameras') or [])
+        except ValueError as exc:
+            return self._configure_failed(f'parameter cameras: {exc}')
         model_path = self._p('model_path') or None
         try:
             est = DepthEstimator(
                 model_path, backend=self._p('backend'), precision=self._p('precision'),
                 engine_cache_dir=self._p('engine_cache_dir') or None, fallback=bool(self._p('fallback')),
                 trt_tolerance=float(self._p('trt_tolerance')), engine_path=self._p('engine_path') or None,
-                aspect_tolerance=float(self._p('aspect_tolerance')), max_batch=1,
+                aspect_tolerance=float(self._p('aspect_tolerance')), max_batch=max(1, len(cameras)),
                 intra_op_threads=int(self._p('intra_op_threads')), log=self.get_logger().warning)
         except (ModelFormatError, BackendError, ValueError, OSError) as exc:
             return self._configure_failed(f'cannot load the model: {exc}')
@@ -310,12 +318,19 @@ class DepthNode(LifecycleNode):
             f'model {est.model_path} (stage {m.stage}, {"metric" if m.metric else "RELATIVE"}, input '
             f'{m.input_width}x{m.input_height}, depth {m.min_depth:g}..{m.max_depth:g} m) on {est.backend_name}')
         depth_topic, info_topic = OUTPUT_LAYOUTS[self._p('output_layout')]
-        for key, mtype, topic in (('depth', Image, depth_topic), ('info', CameraInfo, info_topic),
-                                  ('colored', Image, 'depth/colored'), ('objects', MarkerArray, 'objects'),
-                                  ('points', PointCloud2, 'points')):
-            self._pubs[key] = self.create_lifecycle_publisher(
-                mtype, topic, _publisher_qos(), qos_overriding_options=_qos_options(),
-                event_callbacks=PublisherEventCallbacks(incompatible_qos=self._qos_warning(topic, 'publisher')))
+        self._streams = [CameraStream(name) for name in cameras] or [CameraStream()]
+        self._next_camera = 0
+        for cam in self._streams:
+            for key, mtype, rel in (('depth', Image, depth_topic), ('info', CameraInfo, info_topic),
+                                    ('colored', Image, 'depth/colored'), ('objects', MarkerArray, 'objects'),
+                                    ('points', PointCloud2, 'points')):
+                topic = cam.topic(rel)
+                cam.pubs[key] = self.create_lifecycle_publisher(
+                    mtype, topic, _publisher_qos(), qos_overriding_options=_qos_options(),
+                    event_callbacks=PublisherEventCallbacks(incompatible_qos=self._qos_warning(topic, 'publisher')))
+        if cameras:
+            self.get_logger().info(f'{len(cameras)} cameras ({", ".join(cameras)}) share the model, batch of up to '
+                                   f'{len(cameras)} on {est.backend_name}')
         self._status_error = ''
         self._phase = 'inactive'
         return TransitionCallbackReturn.SUCCESS
@@ -326,36 +341,45 @@ class DepthNode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        opts = _qos_options
-        if self._p('image_transport') == 'compressed':
-            topic = self.resolve_topic_name('image') + '/compressed'
-            self._subs.append(self.create_subscription(
-                CompressedImage, topic, lambda m: self._on_image('compressed', m), _sensor_qos(),
-                qos_overriding_options=opts(), event_callbacks=self._sub_events(topic)))
-        else:
-            self._subs.append(self.create_subscription(
-                Image, 'image', lambda m: self._on_image('raw', m), _sensor_qos(), qos_overriding_options=opts(),
-                event_callbacks=self._sub_events('image')))
-        self._subs.append(self.create_subscription(
-            CameraInfo, 'camera_info', self._on_camera_info, _sensor_qos(), qos_overriding_options=opts(),
-            event_callbacks=self._sub_events('camera_info')))
-        self._mask_sub = self.create_subscription(
-            Image, 'instance_mask', self._on_mask, _sensor_qos(), qos_overriding_options=opts(),
-            event_callbacks=self._sub_events('instance_mask'))
-        self._subs.append(self._mask_sub)
-        self._pairer = MaskPairer(int(self._p('mask_queue_size')), float(self._p('mask_slop')),
-                                  float(self._p('mask_max_wait')), on_time_jump=self._on_time_jump)
-        self._mask_watch = MaskWatch(float(self._p('mask_warn_after')))
-        self._mask_warned = set()
+        for cam in self._streams:
+            self._subscribe(cam)
         self._running = True
         self._busy_since, self._worker_death = None, ''
         self._worker = threading.Thread(target=self._work, name='dynadepth-worker', daemon=True)
         self._worker.start()
         self._phase = 'active'
-        self.get_logger().info(f'active: depth from {self.resolve_topic_name("image")} '
-                               f'({self._p("image_transport")}) on {self._pubs["depth"].topic_name} '
-                               f'with {self._pubs["info"].topic_name}')
+        for cam in self._streams:
+            self.get_logger().info(f'active: depth from {self.resolve_topic_name(cam.topic("image"))} '
+                                   f'({self._p("image_transport")}) on {cam.pubs["depth"].topic_name} '
+                                   f'with {cam.pubs["info"].topic_name}')
         return super().on_activate(state)
+
+    def _subscribe(self, cam: CameraStream) -> None:
+        """The camera's image (raw or compressed), camera_info and instance_mask subscriptions and its mask pairing."""
+        opts = _qos_options
+        if self._p('image_transport') == 'compressed':
+            topic = self.resolve_topic_name(cam.topic('image')) + '/compressed'
+            self._subs.append(self.create_subscription(
+                CompressedImage, topic, lambda m, c=cam: self._on_image(c, 'compressed', m), _sensor_qos(),
+                qos_overriding_options=opts(), event_callbacks=self._sub_events(topic)))
+        else:
+            topic = cam.topic('image')
+            self._subs.append(self.create_subscription(
+                Image, topic, lambda m, c=cam: self._on_image(c, 'raw', m), _sensor_qos(),
+                qos_overriding_options=opts(), event_callbacks=self._sub_events(topic)))
+        topic = cam.topic('camera_info')
+        self._subs.append(self.create_subscription(
+            CameraInfo, topic, lambda m, c=cam: self._on_camera_info(c, m), _sensor_qos(),
+            qos_overriding_options=opts(), event_callbacks=self._sub_events(topic)))
+        topic = cam.topic('instance_mask')
+        cam.mask_sub = self.create_subscription(
+            Image, topic, lambda m, c=cam: self._on_mask(c, m), _sensor_qos(), qos_overriding_options=opts(),
+            event_callbacks=self._sub_events(topic))
+        self._subs.append(cam.mask_sub)
+        cam.pairer = MaskPairer(int(self._p('mask_queue_size')), float(self._p('mask_slop')),
+                                float(self._p('mask_max_wait')), on_time_jump=self._on_time_jump)
+        cam.mask_watch = MaskWatch(float(self._p('mask_warn_after')))
+        cam.mask_warned = set()
 
     def _stop_worker(self) -> bool:
         """Stop the subscriptions and the worker; False when the worker did not stop (stuck)."""
@@ -364,15 +388,17 @@ class DepthNode(LifecycleNode):
         self._subs = []
         with self._lock:
             self._running = False
-            self._slot = None
-            self._masks = []
+            for cam in self._streams:
+                cam.slot = None
+                cam.masks = []
             self._lock.notify_all()
         stopped = True
         if self._worker is not None:
             self._worker.join(timeout=1.0 if self._fatal else 10.0)
             stopped = not self._worker.is_alive()
             self._worker = None
-        self._mask_sub = None
+        for cam in self._streams:
+            cam.mask_sub = None
         return stopped
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -382,9 +408,10 @@ class DepthNode(LifecycleNode):
 
     def _release(self) -> None:
         stopped = self._stop_worker()
-        for pub in self._pubs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._pubs = {}
+        for cam in self._streams:
+            for pub in cam.pubs.values():
+                self.destroy_lifecycle_publisher(pub)
+            cam.pubs = {}
         if self.estimator is not None:
             if stopped:              # a stuck worker may still be inside the backend: leave it to process exit
                 self.estimator.close()
@@ -423,24 +450,22 @@ class DepthNode(LifecycleNode):
         return SubscriptionEventCallbacks(incompatible_qos=self._qos_warning(topic, 'subscription'))
 
     # ---------------------------------------------------------------- callbacks (executor thread: store only)
-    def _on_image(self, kind: str, msg) -> None:
-        self._in_rate.add()
+    def _on_image(self, cam: CameraStream, kind: str, msg) -> None:
+        cam.in_rate.add()
         with self._lock:
-            if self._slot is not None:
-                self._stats['dropped'] += 1
-            self._slot = (kind, msg)
+            cam.store_frame(kind, msg)
             self._lock.notify()
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+    def _on_camera_info(self, cam: CameraStream, msg: CameraInfo) -> None:
+        cam.camera_info = msg
 
-    def _on_mask(self, msg: Image) -> None:
-        self._stats['masks_in'] += 1
+    def _on_mask(self, cam: CameraStream, msg: Image) -> None:
+        cam.stats['masks_in'] += 1
         with self._lock:
-            self._masks.append(msg)
-            if len(self._masks) > max(1, int(self._p('mask_queue_size'))):
-                del self._masks[0]
-                self._stats['masks_dropped'] += 1
+            cam.masks.append(msg)
+            if len(cam.masks) > max(1, int(self._p('mask_queue_size'))):
+                del cam.masks[0]
+                cam.stats['masks_dropped'] += 1
             self._lock.notify()
 
     # ---------------------------------------------------------------- worker thread
@@ -454,27 +479,47 @@ class DepthNode(LifecycleNode):
     def _work_loop(self) -> None:
         while True:
             with self._lock:
-                while self._running and self._slot is None and not self._masks:
+                while self._running and not any(c.slot is not None or c.masks for c in self._streams):
                     self._lock.wait(timeout=0.2)
-                    if self._pairer is not None and self._running:
+                    if self._running:         # at least every 0.2 s: poll the pairers (masks given up)
                         break
                 if not self._running:
                     return
-                item, self._slot = self._slot, None
-                masks, self._masks = self._masks, []
+                # the newest pending frame of every camera, one batch (camera_streams.take_batch)
+                frames, self._next_camera = take_batch(self._streams, len(self._streams), self._next_camera)
+                masks = [(c, c.masks) for c in self._streams if c.masks]
+                for c, _ in masks:
+                    c.masks = []
             self._busy_since = time.monotonic()
             try:
-                for m in masks:
-                    self._handle_mask(m)
-                if item is not None:
-                    self._handle_image(*item)
-                self._publish_objects(self._pairer.poll())
+                for cam, msgs in masks:
+                    for m in msgs:
+                        self._guarded(cam, self._handle_mask, cam, m)
+                if frames:
+                    self._handle_frames(frames)
+                for cam in self._streams:
+                    self._guarded(cam, lambda c: self._publish_objects(c, c.pairer.poll()), cam)
             except Exception as exc:   # a bug must not silently kill the worker: log, count, carry on
-                self._stats['errors'] += 1
-                self._log_throttled(f'error:{type(exc).__name__}', 'error',
-                                    f'unexpected error while processing a frame: {type(exc).__name__}: {exc}')
+                self._error(None, exc)
             finally:
                 self._busy_since = None
+
+    def _error(self, cam: CameraStream | None, exc: Exception) -> None:
+        """Count and log (throttled) an unexpected error, against `cam` when it concerns one camera only."""
+        self._stats['errors'] += 1
+        where = ''
+        if cam is not None:
+            cam.stats['errors'] += 1
+            where = f' of camera {cam.name}' if cam.name else ''
+        self._log_throttled(f'error:{type(exc).__name__}', 'error',
+                            f'unexpected error while processing a frame{where}: {type(exc).__name__}: {exc}')
+
+    def _guarded(self, cam: CameraStream, fn, *args) -> None:
+        """fn(*args); an exception is counted against `cam` only, so the other cameras carry on."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            self._error(cam, exc)
 
     def _on_time_jump(self, stream: str, stamp_ns: int, newest_ns: int) -> None:
         self.get_logger().warning(
@@ -513,20 +558,21 @@ class DepthNode(LifecycleNode):
                                 f'restarts the node')
         self._publish_diagnostics()
 
-    def _image_intrinsics(self, h: int, w: int) -> tuple[CameraCalibration, np.ndarray] | None:
-        """(calibration of the h x w image, its intrinsics K [3,3] per intrinsics_source), or None without a
-        usable camera_info."""
-        info = self._camera_info
+    def _image_intrinsics(self, cam: CameraStream, h: int, w: int) -> tuple[CameraCalibration, np.ndarray] | None:
+        """(calibration of the camera's h x w image, its intrinsics K [3,3] per intrinsics_source), or None without
+        a usable camera_info."""
+        info = cam.camera_info
         if info is None or not self._p('use_camera_info'):
-            self._camera_info_note = 'no camera_info received' if info is None else 'disabled (use_camera_info)'
+            cam.camera_info_note = 'no camera_info received' if info is None else 'disabled (use_camera_info)'
             return None
         source = self._p('intrinsics_source')
         if source == 'P' and not np.any(np.asarray(info.p, np.float64).reshape(3, 4)[:, :3]):
             source = 'K'
-            if not self._p_zero_warned:
-                self._p_zero_warned = True
-                self._log('warning', 'intrinsics_source is P but camera_info P is all zero (an unrectified camera '
-                                     'driver?): using K; set intrinsics_source:=K to say so')
+            if not cam.p_zero_warned:
+                cam.p_zero_warned = True
+                self._log('warning', f'{self._camera_prefix(cam)}intrinsics_source is P but camera_info P is all '
+                                     f'zero (an unrectified camera driver?): using K; set intrinsics_source:=K to '
+                                     f'say so')
         try:
             calib, note = image_calibration(ros_messages.camera_info_to_calibration(info), h, w)
             K = camera_matrix(calib, source)
@@ -534,118 +580,163 @@ class DepthNode(LifecycleNode):
             focal_ratios(self.estimator.plan_for(h, w).model_intrinsics(K), m.intrinsics, m.input_height,
                          m.input_width)
         except CameraInfoError as exc:
-            self._stats['camera_info_errors'] += 1
-            self._camera_info_note = f'ignored: {exc}'
-            self._log_throttled('camera_info:' + str(exc)[:60], 'warning', f'camera_info ignored: {exc}')
+            cam.stats['camera_info_errors'] += 1
+            cam.camera_info_note = f'ignored: {exc}'
+            self._log_throttled(f'camera_info:{cam.name}:' + str(exc)[:60], 'warning',
+                                f'{self._camera_prefix(cam)}camera_info ignored: {exc}')
             return None
-        self._camera_info_note = f'ok, intrinsics from {source}' + (f'; {note}' if note else '')
+        cam.camera_info_note = f'ok, intrinsics from {source}' + (f'; {note}' if note else '')
         if note:
-            self._log_throttled('camera_info_note:' + note[:60], 'warning', note)
+            self._log_throttled(f'camera_info_note:{cam.name}:' + note[:60], 'warning', self._camera_prefix(cam) + note)
         return calib, K
 
-    def _handle_image(self, kind: str, msg) -> None:
-        max_pixels = int(self._p('max_image_pixels'))
-        try:
-            if kind == 'compressed':
-                rgb = ros_messages.compressed_to_rgb(msg, max_pixels)
-            else:
-                check_image_pixels(int(msg.width), int(msg.height), max_pixels, f'{msg.encoding} Image')
-                rgb = ros_messages.image_to_rgb(msg)
-        except ImageFormatError as exc:
-            self._stats['bad_frames'] += 1
-            self._last_bad = str(exc)
-            self._log_throttled('frame:' + str(exc)[:40], 'error',
-                                f'skipping camera frame ({self._stats["bad_frames"]} so far): {exc}')
-            return
-        h, w = rgb.shape[:2]
+    @staticmethod
+    def _camera_prefix(cam: CameraStream) -> str:
+        """'camera front: ' for a named camera, '' for the single camera (log lines as before)."""
+        return f'camera {cam.name}: ' if cam.name else ''
+
+    def _output_size(self, h: int, w: int) -> tuple[int, int]:
+        """(height, width) of the depth for an h x w image per output_height / output_width."""
         oh, ow = int(self._p('output_height')), int(self._p('output_width'))
         if not oh and not ow:
-            oh, ow = h, w
-        elif not oh:                   # one side given: keep the image's aspect ratio
-            oh = max(1, round(h * ow / w))
-        elif not ow:
-            ow = max(1, round(w * oh / h))
-        intr = self._image_intrinsics(h, w)
+            return h, w
+        if not oh:                   # one side given: keep the image's aspect ratio
+            return max(1, round(h * ow / w)), ow
+        if not ow:
+            return oh, max(1, round(w * oh / h))
+        return oh, ow
+
+    def _decode(self, cam: CameraStream, kind: str, msg, max_pixels: int) -> np.ndarray | None:
+        """uint8 [H,W,3] RGB of a camera frame, or None for a bad frame (counted against the camera, logged)."""
+        try:
+            if kind == 'compressed':
+                return ros_messages.compressed_to_rgb(msg, max_pixels)
+            check_image_pixels(int(msg.width), int(msg.height), max_pixels, f'{msg.encoding} Image')
+            return ros_messages.image_to_rgb(msg)
+        except ImageFormatError as exc:
+            cam.stats['bad_frames'] += 1
+            cam.last_bad = str(exc)
+            self._log_throttled(f'frame:{cam.name}:' + str(exc)[:40], 'error',
+                                f'{self._camera_prefix(cam)}skipping camera frame ({cam.stats["bad_frames"]} so far): '
+                                f'{exc}')
+            return None
+
+    def _handle_frames(self, frames: list[tuple]) -> None:
+        """Decode the taken frames [(camera, kind, msg)], run the good ones through the backend as one batch
+        (each resized to the model input with its own crop plan and focal compensation), publish per camera."""
+        max_pixels = int(self._p('max_image_pixels'))
+        ready = []                           # (camera, header, rgb, intrinsics or None, output size)
+        for cam, kind, msg in frames:
+            rgb = self._decode(cam, kind, msg, max_pixels)
+            if rgb is None:
+                continue
+            h, w = rgb.shape[:2]
+            ready.append((cam, msg.header, rgb, self._image_intrinsics(cam, h, w), self._output_size(h, w)))
+        if not ready:
+            return
         est = self.estimator
-        res = est.infer_detailed([rgb], None if intr is None else [intr[1]], (oh, ow))[0]
-        header = msg.header
-        self._pubs['depth'].publish(ros_messages.depth_to_msg(res.depth, header))
+        try:
+            results = est.infer_detailed([r[2] for r in ready], [None if r[3] is None else r[3][1] for r in ready],
+                                         [r[4] for r in ready])
+        except Exception:
+            if len(ready) == 1:
+                raise
+            # one camera's frame made the batch fail: run them one by one so the others still get depth
+            results = []
+            for cam, _, rgb, intr, size in ready:
+                try:
+                    results.append(est.infer_detailed([rgb], None if intr is None else [intr[1]], [size])[0])
+                except Exception as exc:
+                    self._error(cam, exc)
+                    results.append(None)
+        else:
+            self._stats['batches'] += 1
+            self._batch_size.add(len(ready))
+            self._batch_inference.add(results[0].inference_ms)
+        for (cam, header, rgb, intr, size), res in zip(ready, results):
+            if res is not None:
+                self._guarded(cam, self._publish_depth, cam, header, rgb, intr, size, res)
+
+    def _publish_depth(self, cam: CameraStream, header, rgb: np.ndarray, intr, size: tuple[int, int], res) -> None:
+        """The camera's depth, depth/camera_info and (while subscribed) depth/colored and points; its mask pairing."""
+        h, w = rgb.shape[:2]
+        oh, ow = size
+        pubs = cam.pubs
+        pubs['depth'].publish(ros_messages.depth_to_msg(res.depth, header))
         now_ns = self.get_clock().now().nanoseconds
         latency_ms = (now_ns - ros_messages.stamp_ns(header)) / 1e6
-        self._latency.add(latency_ms)
-        self._inference.add(res.inference_ms)
-        self._overhead.add(latency_ms - res.inference_ms)
-        self._out_rate.add()
-        self._stats['frames_out'] += 1
+        cam.latency.add(latency_ms)
+        cam.inference.add(res.inference_ms)
+        cam.overhead.add(latency_ms - res.inference_ms)
+        cam.out_rate.add()
+        cam.stats['frames_out'] += 1
         if intr is not None:           # the camera's calibration, K and P rescaled to the depth size
             out_calib = rescale_calibration(intr[0], oh, ow)
             K_out = scale_intrinsics(intr[1], ow / w, oh / h)
         else:                          # the intrinsics the model assumed, mapped back onto the depth image
-            m = est.metadata
+            m = self.estimator.metadata
             K_model = denormalise_intrinsics(m.intrinsics, m.input_width, m.input_height)
             K_out = scale_intrinsics(res.plan.source_intrinsics(K_model), ow / w, oh / h)
             out_calib = model_calibration(K_out, ow, oh)
-        self._pubs['info'].publish(ros_messages.calibration_to_camera_info(out_calib, header))
-        if self._pubs['colored'].get_subscription_count() > 0:
+        pubs['info'].publish(ros_messages.calibration_to_camera_info(out_calib, header))
+        if pubs['colored'].get_subscription_count() > 0:
             bgr = colorize_depth(res.depth, float(self._p('colored_min_depth')),
                                  max(float(self._p('colored_max_depth')), float(self._p('colored_min_depth')) * 1.01))
-            self._pubs['colored'].publish(ros_messages.bgr_to_msg(bgr, header))
-            self._stats['colored_out'] += 1
-        if self._pubs['points'].get_subscription_count() > 0:
+            pubs['colored'].publish(ros_messages.bgr_to_msg(bgr, header))
+            cam.stats['colored_out'] += 1
+        if pubs['points'].get_subscription_count() > 0:
             colour = None
             if self._p('points_rgb'):
                 colour = rgb if (h, w) == (oh, ow) else cv2.resize(rgb, (ow, oh), interpolation=resize_interpolation(
                     h, w, oh, ow))
-            self._pubs['points'].publish(ros_messages.cloud_to_msg(organized_cloud(res.depth, K_out, colour), header))
-            self._stats['points_out'] += 1
-        mask_sub = self._mask_sub
-        if mask_sub is not None and (mask_sub.get_publisher_count() > 0 or self._pairer.stats.masks_received > 0):
+            pubs['points'].publish(ros_messages.cloud_to_msg(organized_cloud(res.depth, K_out, colour), header))
+            cam.stats['points_out'] += 1
+        mask_sub = cam.mask_sub
+        if mask_sub is not None and (mask_sub.get_publisher_count() > 0 or cam.pairer.stats.masks_received > 0):
             # only while a mask source exists: otherwise every frame would wait for nothing
-            self._publish_objects(self._pairer.add_depth(ros_messages.stamp_ns(header),
-                                                         _Frame(header, res.depth, K_out)))
+            self._publish_objects(cam, cam.pairer.add_depth(ros_messages.stamp_ns(header),
+                                                            _Frame(header, res.depth, K_out)))
 
-    def _handle_mask(self, msg: Image) -> None:
+    def _handle_mask(self, cam: CameraStream, msg: Image) -> None:
         try:
             labels = ros_messages.mask_to_labels(msg)
         except ImageFormatError as exc:
-            self._stats['bad_masks'] += 1
-            self._log_throttled('mask:' + str(exc)[:40], 'error',
-                                f'skipping instance mask ({self._stats["bad_masks"]} so far): {exc}')
+            cam.stats['bad_masks'] += 1
+            self._log_throttled(f'mask:{cam.name}:' + str(exc)[:40], 'error',
+                                f'{self._camera_prefix(cam)}skipping instance mask ({cam.stats["bad_masks"]} so far): '
+                                f'{exc}')
             return
-        self._publish_objects(self._pairer.add_mask(ros_messages.stamp_ns(msg.header), labels))
+        self._publish_objects(cam, cam.pairer.add_mask(ros_messages.stamp_ns(msg.header), labels))
 
-    def _publish_objects(self, pairs) -> None:
+    def _publish_objects(self, cam: CameraStream, pairs) -> None:
         for frame, labels in pairs:
             h, w = frame.depth.shape
             if labels.shape != (h, w):
                 mh, mw = labels.shape
                 if abs((mw / mh) / (w / h) - 1.0) > 0.01:
-                    self._log_throttled('mask_aspect', 'warning',
-                                        f'instance mask is {mw}x{mh} but depth is {w}x{h} (other aspect ratio); '
-                                        f'stretching the mask with nearest neighbour — publish masks at the camera '
-                                        f'image geometry')
+                    self._log_throttled(f'mask_aspect:{cam.name}', 'warning',
+                                        f'{self._camera_prefix(cam)}instance mask is {mw}x{mh} but depth is {w}x{h} '
+                                        f'(other aspect ratio); stretching the mask with nearest neighbour — publish '
+                                        f'masks at the camera image geometry')
                 labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
-                self._stats['masks_resized'] += 1
+                cam.stats['masks_resized'] += 1
             objs = instance_depths(frame.depth, labels, frame.K, min_pixels=int(self._p('min_object_pixels')))
-            self._pubs['objects'].publish(ros_messages.objects_to_markers(objs, frame.header))
-            self._stats['objects_out'] += 1
+            cam.pubs['objects'].publish(ros_messages.objects_to_markers(objs, frame.header))
+            cam.stats['objects_out'] += 1
 
     # ---------------------------------------------------------------- diagnostics
     def _reset_stats(self) -> None:
-        self._stats = dict(dropped=0, bad_frames=0, bad_masks=0, masks_dropped=0, masks_resized=0, frames_out=0,
-                           objects_out=0, colored_out=0, camera_info_errors=0, qos_incompatible=0, errors=0,
-                           masks_in=0, points_out=0)
-        self._last_bad = ''
-        self._in_rate = RollingWindow(5.0)
-        self._out_rate = RollingWindow(5.0)
-        self._latency = RollingWindow(5.0)
-        self._inference = RollingWindow(5.0)
-        self._overhead = RollingWindow(5.0)        # per frame: stamp→publish latency minus inference time
-        self._bad_window = (0, 0)
+        """Node-wide counters; each camera keeps its own (CameraStream.stats)."""
+        self._stats = dict(qos_incompatible=0, errors=0, batches=0)
+        self._batch_size = RollingWindow(5.0)         # cameras per backend call
+        self._batch_inference = RollingWindow(5.0)    # backend time per batch (ms)
+        self._err_window = 0
+        for cam in self._streams:
+            cam.reset_stats()
 
-    def _mask_problem(self, st: dict) -> str:
+    def _mask_problem(self, cam: CameraStream, st: dict) -> str:
         """MaskWatch's verdict while active ('' when masks pair or none are expected); logged once per kind."""
-        watch, pairer, sub = self._mask_watch, self._pairer, self._mask_sub
+        watch, pairer, sub = cam.mask_watch, cam.pairer, cam.mask_sub
         if self._phase != 'active' or watch is None or pairer is None or sub is None:
             return ''
         watch.timeout_s = float(self._p('mask_warn_after'))
@@ -656,27 +747,45 @@ class DepthNode(LifecycleNode):
         if problem is None:
             return ''
         kind, text = problem
-        if kind not in self._mask_warned:
-            self._mask_warned.add(kind)
-            self._log('warning', f'masks never pair: {text}')
+        if kind not in cam.mask_warned:
+            cam.mask_warned.add(kind)
+            self._log('warning', f'{self._camera_prefix(cam)}masks never pair: {text}')
         return text
 
-    def _publish_diagnostics(self) -> None:
-        st = dict(self._stats)
-        mask_problem = self._mask_problem(st)
+    def _backend_values(self) -> dict:
+        """/diagnostics values of the shared model and backend."""
         est = self.estimator
-        lat = self._latency.percentiles() or {}
-        inf = self._inference.percentiles() or {}
-        ovh = self._overhead.percentiles() or {}
-        values = {
+        inf = self._batch_inference.percentiles() or {}
+        sizes = self._batch_size.percentiles((50, 100)) or {}
+        return {
             'state': self._phase,
             'backend': est.backend_name if est else '',
             'model': str(est.model_path) if est else (self._p('model_path') or 'bundled'),
             'model_stage': est.metadata.stage if est else '',
             'model_metric': str(est.metadata.metric).lower() if est else '',
             'model_input': f'{est.metadata.input_width}x{est.metadata.input_height}' if est else '',
-            'input_rate_hz': self._in_rate.rate(),
-            'output_rate_hz': self._out_rate.rate(),
+            'cameras': ','.join(c.name for c in self._streams if c.name),
+            'batches': self._stats['batches'],
+            'batch_size_p50': sizes.get(50, float('nan')),
+            'batch_size_max': sizes.get(100, float('nan')),
+            'batch_inference_p50_ms': inf.get(50, float('nan')),
+            'batch_inference_p99_ms': inf.get(99, float('nan')),
+            'qos_incompatible_events': self._stats['qos_incompatible'],
+            'errors': self._stats['errors'],
+            'backend_notes': ' | '.join(est.notes) if est else '',
+        }
+
+    def _camera_values(self, cam: CameraStream, mask_problem: str) -> dict:
+        """/diagnostics values of one camera: rates, latency, inference (of the batch it ran in), counters."""
+        st = cam.stats
+        lat = cam.latency.percentiles() or {}
+        inf = cam.inference.percentiles() or {}
+        ovh = cam.overhead.percentiles() or {}
+        pairer = cam.pairer
+        return {
+            'image_topic': self.resolve_topic_name(cam.topic('image')),
+            'input_rate_hz': cam.in_rate.rate(),
+            'output_rate_hz': cam.out_rate.rate(),
             'latency_p50_ms': lat.get(50, float('nan')),
             'latency_p95_ms': lat.get(95, float('nan')),
             'latency_p99_ms': lat.get(99, float('nan')),
@@ -685,47 +794,79 @@ class DepthNode(LifecycleNode):
             'inference_p99_ms': inf.get(99, float('nan')),
             'overhead_p50_ms': ovh.get(50, float('nan')),
             'overhead_p95_ms': ovh.get(95, float('nan')),
-            'frames_in': self._in_rate.total,
+            'frames_in': cam.in_rate.total,
             'frames_out': st['frames_out'],
             'dropped_frames': st['dropped'],
             'bad_frames': st['bad_frames'],
-            'last_bad_frame': self._last_bad,
+            'last_bad_frame': cam.last_bad,
             'bad_masks': st['bad_masks'],
             'masks_resized': st['masks_resized'],
             'objects_published': st['objects_out'],
             'colored_published': st['colored_out'],
             'points_published': st['points_out'],
-            'objects_unpaired': self._pairer.stats.unpaired if self._pairer else 0,
-            'objects_paired': self._pairer.stats.paired if self._pairer else 0,
+            'objects_unpaired': pairer.stats.unpaired if pairer else 0,
+            'objects_paired': pairer.stats.paired if pairer else 0,
             'masks_received': st['masks_in'],
-            'mask_publishers': self._mask_sub.get_publisher_count() if self._mask_sub is not None else 0,
+            'mask_publishers': cam.mask_sub.get_publisher_count() if cam.mask_sub is not None else 0,
             'mask_problem': mask_problem,
-            'stamp_jumps_back': self._pairer.stats.time_jumps if self._pairer else 0,
-            'camera_info': self._camera_info_note,
-            'qos_incompatible_events': st['qos_incompatible'],
-            'errors': st['errors'],
-            'backend_notes': ' | '.join(est.notes) if est else '',
+            'stamp_jumps_back': pairer.stats.time_jumps if pairer else 0,
+            'camera_info': cam.camera_info_note,
+            'camera_errors': st['errors'],
         }
-        prev_bad, prev_err = self._bad_window
-        self._bad_window = (st['bad_frames'], st['errors'] + st['qos_incompatible'])
-        if self._status_error:
-            level, message = DiagnosticStatus.ERROR, self._status_error
-        elif self._phase != 'active':
-            level, message = DiagnosticStatus.WARN, f'node is {self._phase}'
-        elif st['errors'] + st['qos_incompatible'] > prev_err:
-            level, message = DiagnosticStatus.ERROR, 'processing errors or QoS mismatch, see log'
-        elif st['bad_frames'] > prev_bad:
-            level, message = DiagnosticStatus.WARN, f'bad camera frames skipped: {self._last_bad}'
-        elif self._in_rate.count() == 0:
-            level, message = DiagnosticStatus.WARN, f'no images on {self.resolve_topic_name("image")}'
-        elif mask_problem:
-            level, message = DiagnosticStatus.WARN, f'masks never pair: {mask_problem}'
-        else:
-            level, message = DiagnosticStatus.OK, (f'{values["output_rate_hz"]:.1f} Hz, latency p50 '
-                                                   f'{values["latency_p50_ms"]:.1f} ms on {values["backend"]}')
-        status = ros_messages.diagnostic_status(f'{self.get_name()}: depth', level, message,
-                                                Path(values['model']).name, values)
-        arr = DiagnosticArray(status=[status])
+
+    def _publish_diagnostics(self) -> None:
+        """One status per camera plus one for the shared backend; the single-camera node publishes one status
+        `<node>: depth` with both (as it always has)."""
+        backend = self._backend_values()
+        node_errors = self._stats['errors'] + self._stats['qos_incompatible']
+        errors_grew = node_errors > self._err_window
+        self._err_window = node_errors
+        single = len(self._streams) == 1 and not self._streams[0].name
+        statuses = []
+        hw = Path(backend['model']).name
+        for cam in self._streams:
+            st = dict(cam.stats)
+            mask_problem = self._mask_problem(cam, st)
+            values = self._camera_values(cam, mask_problem)
+            bad_grew = st['bad_frames'] > cam.bad_window
+            cam.bad_window = st['bad_frames']
+            if self._status_error:
+                level, message = DiagnosticStatus.ERROR, self._status_error
+            elif self._phase != 'active':
+                level, message = DiagnosticStatus.WARN, f'node is {self._phase}'
+            elif errors_grew if single else st['errors'] > cam.errors_window:
+                level, message = DiagnosticStatus.ERROR, 'processing errors or QoS mismatch, see log'
+            elif bad_grew:
+                level, message = DiagnosticStatus.WARN, f'bad camera frames skipped: {cam.last_bad}'
+            elif cam.in_rate.count() == 0:
+                level, message = DiagnosticStatus.WARN, f'no images on {values["image_topic"]}'
+            elif mask_problem:
+                level, message = DiagnosticStatus.WARN, f'masks never pair: {mask_problem}'
+            else:
+                level, message = DiagnosticStatus.OK, (f'{values["output_rate_hz"]:.1f} Hz, latency p50 '
+                                                       f'{values["latency_p50_ms"]:.1f} ms on {backend["backend"]}')
+            cam.errors_window = st['errors']
+            if single:
+                values = {**backend, **values}
+                values.pop('camera_errors')
+                values.pop('cameras')
+                statuses.append(ros_messages.diagnostic_status(f'{self.get_name()}: depth', level, message, hw, values))
+            else:
+                statuses.append(ros_messages.diagnostic_status(f'{self.get_name()}: depth {cam.name}', level, message,
+                                                               hw, {'camera': cam.name, **values}))
+        if not single:
+            if self._status_error:
+                level, message = DiagnosticStatus.ERROR, self._status_error
+            elif self._phase != 'active':
+                level, message = DiagnosticStatus.WARN, f'node is {self._phase}'
+            elif errors_grew:
+                level, message = DiagnosticStatus.ERROR, 'processing errors or QoS mismatch, see log'
+            else:
+                level, message = DiagnosticStatus.OK, (
+                    f'{len(self._streams)} cameras on {backend["backend"]}, batch p50 {backend["batch_size_p50"]:.3g}, '
+                    f'inference p50 {backend["batch_inference_p50_ms"]:.1f} ms')
+            statuses.append(ros_messages.diagnostic_status(f'{self.get_name()}: backend', level, message, hw, backend))
+        arr = DiagnosticArray(status=statuses)
         arr.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(arr)
 

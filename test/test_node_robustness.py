@@ -193,13 +193,13 @@ class InjectedFailure(BaseException):
     """Not an Exception: escapes the worker's own error handler, as a failing handler would."""
 
 
-def broken(self, kind, msg):
+def broken(self, frames):
     if MODE == 'die':
         raise InjectedFailure('injected worker failure')
     time.sleep(3600)               # a hung driver call / inference
 
 
-node.DepthNode._handle_image = broken
+node.DepthNode._handle_frames = broken
 sys.exit(node.main())
 '''
 

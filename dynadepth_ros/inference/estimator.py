@@ -101,18 +101,24 @@ class DepthEstimator:
         return [r.depth for r in self.infer_detailed(rgbs, Ks, output_size)]
 
     def infer_detailed(self, rgbs: list[np.ndarray], Ks: list[np.ndarray | None] | None = None,
-                       output_size: tuple[int, int] | None = None) -> list[DepthResult]:
-        """DepthResult per image; batches of up to the backend's max_batch go through the backend at once."""
+                       output_size: tuple[int, int] | list[tuple[int, int] | None] | None = None
+                       ) -> list[DepthResult]:
+        """DepthResult per image; batches of up to the backend's max_batch go through the backend at once.
+
+        output_size: (h, w) for every image, or a list with one (h, w) or None (= that image's size) per image
+        (several cameras of different sizes in one batch)."""
         if Ks is not None and len(Ks) != len(rgbs):
             raise ValueError(f'{len(rgbs)} images but {len(Ks)} intrinsics')
         for im in rgbs:
             if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
                 raise ValueError(f'expected uint8 [H,W,3] RGB images, got {getattr(im, "dtype", type(im))} '
                                  f'{getattr(im, "shape", "")}')
-        if output_size is not None:
-            oh, ow = (int(v) for v in output_size)
-            if oh <= 0 or ow <= 0:
-                raise ValueError(f'output_size {output_size} must be two positive integers (h, w)')
+        sizes = list(output_size) if isinstance(output_size, list) else [output_size] * len(rgbs)
+        if len(sizes) != len(rgbs):
+            raise ValueError(f'{len(rgbs)} images but {len(sizes)} output sizes')
+        for size in sizes:
+            if size is not None and (len(size) != 2 or int(size[0]) <= 0 or int(size[1]) <= 0):
+                raise ValueError(f'output_size {size} must be two positive integers (h, w)')
         meta = self.metadata
         plans = [self.plan_for(im.shape[0], im.shape[1]) for im in rgbs]
         results: list[DepthResult] = []
@@ -131,7 +137,7 @@ class DepthEstimator:
                     scale = focal_scale(plan.model_intrinsics(np.asarray(K, np.float64)), meta.intrinsics,
                                         meta.input_height, meta.input_width)
                     depth *= np.float32(scale)
-                h, w = (plan.src_h, plan.src_w) if output_size is None else output_size
+                h, w = (plan.src_h, plan.src_w) if sizes[i] is None else sizes[i]
                 results.append(DepthResult(to_output_geometry(depth, plan, int(h), int(w)), plan, scale, ms))
         return results
 
