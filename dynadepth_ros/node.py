@@ -41,11 +41,11 @@ import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
-                                SetParametersResult)
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSPolicyKind, QoSProfile, QoSReliabilityPolicy,
                        qos_policy_name_from_kind, qos_profile_sensor_data)
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -109,9 +109,8 @@ class WorkerFailure(RuntimeError):
     """The worker thread died or is stuck; raised out of the executor so that main() exits with status 1."""
 
 
-def _desc(text: str, *, read_only: bool = False, lo=None, hi=None, step=None, constraints: str = '',
-          type_: int = ParameterType.PARAMETER_NOT_SET) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=text, read_only=read_only, additional_constraints=constraints, type=type_)
+def _desc(text: str, *, read_only: bool = False, lo=None, hi=None, step=None, constraints: str = '') -> ParameterDescriptor:
+    d = ParameterDescriptor(description=text, read_only=read_only, additional_constraints=constraints)
     if isinstance(lo, float) or isinstance(hi, float):
         d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
     elif lo is not None:
@@ -189,8 +188,7 @@ PARAMETERS = {
         'camera namespaces served by this node with one model and backend, e.g. [front, left]: camera c reads '
         'c/image (c/image/compressed), c/camera_info, c/instance_mask and publishes c/depth, c/depth/camera_info, '
         'c/depth/colored, c/points, c/objects; the newest pending frame of every camera runs in one batch. '
-        'Empty: one camera on image, depth, ... (no prefix)', constraints=_WHEN_CONF,
-        type_=ParameterType.PARAMETER_STRING_ARRAY)),
+        'Empty: one camera on image, depth, ... (no prefix)', constraints=_WHEN_CONF)),
     'autostart': (True, _desc('configure and activate at start (false: wait for a lifecycle manager)',
                               read_only=True)),
     'diagnostics_period': (1.0, _desc('seconds between /diagnostics messages', read_only=True, lo=0.1, hi=60.0)),
@@ -211,7 +209,11 @@ class DepthNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
         for name, (default, desc) in PARAMETERS.items():
-            self.declare_parameter(name, default, desc)
+            if isinstance(default, list):      # an empty list would be declared as a byte array: say the type
+                if self.declare_parameter(name, Parameter.Type.STRING_ARRAY, desc).type_ == Parameter.Type.NOT_SET:
+                    self.set_parameters([Parameter(name, Parameter.Type.STRING_ARRAY, default)])
+            else:
+                self.declare_parameter(name, default, desc)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._phase = 'unconfigured'
         self._status_error = ''
