@@ -164,6 +164,20 @@ def test_estimator_batch_of_mixed_sizes(est):
     assert np.isnan(db[:, :32]).all() and np.allclose(db[:, 32:-32], expected_depth(200), rtol=1e-5)
 
 
+def test_estimator_batch_with_per_image_intrinsics_and_output_sizes(est):
+    """Several cameras in one backend call: each image keeps its own focal compensation and output size."""
+    a = np.full((128, 384, 3), 100, np.uint8)
+    b = np.full((192, 640, 3), 200, np.uint8)
+    Ka = intrinsics_matrix(0.58 * 384 * 2.0, 1.92 * 128 * 2.0, 192, 64)      # twice the training focal
+    ra, rb = est.infer_detailed([a, b], [Ka, None], [(64, 192), None])
+    assert ra.depth.shape == (64, 192) and rb.depth.shape == (192, 640)
+    np.testing.assert_allclose(ra.depth, 2.0 * expected_depth(100), rtol=1e-5)
+    assert ra.focal_scale == pytest.approx(2.0) and rb.focal_scale == 1.0
+    np.testing.assert_allclose(rb.depth[:, 32:-32], expected_depth(200), rtol=1e-5)
+    with pytest.raises(ValueError, match='2 images but 1 output sizes'):
+        est.infer_detailed([a, b], None, [(64, 192)])
+
+
 def test_relative_model_is_not_focal_compensated(tmp_path):
     e = DepthEstimator(make_contract_model(tmp_path / 'rel.onnx', metric=False), backend='onnxruntime')
     rgb = np.full((64, 192, 3), 100, np.uint8)
