@@ -1,0 +1,204 @@
+"""Benchmark: 2 cameras served by ONE depth node (cameras:=[cam0,cam1], one model, batched) vs TWO depth nodes
+(one camera each, a model copy and backend each), same model, same input, same machine, one run, CPU.
+
+    .venv/bin/python test/bench/bench_multicam.py [--model M.onnx] [--seconds 8] [--rounds 3] [--threads 2]
+
+Model: the ResNet18 DepthNet of bench_node.py (random weights, 192x640) unless --model. Input: 640x192 rgb8 on
+both cameras. Both set-ups run at the same time (idle when not measured) in their own namespaces; rounds
+interleave them, so a background load affects both alike.
+
+  flood   both cameras publish at `--flood-hz` (default 30, above what 2 cores sustain): depth frames/s received
+          per camera (latest-frame-wins drops the rest) = the throughput each camera gets.
+  paced   both cameras publish at `--paced-hz` (default 4): stamp→receive latency p50/p99 per camera, measured in
+          this process (stamp = publish time).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+os.environ.setdefault('ROS_DOMAIN_ID', str(150 + os.getpid() % 50))
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(REPO / 'config' / 'fastdds_large_images.xml'))
+
+CAMS = ('cam0', 'cam1')
+SETUPS = {'one node, 2 cameras': '/mc_one', 'two nodes, 1 camera each': '/mc_two'}
+
+
+def node_cmd(model: Path, threads: int, ns: str, name: str, cameras: tuple[str, ...] | None) -> list[str]:
+    exe = Path(sys.prefix) / 'bin' / 'depth_node'
+    cmd = ([str(exe)] if exe.exists() else [sys.executable, '-m', 'dynadepth_ros.node']) + [
+        '--ros-args', '-p', f'model_path:={model}', '-p', 'backend:=onnxruntime',
+        '-p', f'intra_op_threads:={threads}', '-r', f'__node:={name}', '-r', f'__ns:={ns}']
+    if cameras:
+        cmd += ['-p', f'cameras:=[{",".join(cameras)}]']
+    return cmd
+
+
+class Client:
+    """Publishes both cameras of every set-up, records (receive ns, stamp ns) per depth topic."""
+
+    def __init__(self):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        rclpy.init()
+        self.rclpy = rclpy
+        self.node = rclpy.create_node('bench_multicam_client')
+        self.lock = threading.Lock()
+        self.recv: dict[str, list[tuple[int, int]]] = {}
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pubs = {}
+        for ns in SETUPS.values():
+            for cam in CAMS:
+                topic = f'{ns}/{cam}'
+                self.pubs[topic] = self.node.create_publisher(Image, f'{topic}/image', qos)
+                self.recv[topic] = []
+                self.node.create_subscription(Image, f'{topic}/depth', lambda m, t=topic: self._on_depth(t, m), qos)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_depth(self, topic, msg):
+        now = time.time_ns()
+        with self.lock:
+            self.recv[topic].append((now, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec))
+
+    def connected(self) -> bool:
+        return all(p.get_subscription_count() > 0 for p in self.pubs.values()) and all(
+            self.node.count_publishers(f'{t}/depth') > 0 for t in self.pubs)
+
+    def run(self, ns: str, rate_hz: float, seconds: float, msg) -> dict[str, list[tuple[int, int]]]:
+        """Publish both cameras of set-up `ns` at rate_hz for `seconds` (a new stamp per frame, the two cameras
+        with the same stamp, like a synchronised rig); the depth received per camera."""
+        topics = [f'{ns}/{cam}' for cam in CAMS]
+        with self.lock:
+            for t in topics:
+                self.recv[t].clear()
+        period = 1.0 / rate_hz
+        t_next = time.perf_counter()
+        end = t_next + seconds
+        while time.perf_counter() < end:
+            ns_now = time.time_ns()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = ns_now // 1_000_000_000, ns_now % 1_000_000_000
+            for t in topics:
+                self.pubs[t].publish(msg)
+            t_next += period
+            delay = t_next - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        time.sleep(1.5)
+        with self.lock:
+            return {t: list(self.recv[t]) for t in topics}
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.shutdown()
+
+
+def fps(recv: list[tuple[int, int]]) -> float:
+    t = np.array([a for a, _ in recv], np.float64) / 1e9
+    return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--model', type=Path, help='design §3 ONNX model (default: export a ResNet18 DepthNet)')
+    ap.add_argument('--rounds', type=int, default=3)
+    ap.add_argument('--seconds', type=float, default=8.0, help='duration of each phase')
+    ap.add_argument('--threads', type=int, default=2, help='ONNX Runtime threads of every node')
+    ap.add_argument('--flood-hz', type=float, default=30.0)
+    ap.add_argument('--paced-hz', type=float, default=4.0)
+    args = ap.parse_args()
+    work = Path(tempfile.gettempdir()) / 'dynadepth_bench'
+    work.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if model is None:
+        model = work / 'resnet18_192x640.onnx'
+        if not model.exists():
+            from bench_node import export_resnet18
+            export_resnet18(model)
+    load = os.getloadavg()
+    print(f'model {model}; 2 cameras of 640x192 rgb8; ONNX Runtime CPU, {args.threads} threads per node; '
+          f'flood {args.flood_hz:g} Hz, paced {args.paced_hz:g} Hz per camera; {args.rounds} interleaved rounds')
+    print(f'load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores')
+
+    from sensor_msgs.msg import Image
+    one, two = SETUPS.values()
+    cmds = [node_cmd(model, args.threads, one, 'bench_multi', CAMS)] + [
+        node_cmd(model, args.threads, f'{two}/{cam}', f'bench_single_{cam}', None) for cam in CAMS]
+    logs = [open(work / f'multicam_node{i}.log', 'w') for i in range(len(cmds))]
+    procs = [subprocess.Popen(c, stdout=log, stderr=subprocess.STDOUT) for c, log in zip(cmds, logs)]
+    client = Client()
+    results = {label: {cam: {'fps': [], 'lat': []} for cam in CAMS} for label in SETUPS}
+    try:
+        rgb = np.random.default_rng(1).integers(0, 256, (192, 640, 3), dtype=np.uint8)
+        msg = Image(height=192, width=640, encoding='rgb8', step=640 * 3, data=rgb.tobytes())
+        msg.header.frame_id = 'bench_optical'
+        deadline = time.monotonic() + 90
+        while not client.connected() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not client.connected():
+            raise SystemExit('the depth nodes did not come up; see ' + str(work / 'multicam_node0.log'))
+        for ns in SETUPS.values():
+            client.run(ns, 5.0, 2.0, msg)                                     # warm-up
+        for r in range(args.rounds):
+            line = [f'round {r + 1}:']
+            for label, ns in SETUPS.items():
+                flood = client.run(ns, args.flood_hz, args.seconds, msg)
+                paced = client.run(ns, args.paced_hz, args.seconds, msg)
+                for cam in CAMS:
+                    t = f'{ns}/{cam}'
+                    results[label][cam]['fps'].append(fps(flood[t]))
+                    results[label][cam]['lat'] += [(a - b) / 1e6 for a, b in paced[t]]
+                line.append(f'{label}: ' + ', '.join(f'{cam} {fps(flood[f"{ns}/{cam}"]):.2f} frames/s'
+                                                      for cam in CAMS))
+            print(' | '.join(line), flush=True)
+    finally:
+        client.close()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in logs:
+            log.close()
+    print()
+    print(f'| set-up | camera | frames/s (flood {args.flood_hz:g} Hz, median of rounds) | '
+          f'stamp→receive p50 (paced {args.paced_hz:g} Hz) | p99 |')
+    print('|---|---|---|---|---|')
+    for label in SETUPS:
+        for cam in CAMS:
+            v = results[label][cam]
+            lat = np.array(v['lat'])
+            p50 = np.percentile(lat, 50) if lat.size else float('nan')
+            p99 = np.percentile(lat, 99) if lat.size else float('nan')
+            print(f'| {label} | {cam} | {np.median(v["fps"]):.2f} | {p50:.1f} ms | {p99:.1f} ms |')
+    for label in SETUPS:
+        tot = sum(np.median(results[label][cam]['fps']) for cam in CAMS)
+        print(f'TOTAL {label}: {tot:.2f} depth frames/s over both cameras')
+    load = os.getloadavg()
+    print(f'load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
