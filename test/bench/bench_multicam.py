@@ -18,20 +18,14 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
-os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-os.environ.setdefault('ROS_DOMAIN_ID', str(150 + os.getpid() % 50))
-os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(REPO / 'config' / 'fastdds_large_images.xml'))
+from bench_node import WORK, bench_image, bench_model  # noqa: E402  (also sets the ROS environment, as bench_node)
 
 CAMS = ('cam0', 'cam1')
 SETUPS = {'one node, 2 cameras': '/mc_one', 'two nodes, 1 camera each': '/mc_two'}
@@ -126,20 +120,13 @@ def main() -> int:
     ap.add_argument('--flood-hz', type=float, default=30.0)
     ap.add_argument('--paced-hz', type=float, default=4.0)
     args = ap.parse_args()
-    work = Path(tempfile.gettempdir()) / 'dynadepth_bench'
-    work.mkdir(parents=True, exist_ok=True)
-    model = args.model
-    if model is None:
-        model = work / 'resnet18_192x640.onnx'
-        if not model.exists():
-            from bench_node import export_resnet18
-            export_resnet18(model)
+    work = WORK
+    model = bench_model(args.model)
     load = os.getloadavg()
     print(f'model {model}; 2 cameras of 640x192 rgb8; ONNX Runtime CPU, {args.threads} threads per node; '
           f'flood {args.flood_hz:g} Hz, paced {args.paced_hz:g} Hz per camera; {args.rounds} interleaved rounds')
     print(f'load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores')
 
-    from sensor_msgs.msg import Image
     one, two = SETUPS.values()
     cmds = [node_cmd(model, args.threads, one, 'bench_multi', CAMS)] + [
         node_cmd(model, args.threads, f'{two}/{cam}', f'bench_single_{cam}', None) for cam in CAMS]
@@ -148,9 +135,7 @@ def main() -> int:
     client = Client()
     results = {label: {cam: {'fps': [], 'lat': []} for cam in CAMS} for label in SETUPS}
     try:
-        rgb = np.random.default_rng(1).integers(0, 256, (192, 640, 3), dtype=np.uint8)
-        msg = Image(height=192, width=640, encoding='rgb8', step=640 * 3, data=rgb.tobytes())
-        msg.header.frame_id = 'bench_optical'
+        msg = bench_image()
         deadline = time.monotonic() + 90
         while not client.connected() and time.monotonic() < deadline:
             time.sleep(0.1)

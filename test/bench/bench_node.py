@@ -53,6 +53,29 @@ def export_resnet18(path: Path) -> Path:
     return path
 
 
+WORK = Path(tempfile.gettempdir()) / 'dynadepth_bench'
+
+
+def bench_model(model: Path | None) -> Path:
+    """`model`, or the ResNet18 DepthNet exported once into the bench work directory (WORK, created)."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        model = WORK / 'resnet18_192x640.onnx'
+        if not model.exists():
+            export_resnet18(model)
+    return model
+
+
+def bench_image():
+    """The benchmark input: a 640x192 rgb8 sensor_msgs/Image of seeded noise."""
+    from sensor_msgs.msg import Image
+
+    rgb = np.random.default_rng(1).integers(0, 256, (192, 640, 3), dtype=np.uint8)
+    msg = Image(height=192, width=640, encoding='rgb8', step=640 * 3, data=rgb.tobytes())
+    msg.header.frame_id = 'bench_optical'
+    return msg
+
+
 class RawBackend:
     """The raw backend: the ONNX Runtime CPU session run on a preprocessed [1,3,192,640] batch."""
 
@@ -142,19 +165,13 @@ def main() -> int:
                     help='duration of each phase in a round (>= 5 so the node\'s 5 s diagnostics window sees only it)')
     ap.add_argument('--threads', type=int, default=2, help='ONNX Runtime threads (raw and node)')
     args = ap.parse_args()
-    work = Path(tempfile.gettempdir()) / 'dynadepth_bench'
-    work.mkdir(parents=True, exist_ok=True)
-    model = args.model
-    if model is None:
-        model = work / 'resnet18_192x640.onnx'
-        if not model.exists():
-            export_resnet18(model)
+    work = WORK
+    model = bench_model(args.model)
     load = os.getloadavg()
     print(f'model {model}; input 640x192 rgb8; ONNX Runtime CPU, {args.threads} threads')
     print(f'load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores '
           f'(shared machine: phases are interleaved, {args.rounds} rounds)')
 
-    from sensor_msgs.msg import Image
     raw = RawBackend(model, args.threads)
     exe = Path(sys.prefix) / 'bin' / 'depth_node'
     cmd = ([str(exe)] if exe.exists() else [sys.executable, '-m', 'dynadepth_ros.node']) + [
@@ -165,9 +182,7 @@ def main() -> int:
     client = Client()
     rows = []
     try:
-        rgb = np.random.default_rng(1).integers(0, 256, (192, 640, 3), dtype=np.uint8)
-        msg = Image(height=192, width=640, encoding='rgb8', step=640 * 3, data=rgb.tobytes())
-        msg.header.frame_id = 'bench_optical'
+        msg = bench_image()
         deadline = time.monotonic() + 60
         while client.pub.get_subscription_count() == 0 and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -10,23 +10,16 @@ threads to the log printed at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
-os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-os.environ.setdefault('ROS_DOMAIN_ID', str(150 + os.getpid() % 50))
-os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(REPO / 'config' / 'fastdds_large_images.xml'))
+from bench_node import WORK, bench_image, bench_model  # noqa: E402  (also sets the ROS environment, as bench_node)
 
 # runs inside the node process: wrap the steps with spans, profile the worker and executor threads
 _INJECT = r'''
@@ -117,16 +110,9 @@ def main() -> int:
     ap.add_argument('--seconds', type=float, default=15.0)
     ap.add_argument('--threads', type=int, default=2)
     args = ap.parse_args()
-    work = Path(tempfile.gettempdir()) / 'dynadepth_bench'
-    work.mkdir(parents=True, exist_ok=True)
-    model = args.model
-    if model is None:
-        model = work / 'resnet18_192x640.onnx'
-        if not model.exists():
-            from bench_node import export_resnet18
-            export_resnet18(model)
+    work = WORK
+    model = bench_model(args.model)
     from bench_node import Client
-    from sensor_msgs.msg import Image
 
     log_path = work / 'profile_node.log'
     with open(log_path, 'w') as log:
@@ -136,9 +122,7 @@ def main() -> int:
                                  '-r', 'depth:=/bench/depth'], stdout=log, stderr=subprocess.STDOUT)
     client = Client()
     try:
-        rgb = np.random.default_rng(1).integers(0, 256, (192, 640, 3), dtype=np.uint8)
-        msg = Image(height=192, width=640, encoding='rgb8', step=640 * 3, data=rgb.tobytes())
-        msg.header.frame_id = 'bench_optical'
+        msg = bench_image()
         deadline = time.monotonic() + 60
         while client.pub.get_subscription_count() == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
