@@ -79,7 +79,7 @@ OUTPUT_LAYOUTS = {'default': ('depth', 'depth/camera_info'),
                   'depth_image_proc': ('depth/image_rect', 'depth/camera_info')}
 # Parameters that only take effect on configure (model, backend) or on activate (subscriptions, pairing):
 CONFIGURE_PARAMS = ('model_path', 'backend', 'precision', 'fallback', 'trt_tolerance', 'engine_cache_dir',
-                    'engine_path', 'intra_op_threads', 'aspect_tolerance', 'allow_relative_model', 'output_layout',
+                    'engine_path', 'intra_op_threads', 'intra_op_spinning', 'aspect_tolerance', 'allow_relative_model', 'output_layout',
                     'cameras')
 ACTIVATE_PARAMS = ('image_transport', 'mask_queue_size', 'mask_slop', 'mask_max_wait')
 THROTTLE_S = 5.0
@@ -142,6 +142,10 @@ PARAMETERS = {
     'engine_path': ('', _desc('use this prebuilt TensorRT engine instead of the cache (checked, never rebuilt)',
                               constraints=_WHEN_CONF)),
     'intra_op_threads': (0, _desc('ONNX Runtime CPU threads; 0 = one per core', lo=0, hi=256, constraints=_WHEN_CONF)),
+    'intra_op_spinning': (True, _desc(
+        'ONNX Runtime CPU threads busy-wait between operators (fastest on idle cores); false: they sleep, which '
+        'leaves the cores to other work (camera drivers, segmentation, the node\'s own transport) on a shared '
+        'machine', constraints=_WHEN_CONF)),
     'aspect_tolerance': (0.05, _desc('relative aspect-ratio difference up to which the image is resized without '
                                      'cropping; beyond it a centred crop is used and the rest of the depth is NaN',
                                      lo=0.0, hi=1.0, constraints=_WHEN_CONF)),
@@ -308,7 +312,8 @@ class DepthNode(LifecycleNode):
                 engine_cache_dir=self._p('engine_cache_dir') or None, fallback=bool(self._p('fallback')),
                 trt_tolerance=float(self._p('trt_tolerance')), engine_path=self._p('engine_path') or None,
                 aspect_tolerance=float(self._p('aspect_tolerance')), max_batch=max(1, len(cameras)),
-                intra_op_threads=int(self._p('intra_op_threads')), log=self.get_logger().warning)
+                intra_op_threads=int(self._p('intra_op_threads')),
+                intra_op_spinning=bool(self._p('intra_op_spinning')), log=self.get_logger().warning)
         except (ModelFormatError, BackendError, ValueError, OSError) as exc:
             return self._configure_failed(f'cannot load the model: {exc}')
         if not est.metadata.metric and not self._p('allow_relative_model'):

@@ -110,7 +110,8 @@ class Selection:
 def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str = 'auto', precision: str = 'fp32',
                    fallback: bool = True, trt_tolerance: float = DEFAULT_TOLERANCE,
                    engine_cache_dir: str | Path | None = None, engine_path: str | Path | None = None,
-                   max_batch: int = 4, intra_op_threads: int = 0, log: Callable[[str], None] = print,
+                   max_batch: int = 4, intra_op_threads: int = 0, intra_op_spinning: bool = True,
+                   log: Callable[[str], None] = print,
                    tensorrt_factory: Callable[..., Backend] | None = None,
                    providers: list[str] | None = None) -> Selection:
     """Create, verify and return the backend to use (see module docstring for the rules).
@@ -130,7 +131,8 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
     def get_reference() -> OnnxRuntimeBackend:
         if not reference:
             reference.append(OnnxRuntimeBackend(model_path, metadata, CPU_EP, 'fp32',
-                                                intra_op_threads=intra_op_threads, max_batch=max_batch))
+                                                intra_op_threads=intra_op_threads, max_batch=max_batch,
+                                                intra_op_spinning=intra_op_spinning))
         return reference[0]
 
     def release_reference() -> None:
@@ -181,7 +183,7 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
             continue
         chosen = verified(f'ONNX Runtime {provider}', lambda provider=provider: OnnxRuntimeBackend(
             model_path, metadata, provider, precision, engine_cache_dir=engine_cache_dir,
-            intra_op_threads=intra_op_threads, max_batch=max_batch))
+            intra_op_threads=intra_op_threads, max_batch=max_batch, intra_op_spinning=intra_op_spinning))
         if chosen is not None:
             return chosen
     cpu = get_reference()

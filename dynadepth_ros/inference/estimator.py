@@ -62,6 +62,7 @@ class DepthEstimator:
                  engine_cache_dir: str | Path | None = None, fallback: bool = True,
                  trt_tolerance: float = DEFAULT_TOLERANCE, *, engine_path: str | Path | None = None,
                  aspect_tolerance: float = 0.05, max_batch: int = 4, intra_op_threads: int = 0,
+                 intra_op_spinning: bool = True,
                  log: Callable[[str], None] | None = None, tensorrt_factory=None, providers=None):
         self.model_path = Path(model_path) if model_path else default_model_path()
         self.metadata: ModelMetadata = read_metadata(self.model_path)      # ModelFormatError when unusable
@@ -69,7 +70,8 @@ class DepthEstimator:
         self.selection: Selection = select_backend(
             self.model_path, self.metadata, backend=backend, precision=precision, fallback=fallback,
             trt_tolerance=trt_tolerance, engine_cache_dir=engine_cache_dir, engine_path=engine_path,
-            max_batch=max_batch, intra_op_threads=intra_op_threads, log=log or _log.warning,
+            max_batch=max_batch, intra_op_threads=intra_op_threads, intra_op_spinning=intra_op_spinning,
+            log=log or _log.warning,
             tensorrt_factory=tensorrt_factory, providers=providers)
         self._backend = self.selection.backend
         self.backend_name: str = self._backend.name

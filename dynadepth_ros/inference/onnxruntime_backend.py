@@ -41,7 +41,7 @@ class OnnxRuntimeBackend:
 
     def __init__(self, model_path: str | Path, metadata: ModelMetadata, provider: str = CPU_EP,
                  precision: str = 'fp32', engine_cache_dir: str | Path | None = None, intra_op_threads: int = 0,
-                 max_batch: int = 8, device_id: int = 0):
+                 max_batch: int = 8, device_id: int = 0, intra_op_spinning: bool = True):
         import onnxruntime as ort
 
         if provider not in PROVIDER_PREFERENCE:
@@ -67,6 +67,9 @@ class OnnxRuntimeBackend:
         if intra_op_threads > 0:
             so.intra_op_num_threads = int(intra_op_threads)
         so.inter_op_num_threads = 1
+        # spinning: the pool threads busy-wait for the next operator instead of sleeping; fastest on idle cores,
+        # but on cores shared with other threads (the node's executor, DDS, other processes) they compete
+        so.add_session_config_entry('session.intra_op.allow_spinning', '1' if intra_op_spinning else '0')
         so.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=so, providers=chain)

@@ -79,11 +79,12 @@ def bench_image():
 class RawBackend:
     """The raw backend: the ONNX Runtime CPU session run on a preprocessed [1,3,192,640] batch."""
 
-    def __init__(self, model: Path, threads: int):
+    def __init__(self, model: Path, threads: int, spinning: bool = True):
         from dynadepth_ros.inference import DepthEstimator
         from dynadepth_ros.inference.preprocess import to_model_batch
 
-        self.est = DepthEstimator(model, backend='onnxruntime', intra_op_threads=threads, max_batch=1)
+        self.est = DepthEstimator(model, backend='onnxruntime', intra_op_threads=threads, max_batch=1,
+                                  intra_op_spinning=spinning)
         self.rgb = np.random.default_rng(0).integers(0, 256, (192, 640, 3), dtype=np.uint8)
         self.batch = to_model_batch([self.rgb], [self.est.plan_for(192, 640)])
         for _ in range(3):
@@ -164,6 +165,8 @@ def main() -> int:
     ap.add_argument('--seconds', type=float, default=6.0,
                     help='duration of each phase in a round (>= 5 so the node\'s 5 s diagnostics window sees only it)')
     ap.add_argument('--threads', type=int, default=2, help='ONNX Runtime threads (raw and node)')
+    ap.add_argument('--spinning', choices=('on', 'off', 'default'), default='default',
+                    help='ONNX Runtime thread spinning (raw and node): on, off, or the node\'s default')
     args = ap.parse_args()
     work = WORK
     model = bench_model(args.model)
@@ -172,10 +175,14 @@ def main() -> int:
     print(f'load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores '
           f'(shared machine: phases are interleaved, {args.rounds} rounds)')
 
-    raw = RawBackend(model, args.threads)
+    from dynadepth_ros.node import PARAMETERS
+    spinning = {'on': True, 'off': False}.get(args.spinning, PARAMETERS['intra_op_spinning'][0])
+    print(f'ONNX Runtime thread spinning: {"on" if spinning else "off"} ({args.spinning}), raw backend and node')
+    raw = RawBackend(model, args.threads, spinning)
     exe = Path(sys.prefix) / 'bin' / 'depth_node'
     cmd = ([str(exe)] if exe.exists() else [sys.executable, '-m', 'dynadepth_ros.node']) + [
         '--ros-args', '-p', f'model_path:={model}', '-p', 'backend:=onnxruntime', '-p', f'intra_op_threads:={args.threads}',
+        '-p', f'intra_op_spinning:={str(spinning).lower()}',
         '-r', '__node:=bench_dynadepth', '-r', 'image:=/bench/image', '-r', 'depth:=/bench/depth']
     log = open(work / 'node.log', 'w')
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
