@@ -360,3 +360,40 @@ def test_batched_cameras_match_a_single_camera_node_with_the_bundled_network(tmp
         stop(pm)
         stop(ps)
         g.close()
+
+
+def test_compressed_transport_per_camera(tmp_path):
+    """image_transport:=compressed: each camera reads its own <cam>/image/compressed."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import Header
+
+    model = make_contract_model(tmp_path / 'm.onnx')
+    ns = '/dd_multi_cmp'
+    proc = start_node(tmp_path, model, ns, 'dd_cmp', cameras=['a', 'b'],
+                      params=('image_transport:=compressed',))
+    g = Graph()
+    try:
+        for cam in ('a', 'b'):
+            g.sub(Image, f'{ns}/{cam}/depth')
+            g.pub(CompressedImage, f'{ns}/{cam}/image/compressed')
+        assert g.wait(lambda: all(g.pubs[f'{ns}/{c}/image/compressed'].get_subscription_count() > 0
+                                  for c in ('a', 'b')), 30), proc.log_path.read_text()
+        values = {'a': 40, 'b': 160}
+        for _ in range(5):
+            s = next_stamp()
+            for cam, v in values.items():
+                ok, buf = cv2.imencode('.png', np.full((64, 192, 3), v, np.uint8))
+                g.pubs[f'{ns}/{cam}/image/compressed'].publish(
+                    CompressedImage(header=Header(stamp=s, frame_id=f'{cam}_optical'), format='png',
+                                    data=buf.tobytes()))
+            outs = {cam: output(g, f'{ns}/{cam}/depth', s, timeout=3.0) for cam in values}
+            if all(o is not None for o in outs.values()):
+                break
+        for cam, v in values.items():
+            assert outs[cam] is not None, proc.log_path.read_text()[-2000:]
+            assert outs[cam].header.frame_id == f'{cam}_optical'
+            np.testing.assert_allclose(depth_array(outs[cam]), expected_depth(v), rtol=1e-5)
+    finally:
+        stop(proc)
+        g.close()
