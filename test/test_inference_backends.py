@@ -246,3 +246,15 @@ def test_build_engine_cli_exit_codes(model, tmp_path, capsys):
     assert main([str(model), '--cache-dir', str(tmp_path / 'c')]) == 3
     err = capsys.readouterr().err
     assert 'TensorRT' in err and 'Jetson' in err and not (tmp_path / 'c').exists()
+
+
+@pytest.mark.parametrize('spinning, entry', [(True, '1'), (False, '0')])
+def test_onnxruntime_thread_spinning_reaches_the_session(model, spinning, entry):
+    est = DepthEstimator(model, backend='onnxruntime', intra_op_threads=2, intra_op_spinning=spinning)
+    try:
+        opts = est._backend.session.get_session_options()
+        assert opts.get_session_config_entry('session.intra_op.allow_spinning') == entry
+        assert opts.intra_op_num_threads == 2
+        assert np.isfinite(est.infer(np.full((64, 192, 3), 9, np.uint8))).all()
+    finally:
+        est.close()

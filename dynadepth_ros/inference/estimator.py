@@ -140,7 +140,11 @@ class DepthEstimator:
                                         meta.input_height, meta.input_width)
                     depth *= np.float32(scale)
                 h, w = (plan.src_h, plan.src_w) if sizes[i] is None else sizes[i]
-                results.append(DepthResult(to_output_geometry(depth, plan, int(h), int(w)), plan, scale, ms))
+                if depth.shape == (h, w) and plan.output_window(int(h), int(w)) == (0, 0, int(w), int(h)):
+                    out = depth          # the output is the model input geometry: `depth` is already a new array
+                else:
+                    out = to_output_geometry(depth, plan, int(h), int(w))
+                results.append(DepthResult(out, plan, scale, ms))
         return results
 
     def close(self) -> None:

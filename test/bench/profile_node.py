@@ -109,6 +109,7 @@ def main() -> int:
     ap.add_argument('--rate', type=float, default=10.0, help='images per second published')
     ap.add_argument('--seconds', type=float, default=15.0)
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('-p', '--param', action='append', default=[], help='extra node parameter name:=value')
     args = ap.parse_args()
     work = WORK
     model = bench_model(args.model)
@@ -118,6 +119,7 @@ def main() -> int:
     with open(log_path, 'w') as log:
         proc = subprocess.Popen([sys.executable, '-c', _INJECT, '--ros-args', '-p', f'model_path:={model}',
                                  '-p', 'backend:=onnxruntime', '-p', f'intra_op_threads:={args.threads}',
+                                 *[a for p in args.param for a in ('-p', p)],
                                  '-r', '__node:=bench_dynadepth', '-r', 'image:=/bench/image',
                                  '-r', 'depth:=/bench/depth'], stdout=log, stderr=subprocess.STDOUT)
     client = Client()
