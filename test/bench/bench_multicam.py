@@ -116,20 +116,25 @@ def main() -> int:
     ap.add_argument('--model', type=Path, help='design §3 ONNX model (default: export a ResNet18 DepthNet)')
     ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--seconds', type=float, default=8.0, help='duration of each phase')
-    ap.add_argument('--threads', type=int, default=2, help='ONNX Runtime threads of every node')
+    ap.add_argument('--threads', type=int, default=2, help='ONNX Runtime threads of the 2-camera node')
+    ap.add_argument('--single-threads', type=int, help='ONNX Runtime threads of each 1-camera node (default --threads)')
+    ap.add_argument('-p', '--param', action='append', default=[], help='extra parameter name:=value of every node')
     ap.add_argument('--flood-hz', type=float, default=30.0)
     ap.add_argument('--paced-hz', type=float, default=4.0)
     args = ap.parse_args()
     work = WORK
     model = bench_model(args.model)
     load = os.getloadavg()
-    print(f'model {model}; 2 cameras of 640x192 rgb8; ONNX Runtime CPU, {args.threads} threads per node; '
+    print(f'model {model}; 2 cameras of 640x192 rgb8; ONNX Runtime CPU, {args.threads} threads in the 2-camera '
+          f'node, {args.single_threads or args.threads} in each 1-camera node; parameters {args.param}; '
           f'flood {args.flood_hz:g} Hz, paced {args.paced_hz:g} Hz per camera; {args.rounds} interleaved rounds')
     print(f'load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores')
 
     one, two = SETUPS.values()
-    cmds = [node_cmd(model, args.threads, one, 'bench_multi', CAMS)] + [
-        node_cmd(model, args.threads, f'{two}/{cam}', f'bench_single_{cam}', None) for cam in CAMS]
+    single = args.single_threads or args.threads
+    extra = [a for p in args.param for a in ('-p', p)]
+    cmds = [node_cmd(model, args.threads, one, 'bench_multi', CAMS) + extra] + [
+        node_cmd(model, single, f'{two}/{cam}', f'bench_single_{cam}', None) + extra for cam in CAMS]
     logs = [open(work / f'multicam_node{i}.log', 'w') for i in range(len(cmds))]
     procs = [subprocess.Popen(c, stdout=log, stderr=subprocess.STDOUT) for c, log in zip(cmds, logs)]
     client = Client()
