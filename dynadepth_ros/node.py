@@ -142,10 +142,11 @@ PARAMETERS = {
     'engine_path': ('', _desc('use this prebuilt TensorRT engine instead of the cache (checked, never rebuilt)',
                               constraints=_WHEN_CONF)),
     'intra_op_threads': (0, _desc('ONNX Runtime CPU threads; 0 = one per core', lo=0, hi=256, constraints=_WHEN_CONF)),
-    'intra_op_spinning': (True, _desc(
-        'ONNX Runtime CPU threads busy-wait between operators (fastest on idle cores); false: they sleep, which '
-        'leaves the cores to other work (camera drivers, segmentation, the node\'s own transport) on a shared '
-        'machine', constraints=_WHEN_CONF)),
+    'intra_op_spinning': (False, _desc(
+        'ONNX Runtime CPU threads busy-wait between operators and after a frame (ONNX Runtime\'s own default; '
+        'at best a few percent faster on otherwise idle cores); false: they sleep, leaving the cores to the node\'s '
+        'transport and to other processes (camera drivers, segmentation) on a shared machine',
+        constraints=_WHEN_CONF)),
     'aspect_tolerance': (0.05, _desc('relative aspect-ratio difference up to which the image is resized without '
                                      'cropping; beyond it a centred crop is used and the rest of the depth is NaN',
                                      lo=0.0, hi=1.0, constraints=_WHEN_CONF)),

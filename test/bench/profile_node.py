@@ -47,7 +47,13 @@ est_mod.to_output_geometry = span('postprocess: to_output_geometry', est_mod.to_
 ros_messages.depth_to_msg = span('message build: depth_to_msg', ros_messages.depth_to_msg)
 ros_messages.calibration_to_camera_info = span('message build: camera_info', ros_messages.calibration_to_camera_info)
 N = node.DepthNode
-N._handle_frames = span('worker: whole frame (_handle_frames)', N._handle_frames)
+_orig_frames = N._handle_frames
+def _handle_frames(self, frames):
+    now = self.get_clock().now().nanoseconds       # the bench stamps with the publish time
+    SPANS['stamp → worker start (transport in, executor, hand-over)'].append(
+        (now - ros_messages.stamp_ns(frames[0][2].header)) / 1e6)
+    return _orig_frames(self, frames)
+N._handle_frames = span('worker: whole frame (_handle_frames)', _handle_frames)
 N._publish_depth = span('worker: _publish_depth (build + publish + extras)', N._publish_depth)
 N._image_intrinsics = span('intrinsics (_image_intrinsics)', N._image_intrinsics)
 N._on_image = span('executor: _on_image callback', N._on_image)
