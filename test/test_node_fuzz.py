@@ -179,19 +179,14 @@ def _bad_stamp(rng, timeline_ns, seq):
 
 
 # ---------------------------------------------------------------------------- camera_info
-def _info(w, h, lens=1.0, k=None, p=None, **fields):
+def _info(w, h, lens=1.0, k=(), p=(), **fields):
     """CameraInfo of the model's training intrinsics at w x h, focal lengths times `lens`; k/p: {index: value}."""
     info = camera_info_msg(w, h, lens * INTR[0] * w, lens * INTR[1] * h, _stamp(time.time_ns()))
-    if k:
-        kk = list(info.k)
-        for i, v in k.items():
-            kk[i] = v
-        info.k = kk
-    if p:
-        pp = list(info.p)
-        for i, v in p.items():
-            pp[i] = v
-        info.p = pp
+    for name, changes in (('k', k), ('p', p)):
+        values = list(getattr(info, name))
+        for i, v in dict(changes).items():
+            values[i] = v
+        setattr(info, name, values)
     for key, value in fields.items():
         setattr(info, key, value)
     return info
