@@ -6,13 +6,14 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.dynadepth-installed
 REQS    := requirements/runtime.txt requirements/training.txt requirements/dev.txt
 DEMO_OUT ?= out/demo
+SOAK_MINUTES ?= 30
 
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_images.xml
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo bench bench-node train-ci clean-venv
+.PHONY: setup test demo bench bench-node soak train-ci clean-venv
 
 setup: $(STAMP)
 
@@ -42,6 +43,10 @@ bench: $(STAMP)
 
 bench-node: $(STAMP)
 	$(PY) test/bench/bench_node.py
+
+# not in CI: the node under a looped synthetic bag for SOAK_MINUTES (RSS growth, drops, pairing, errors, latency)
+soak: $(STAMP)
+	$(PY) test/bench/soak.py --minutes $(SOAK_MINUTES)
 
 train-ci: $(STAMP)
 	$(PY) -m training scene --preset ci-tiny

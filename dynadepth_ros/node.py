@@ -433,10 +433,11 @@ class DepthNode(LifecycleNode):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
+        self._stats['camera_info_in'] += 1
 
     def _on_mask(self, msg: Image) -> None:
-        self._stats['masks_in'] += 1
         with self._lock:
+            self._stats['masks_in'] += 1
             self._masks.append(msg)
             if len(self._masks) > max(1, int(self._p('mask_queue_size'))):
                 del self._masks[0]
@@ -632,9 +633,9 @@ class DepthNode(LifecycleNode):
 
     # ---------------------------------------------------------------- diagnostics
     def _reset_stats(self) -> None:
-        self._stats = dict(dropped=0, bad_frames=0, bad_masks=0, masks_dropped=0, masks_resized=0, frames_out=0,
-                           objects_out=0, colored_out=0, camera_info_errors=0, qos_incompatible=0, errors=0,
-                           masks_in=0, points_out=0)
+        self._stats = dict(dropped=0, bad_frames=0, masks_in=0, bad_masks=0, masks_dropped=0, masks_resized=0,
+                           frames_out=0, objects_out=0, colored_out=0, camera_info_in=0, camera_info_errors=0,
+                           qos_incompatible=0, errors=0, points_out=0)
         self._last_bad = ''
         self._in_rate = RollingWindow(5.0)
         self._out_rate = RollingWindow(5.0)
@@ -690,18 +691,21 @@ class DepthNode(LifecycleNode):
             'dropped_frames': st['dropped'],
             'bad_frames': st['bad_frames'],
             'last_bad_frame': self._last_bad,
+            'masks_in': st['masks_in'],
             'bad_masks': st['bad_masks'],
+            'masks_dropped': st['masks_dropped'],
             'masks_resized': st['masks_resized'],
             'objects_published': st['objects_out'],
             'colored_published': st['colored_out'],
             'points_published': st['points_out'],
             'objects_unpaired': self._pairer.stats.unpaired if self._pairer else 0,
             'objects_paired': self._pairer.stats.paired if self._pairer else 0,
-            'masks_received': st['masks_in'],
             'mask_publishers': self._mask_sub.get_publisher_count() if self._mask_sub is not None else 0,
             'mask_problem': mask_problem,
             'stamp_jumps_back': self._pairer.stats.time_jumps if self._pairer else 0,
             'camera_info': self._camera_info_note,
+            'camera_info_in': st['camera_info_in'],
+            'camera_info_errors': st['camera_info_errors'],
             'qos_incompatible_events': st['qos_incompatible'],
             'errors': st['errors'],
             'backend_notes': ' | '.join(est.notes) if est else '',

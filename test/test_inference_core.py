@@ -213,6 +213,19 @@ def test_instance_depth_is_robust_to_mask_bleeding_and_gives_3d_position():
     assert x == pytest.approx((104.5 - 100.0) / 100 * 10, abs=0.06)   # centre of the 30 in-body columns
 
 
+def test_an_instance_split_evenly_between_two_depths_still_gets_a_position():
+    depth = np.full((20, 40), 1.0, np.float32)
+    depth[:, 20:] = 11.0                                # a depth edge in the middle of the mask
+    labels = np.zeros((20, 40), np.int32)
+    labels[5:15, 18:22] = 3                             # 20 px at 1 m, 20 px at 11 m: the median 6 m is in neither
+    K = intrinsics_matrix(10.0, 10.0, 20.0, 10.0)
+    (ob,) = instance_depths(depth, labels, K)
+    assert ob.distance == pytest.approx(6.0) and ob.pixels == 40
+    x, y, z = ob.position
+    assert np.isfinite([x, y, z]).all() and z == pytest.approx(6.0)
+    assert np.isfinite(ob.size).all()
+
+
 def test_instances_without_K_or_too_small_are_handled():
     depth = np.full((20, 20), 3.0, np.float32)
     labels = np.zeros((20, 20), np.int32)
