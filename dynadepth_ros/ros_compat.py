@@ -10,8 +10,8 @@
                         profile exported under the new name is simply not used there.
 
 The distribution is told by rclpy's own version (each distribution has its own major version: Humble 3,
-Iron 4, Jazzy 7, Kilted 9), read from the package metadata without importing rclpy, falling back on
-ROS_DISTRO (which a sourced ROS 2 install sets) when rclpy has no metadata.
+Iron 4, Jazzy 7, Kilted 9), read from rclpy's package metadata, or else from ROS_DISTRO (which a sourced
+ROS 2 install sets).
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / 'config' / 'fastdds_large_images.xml'
 NEW, OLD = ros_compat.PROFILE_VARIABLES         # Fast DDS 3.x's name, Fast DDS 2.x's name
 MAJOR = ros_compat.rclpy_major()
-FASTDDS3 = MAJOR >= 9
+FASTDDS3 = ros_compat.fastdds_profile_variable(MAJOR) == NEW
 SHIPPED_SEGMENT = 32 << 20                        # the profile's shared-memory segment (Fast DDS adds a little)
 OTHER_NS = '/dd_other_ns'
 
