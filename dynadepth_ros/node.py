@@ -42,7 +42,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSPolicyKind, QoSProfile, QoSReliabilityPolicy,
@@ -64,6 +63,7 @@ from dynadepth_ros.latency import RollingWindow
 from dynadepth_ros.mask_sync import MaskPairer, MaskWatch
 from dynadepth_ros.model_format import ModelFormatError
 from dynadepth_ros.objects import instance_depths
+from dynadepth_ros.ros_compat import PublisherEventCallbacks, SubscriptionEventCallbacks, export_fastdds_profile
 
 NODE_NAME = 'dynadepth'
 TRANSPORTS = ('raw', 'compressed')
@@ -736,6 +736,7 @@ class DepthNode(LifecycleNode):
 
 def main(args=None) -> int:
     """Entry point of `depth_node`: create, (auto)start and spin the node until shutdown."""
+    export_fastdds_profile()      # the profile under the variable name this distribution's Fast DDS reads
     rclpy.init(args=args)
     node = None
     code = 0

@@ -315,11 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
+    from dynadepth_ros.ros_compat import export_fastdds_profile
+
     try:
         bag = BagReader(args.bag).open()
     except BagError as exc:
         log(f'error: {exc}')
         return 1
+    export_fastdds_profile()      # the replayed camera images are ours to send: use the profile
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
 
     def on_term(*_):

@@ -14,3 +14,7 @@ os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(150 + os.getpid() % 50))
 os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(REPO / 'config' / 'fastdds_large_images.xml'))
+
+from dynadepth_ros.ros_compat import export_fastdds_profile  # noqa: E402  (Fast DDS 2.x reads another variable)
+
+export_fastdds_profile()
