@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dynadepth_ros.atomic_files import DiskFullError
 from dynadepth_ros.model_format import INPUT_NAME, OUTPUT_NAME, ModelMetadata, read_metadata, write_metadata
 from training.networks.depth import DepthExportModule, DepthNet
 
@@ -89,6 +90,8 @@ def export_depth_onnx(depth_net: DepthNet, out_path: str | os.PathLike, meta: Mo
                               dynamic_shapes=({0: batch},))
     except Exception as exc:
         _unlink(tmp)
+        if DiskFullError.find(exc) is not None:
+            raise DiskFullError(out_path) from exc
         raise ExportError(f'torch.onnx.export failed ({type(exc).__name__}: {exc}); exporter output:\n'
                           f'{sink.getvalue()[-2000:]}') from exc
     try:
@@ -121,8 +124,10 @@ def export_depth_onnx(depth_net: DepthNet, out_path: str | os.PathLike, meta: Mo
                               f'{worst_rel:.3g} (max {worst:.3g} m) > tolerance {tolerance:g}; refusing to write '
                               f'{out_path}')
         os.replace(tmp, out_path)
-    except Exception:
+    except Exception as exc:
         _unlink(tmp)
+        if DiskFullError.find(exc) is not None:
+            raise DiskFullError(out_path) from exc
         raise
     return {'max_abs_diff': worst, 'max_rel_diff': worst_rel, 'batch_sizes': sizes, 'real_frames': n_real, 'seconds': time.perf_counter() - t0,
             'bytes': out_path.stat().st_size, 'opset': opset, 'max_batch': int(max_batch)}

@@ -89,8 +89,11 @@ def _prepare_synthetic_split(cfg: DataConfig, root: Path, split: str) -> None:
     log.info('generating synthetic %s split: %d sequences x %d frames at %dx%d into %s', split,
              params['sequences'], params['frames'], params['width'], params['height'], root)
     extra = {k: params[k] for k in ('noise', 'lead_car_fraction') if params[k] is not None}
-    generate_split(root, split, params['sequences'], params['frames'], params['height'], params['width'],
-                   params['seed'], bag=False, **extra)
+    try:       # overwrite: the marker check above decided that this split is (re)generated
+        generate_split(root, split, params['sequences'], params['frames'], params['height'], params['width'],
+                       params['seed'], bag=False, overwrite=True, **extra)
+    except ValueError as exc:          # out of bounds, or more than the disk holds
+        raise DatasetError(f'cannot generate the synthetic {split} split: {exc}') from None
     found = len(_complete_sequences(split_dir))
     if found != params['sequences']:
         raise DatasetError(f'synthetic generation of {split_dir} produced {found} sequences, expected '
