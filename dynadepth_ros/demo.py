@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .atomic_files import atomic_path
 from .dataset_layout import Sequence
 
 
@@ -89,11 +89,9 @@ def make_preview(seq: Sequence, indices: list[int], lead_id: int | None = None) 
 
 
 def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp.png')
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-        raise OSError(f'could not write {tmp}')
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+            raise OSError(f'could not write {path}')
 
 
 def bag_summary(bag_dir: Path) -> dict[str, tuple[str, int]]:

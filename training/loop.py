@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from dynadepth_ros.atomic_files import atomic_path
 from training import checkpoint as ckpt_io
 from training.checkpoint import CheckpointError
 from training.distributed import DistContext
@@ -158,12 +159,10 @@ class CsvLog:
             return out
 
     def _rewrite(self, rows: list[dict]) -> None:
-        tmp = self.path.with_name(f'.{self.path.name}.tmp')
-        with tmp.open('w', newline='') as f:
+        with atomic_path(self.path) as tmp, tmp.open('w', newline='') as f:
             w = csv.DictWriter(f, fieldnames=self.header, extrasaction='ignore')
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, self.path)
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step` (a killed run may have logged past its last checkpoint)."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from dynadepth_ros.atomic_files import atomic_path, write_bytes_atomic
 
 LABEL_HEIGHT = 14
 
@@ -121,15 +122,10 @@ def compose(panels: dict[str, np.ndarray], columns: int = 2) -> np.ndarray:
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     """uint8 RGB [H,W,3] → PNG, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f'could not encode preview {path}')
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
-    with os.fdopen(fd, 'wb') as f:
-        f.write(buf.tobytes())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def save_preview(path: str | os.PathLike, previews: dict, columns: int = 2) -> Path:
@@ -193,8 +189,9 @@ def plot_metrics(csv_path: str | os.PathLike, png_path: str | os.PathLike, max_p
         ax.axis('off')
     fig.tight_layout()
     png_path = Path(png_path)
-    tmp = png_path.with_name(f'.{png_path.name}.tmp.png')
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_path(png_path) as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
     return png_path

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic_files import write_text_atomic
 from ..dataset_layout import SPLITS, Calib, Frame, Instance, SequenceWriter
 from .materials import MaterialTable
 from .primitives import PrimitiveSet
@@ -276,12 +277,6 @@ def _params_record(params: SynthParams, seed: int, split: str, index: int, lead:
             **asdict(params)}
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def is_up_to_date(seq_dir: Path, record: dict) -> bool:
     """True when seq_dir is a complete sequence made with exactly these parameters."""
     try:
@@ -352,7 +347,7 @@ def generate_sequence(out_dir: str | os.PathLike, split: str, index: int, params
         'look': r.look.record(),
         'frames_tf': {'T_base_camera': r.T_base_cam.tolist(), 'T_base_lidar': r.T_base_lidar.tolist()},
     }
-    _write_json_atomic(writer.path / 'synth.json', summary)
+    write_text_atomic(writer.path / 'synth.json', json.dumps(summary, indent=1))
     path = writer.close()
     timings['total'] = time.perf_counter() - t0
     _LAST_TIMINGS.clear()
