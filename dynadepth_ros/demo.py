@@ -31,21 +31,15 @@ import cv2
 import numpy as np
 
 from .atomic_files import atomic_path
-from .dataset_layout import Sequence
+from .colorize import colorize_depth
+from .datasets.layout import Sequence
 
 
 DEPTH_LABEL = 'GT depth, log scale 2-100 m (sky = invalid, black)'
-
-
-def colorize_depth(depth: np.ndarray, near: float = 2.0, far: float = 100.0) -> np.ndarray:
-    """uint8 RGB [H,W,3] from depth float32 [H,W] metres: log depth from `near` (bright) to `far`
-    (dark purple) on the magma colour map; invalid (0, sky) = black."""
-    valid = depth > 0
-    rel = np.log(np.clip(depth, near, far) / near) / np.log(far / near)
-    scaled = np.where(valid, 1.0 - 0.82 * rel, 0.0)
-    img = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_MAGMA)[:, :, ::-1].copy()
-    img[~valid] = 0
-    return img
+# How the demo and the model comparison show depth (colorize.colorize_depth): log depth from 2 m (bright) to
+# 100 m (dark purple, kept apart from the black of invalid pixels), RGB.
+DEPTH_RANGE = (2.0, 100.0)
+DEPTH_STYLE = dict(scale='log', colormap='magma', darkest=0.18, rgb=True)
 
 
 def colorize_mask(mask: np.ndarray) -> np.ndarray:
@@ -82,7 +76,7 @@ def make_preview(seq: Sequence, indices: list[int], lead_id: int | None = None) 
         tag = f'frame {i}: {len(f.instances)} objects, {moving} moving'
         if lead is not None:
             tag += f', lead car {lead.box["center_cam"][2]:.1f} m'
-        rows.append(np.concatenate([_label(f.rgb, tag), _label(colorize_depth(f.depth), DEPTH_LABEL),
+        rows.append(np.concatenate([_label(f.rgb, tag), _label(colorize_depth(f.depth, *DEPTH_RANGE, **DEPTH_STYLE), DEPTH_LABEL),
                                     _label(colorize_mask(f.mask), 'instance ids')], axis=1))
         rows.append(np.full((3, rows[-1].shape[1], 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=0)
@@ -173,7 +167,7 @@ def _eval_bag_logged(args: list[str], log: Path) -> int:
     """dynadepth-eval-bag with its console output in `log` (the demo prints the tables itself)."""
     import contextlib
 
-    from . import eval_bag
+    from .recording import eval_bag
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, 'w') as f, contextlib.redirect_stdout(f):
         return eval_bag.main(args + ['--no-progress'])

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from dynadepth_ros.atomic_files import atomic_path, file_sha256, write_bytes_atomic, write_json_atomic, write_text_atomic
+from dynadepth_ros.atomic_files import (atomic_path, file_sha256, write_bytes_atomic, write_json_atomic,
+                                        write_text_atomic)
 
 
 def test_helpers_write_whole_files_and_create_parents(tmp_path):

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from training.__main__ import build_parser
 from dynadepth_ros.atomic_files import write_json_atomic
+from training.__main__ import build_parser
 from training.artifacts import MANIFEST_FORMAT
 from training.config import load_config
 from training.stages import PLANNED_STAGES, STAGES, get_stage

@@ -38,12 +38,12 @@ import numpy as np
 from tqdm import tqdm
 
 from dynadepth_ros.atomic_files import write_text_atomic
-from dynadepth_ros.bag_reader import (BagError, BagReader, camera_info_K, image_msg_depth, image_msg_labels,
-                                      image_msg_rgb, odometry_pose, stamp_ns)
-from dynadepth_ros.dataset_layout import Calib
+from dynadepth_ros.datasets.layout import Calib
 from dynadepth_ros.image_codec import ImageFormatError
-from dynadepth_ros.lidar_projection import LidarProjectionError, find_transform
-from dynadepth_ros.stamp_pairing import pair_by_stamp
+from dynadepth_ros.recording.bag_reader import (BagError, BagReader, camera_info_K, image_msg_depth, image_msg_labels,
+                                                image_msg_rgb, odometry_pose, stamp_ns)
+from dynadepth_ros.recording.lidar_projection import LidarProjectionError, find_transform
+from dynadepth_ros.recording.stamp_pairing import pair_by_stamp
 from training.data.pose_interpolation import interpolate_poses
 
 log = logging.getLogger(__name__)

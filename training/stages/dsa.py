@@ -29,8 +29,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from training import checkpoint as ckpt_io
 from dynadepth_ros.atomic_files import write_json_atomic
+from training import checkpoint as ckpt_io
 from training.artifacts import file_entry
 from training.config import PipelineConfig, to_dict
 from training.data import build_dataset

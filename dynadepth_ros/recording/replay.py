@@ -30,7 +30,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from dynadepth_ros.atomic_files import write_text_atomic
-from dynadepth_ros.bag_reader import BagError, BagReader, cdr_header_stamp_ns
+from dynadepth_ros.recording.bag_reader import BagError, BagReader, cdr_header_stamp_ns
 
 TF_STATIC = '/tf_static'
 
@@ -63,7 +63,7 @@ def global_topic(topic: str) -> str:
 
 
 def _distribution(values_ms: list[float]) -> dict:
-    from dynadepth_ros.eval_report import distribution
+    from dynadepth_ros.recording.eval_report import distribution
     return distribution(values_ms)
 
 
