@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynadepth_ros.dataset_layout import Sequence, SequenceWriter, list_sequences
+from dynadepth_ros.datasets.layout import Sequence, SequenceWriter, list_sequences
 from dynadepth_ros.synth import generate_split, has_lead_car
 from dynadepth_ros.synth.bag import START_NS, TOPICS
 from dynadepth_ros.synth.cli import main as synth_main

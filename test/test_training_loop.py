@@ -3,6 +3,7 @@ resume after a crash, config-hash protection, the CSV log; and, through the real
 resume after `kill -9` and two-process DistributedDataParallel on CPU (gloo)."""
 from __future__ import annotations
 
+import builtins
 import csv
 import errno
 import os
@@ -178,17 +179,19 @@ class _FillingFile:
 
 
 def fill_disk_at(monkeypatch, name: str, after: int, room: int = 4096) -> None:
-    """The disk fills up while the (after+1)-th atomic write of a file called `name` is under way."""
-    real_fdopen, seen = os.fdopen, []
+    """The disk fills up while the (after+1)-th atomic write of a file called `name` is under way (the
+    temporary file atomic_path hands out, `.<name>.<unique>.tmp<suffix>`, opened for writing)."""
+    real_open, seen = builtins.open, []
 
-    def fdopen(fd, *args, **kwargs):
-        f = real_fdopen(fd, *args, **kwargs)
-        if os.path.basename(os.readlink(f'/proc/self/fd/{fd}')).startswith(f'.{name}.'):
-            seen.append(fd)
+    def fake_open(file, mode='r', *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set('wxa') and \
+                os.path.basename(os.fspath(file)).startswith(f'.{name}.'):
+            seen.append(file)
             if len(seen) > after:
                 return _FillingFile(f, room)
         return f
-    monkeypatch.setattr(os, 'fdopen', fdopen)
+    monkeypatch.setattr(builtins, 'open', fake_open)
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
+from dynadepth_ros.atomic_files import write_json_atomic
 from training.__main__ import build_parser
-from training.artifacts import MANIFEST_FORMAT, write_json_atomic
+from training.artifacts import MANIFEST_FORMAT
 from training.config import load_config
 from training.stages import PLANNED_STAGES, STAGES, get_stage
 from training.stages.runner import (StageError, lock_run_dir, run_stage, stage_hashes, stage_status,

@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.config import ConfigError
     from training.export import ExportError
 
-    from dynadepth_ros.bag_reader import BagError
+    from dynadepth_ros.recording.bag_reader import BagError
     from training.data.rosbag_import import RosbagImportError
 
     from training.stages.runner import StageError

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dynadepth_ros.atomic_files import atomic_output
+from dynadepth_ros.atomic_files import atomic_path
 
 CHECKPOINT_FORMAT = 1
 
@@ -26,7 +26,7 @@ class CheckpointError(RuntimeError):
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
     """torch.save to a temp file in the same directory, fsync, then rename over `path`. When the disk is
     full: DiskFullError naming `path`, which keeps its previous content (the temp file is removed)."""
-    with atomic_output(path, fsync=True) as f:
+    with atomic_path(path, fsync=True) as tmp, open(tmp, 'xb') as f:
         torch.save(obj, f)
 
 

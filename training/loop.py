@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import math
 import os
 import statistics
@@ -36,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from dynadepth_ros.atomic_files import DiskFullError, write_text_atomic
+from dynadepth_ros.atomic_files import DiskFullError, atomic_path
 from training import checkpoint as ckpt_io
 from training.checkpoint import CheckpointError
 from training.distributed import DistContext
@@ -160,11 +159,10 @@ class CsvLog:
             return out
 
     def _rewrite(self, rows: list[dict]) -> None:
-        text = io.StringIO()
-        w = csv.DictWriter(text, fieldnames=self.header, extrasaction='ignore')
-        w.writeheader()
-        w.writerows(rows)
-        write_text_atomic(self.path, text.getvalue())
+        with atomic_path(self.path) as tmp, tmp.open('w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=self.header, extrasaction='ignore')
+            w.writeheader()
+            w.writerows(rows)
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step`: a killed run may have logged past the checkpoint the next run

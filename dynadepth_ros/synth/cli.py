@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..dataset_layout import SPLITS
+from ..datasets.layout import SPLITS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic_files import write_text_atomic
-from ..dataset_layout import SPLITS, Calib, Frame, Instance, SequenceWriter
+from ..datasets.layout import SPLITS, Calib, Frame, Instance, SequenceWriter
 from .materials import MaterialTable
 from .primitives import PrimitiveSet
 from .render import CameraRays, Lighting, Scene

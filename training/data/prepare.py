@@ -14,9 +14,9 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
 from pathlib import Path
 
+from dynadepth_ros.atomic_files import write_text_atomic
 from dynadepth_ros.datasets.base import DatasetError
 from training.data.config import DataConfig
 
@@ -37,9 +37,7 @@ def _locked(root: Path):
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def synthetic_params(cfg: DataConfig, split: str) -> dict:

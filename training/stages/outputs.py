@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynadepth_ros.atomic_files import atomic_output
-from training.artifacts import write_json_atomic
+from dynadepth_ros.atomic_files import atomic_path, write_json_atomic
 
 
 def frame_key(sequence: str, frame: int) -> str:
@@ -38,7 +37,7 @@ def frame_file(root: Path, split: str, sequence: str, frame: int) -> Path:
 
 
 def save_npz_atomic(path: str | os.PathLike, compressed: bool = False, **arrays) -> None:
-    with atomic_output(path) as f:
+    with atomic_path(path) as tmp, open(tmp, 'xb') as f:
         (np.savez_compressed if compressed else np.savez)(f, **arrays)
 
 

@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dynadepth_ros.atomic_files import write_json_atomic, write_text_atomic
 from training import checkpoint as ckpt_io
 from training.artifacts import (MANIFEST_FORMAT, MANIFEST_NAME, data_fingerprint, environment_versions,
-                                hash_object, manifest_problems, now_iso, read_manifest, write_json_atomic,
-                                write_text_atomic)
+                                hash_object, manifest_problems, now_iso, read_manifest)
 from training.checkpoint import CheckpointError
 from training.config import PipelineConfig, dump_yaml, to_dict
 from training.data import prepare_data

@@ -26,6 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..atomic_files import CloseOrAbort
+
 SPLITS = ('train', 'val', 'test')
 
 
@@ -80,7 +82,7 @@ def _frame_name(i: int) -> str:
     return f'{i:06d}'
 
 
-class SequenceWriter:
+class SequenceWriter(CloseOrAbort):
     """Writes one sequence; call close() (or use as a context manager) to publish it atomically."""
 
     def __init__(self, root: str | os.PathLike, split: str, name: str, calib: Calib):
@@ -131,15 +133,6 @@ class SequenceWriter:
     def abort(self) -> None:
         """Drop what was written (the sequence is not published; an earlier one of that name stays)."""
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *_):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def read_poses(path: str | os.PathLike) -> np.ndarray:
