@@ -51,7 +51,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from dynadepth_ros import ros_messages
-from dynadepth_ros.camera import denormalise_intrinsics, scale_intrinsics
+from dynadepth_ros.camera import resize_nearest
 from dynadepth_ros.colorize import colorize_depth
 from dynadepth_ros.depth_outputs import INTRINSICS_SOURCES, camera_matrix, model_calibration, organized_cloud
 from dynadepth_ros.image_codec import ImageFormatError, check_image_pixels
@@ -578,13 +578,10 @@ class DepthNode(LifecycleNode):
         self._overhead.add(latency_ms - res.inference_ms)
         self._out_rate.add()
         self._stats['frames_out'] += 1
+        K_out = res.K                  # the camera's K, or without it the model's, at the depth size
         if intr is not None:           # the camera's calibration, K and P rescaled to the depth size
             out_calib = rescale_calibration(intr[0], oh, ow)
-            K_out = scale_intrinsics(intr[1], ow / w, oh / h)
         else:                          # the intrinsics the model assumed, mapped back onto the depth image
-            m = est.metadata
-            K_model = denormalise_intrinsics(m.intrinsics, m.input_width, m.input_height)
-            K_out = scale_intrinsics(res.plan.source_intrinsics(K_model), ow / w, oh / h)
             out_calib = model_calibration(K_out, ow, oh)
         self._pubs['info'].publish(ros_messages.calibration_to_camera_info(out_calib, header))
         if self._pubs['colored'].get_subscription_count() > 0:
@@ -625,7 +622,7 @@ class DepthNode(LifecycleNode):
                                         f'instance mask is {mw}x{mh} but depth is {w}x{h} (other aspect ratio); '
                                         f'stretching the mask with nearest neighbour — publish masks at the camera '
                                         f'image geometry')
-                labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+                labels = resize_nearest(labels, h, w)
                 self._stats['masks_resized'] += 1
             objs = instance_depths(frame.depth, labels, frame.K, min_pixels=int(self._p('min_object_pixels')))
             self._pubs['objects'].publish(ros_messages.objects_to_markers(objs, frame.header))

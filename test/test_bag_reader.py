@@ -7,9 +7,9 @@ import pytest
 from bag_builders import CAM_FRAME, LIDAR_FRAME, T0_NS, BagSpec, camera_K, scene_arrays, write_eval_bag
 from rosbags.typesys import Stores, get_typestore
 
-from dynadepth_ros.bag_reader import (BagError, BagReader, camera_info_K, cdr_header_stamp_ns, image_msg_depth,
-                                      image_msg_labels, image_msg_rgb, odometry_pose, stamp_s)
 from dynadepth_ros.image_codec import ImageFormatError
+from dynadepth_ros.recording.bag_reader import (BagError, BagReader, camera_info_K, cdr_header_stamp_ns,
+                                                image_msg_depth, image_msg_labels, image_msg_rgb, odometry_pose, stamp_s)
 
 T = get_typestore(Stores.ROS2_KILTED).types
 

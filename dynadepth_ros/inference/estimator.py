@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from dynadepth_ros.camera import denormalise_intrinsics, scale_intrinsics
 from dynadepth_ros.inference.backend import BackendError
 from dynadepth_ros.inference.backend_selection import DEFAULT_TOLERANCE, Selection, select_backend
 from dynadepth_ros.inference.postprocess import clean_depth, focal_scale, to_output_geometry
@@ -53,6 +54,8 @@ class DepthResult:
     plan: CropPlan              # how the image was cropped/resized for the model
     focal_scale: float          # f_cam / f_train applied (1.0 without K or for a relative model)
     inference_ms: float         # backend time for the batch this image was part of
+    K: np.ndarray               # float64 [3,3] intrinsics of `depth`: the given K rescaled to the output size, or
+                                # without K the model's training intrinsics mapped back through the crop plan
 
 
 class DepthEstimator:
@@ -115,6 +118,7 @@ class DepthEstimator:
                 raise ValueError(f'output_size {output_size} must be two positive integers (h, w)')
         meta = self.metadata
         plans = [self.plan_for(im.shape[0], im.shape[1]) for im in rgbs]
+        K_train = denormalise_intrinsics(meta.intrinsics, meta.input_width, meta.input_height)
         results: list[DepthResult] = []
         step = max(1, int(self._backend.max_batch))
         for start in range(0, len(rgbs), step):
@@ -132,7 +136,9 @@ class DepthEstimator:
                                         meta.input_height, meta.input_width)
                     depth *= np.float32(scale)
                 h, w = (plan.src_h, plan.src_w) if output_size is None else output_size
-                results.append(DepthResult(to_output_geometry(depth, plan, int(h), int(w)), plan, scale, ms))
+                K_src = plan.source_intrinsics(K_train) if K is None else np.asarray(K, np.float64)
+                K_out = scale_intrinsics(K_src, int(w) / plan.src_w, int(h) / plan.src_h)
+                results.append(DepthResult(to_output_geometry(depth, plan, int(h), int(w)), plan, scale, ms, K_out))
         return results
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from dynadepth_ros.atomic_files import write_bytes_atomic
+from dynadepth_ros.atomic_files import file_sha256, write_bytes_atomic, write_json_atomic
 from dynadepth_ros.inference.backend import BackendError
 from dynadepth_ros.model_format import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
@@ -50,14 +50,6 @@ def default_engine_cache_dir() -> Path:
         return Path(os.environ['DYNADEPTH_ENGINE_CACHE'])
     base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     return Path(base) / 'dynadepth_ros' / 'engines'
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -106,7 +98,7 @@ def write_engine(path: str | Path, blob: bytes, key: EngineKey) -> None:
     write_bytes_atomic(path, bytes(blob))
     meta = {'format': SIDECAR_FORMAT, 'key': key.to_json(), 'engine_sha256': hashlib.sha256(blob).hexdigest(),
             'engine_bytes': len(blob), 'built_at': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
-    write_bytes_atomic(sidecar_path(path), (json.dumps(meta, indent=2) + '\n').encode())
+    write_json_atomic(sidecar_path(path), meta)
 
 
 def read_engine(path: str | Path, expected: EngineKey | None) -> bytes:
