@@ -9,7 +9,7 @@ A watchdog checks the worker thread: if it died, or spent more than `worker_time
 respawn or a supervisor restarts it (a process that lives on without publishing would look healthy).
 
 Topics (relative, remappable)                                    QoS (defaults; change via qos_overrides.*)
-  in  image               sensor_msgs/Image rgb8/bgr8/rgba8/bgra8/mono8       sensor data (best effort, depth 5)
+  in  image               sensor_msgs/Image, image_codec.COLOR_ENCODINGS      sensor data (best effort, depth 5)
       image/compressed    sensor_msgs/CompressedImage (image_transport:=compressed)
       camera_info         sensor_msgs/CameraInfo (optional)                   sensor data
       instance_mask       sensor_msgs/Image mono8/8UC1/mono16/16UC1/32SC1 ids sensor data
