@@ -9,7 +9,7 @@ A watchdog checks the worker thread: if it died, or spent more than `worker_time
 respawn or a supervisor restarts it (a process that lives on without publishing would look healthy).
 
 Topics (relative, remappable)                                    QoS (defaults; change via qos_overrides.*)
-  in  image               sensor_msgs/Image rgb8/bgr8/rgba8/bgra8/mono8       sensor data (best effort, depth 5)
+  in  image               sensor_msgs/Image, image_codec.COLOR_ENCODINGS      sensor data (best effort, depth 5)
       image/compressed    sensor_msgs/CompressedImage (image_transport:=compressed)
       camera_info         sensor_msgs/CameraInfo (optional)                   sensor data
       instance_mask       sensor_msgs/Image mono8/8UC1/mono16/16UC1/32SC1 ids sensor data
@@ -53,6 +53,7 @@ from visualization_msgs.msg import MarkerArray
 from dynadepth_ros import ros_messages
 from dynadepth_ros.camera import resize_nearest
 from dynadepth_ros.colorize import colorize_depth
+from dynadepth_ros.configure_progress import ConfigureProgress
 from dynadepth_ros.depth_outputs import INTRINSICS_SOURCES, camera_matrix, model_calibration, organized_cloud
 from dynadepth_ros.image_codec import ImageFormatError, check_image_pixels
 from dynadepth_ros.inference import BACKENDS, PRECISIONS, BackendError, DepthEstimator
@@ -225,6 +226,7 @@ class DepthNode(LifecycleNode):
         self._worker_death = ''                   # the exception that ended the worker thread
         self._fatal = ''                          # why the node exits (worker dead or stuck)
         self._fatal_at = 0.0
+        self._progress: ConfigureProgress | None = None   # while on_configure runs: what it does, for /diagnostics
         self._reset_stats()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diag_timer = self.create_timer(float(self.get_parameter('diagnostics_period').value),
@@ -287,15 +289,25 @@ class DepthNode(LifecycleNode):
             if self._p(name) not in allowed:
                 return self._configure_failed(f'parameter {name}={self._p(name)!r} is not one of {allowed}')
         model_path = self._p('model_path') or None
+        # the executor is blocked until configure returns (a TensorRT engine build takes minutes): /diagnostics
+        # keeps coming from ConfigureProgress's own thread, saying what is being done and for how long
+        self._progress = ConfigureProgress(float(self._p('diagnostics_period')), self._publish_diagnostics,
+                                           on_error=lambda exc: self._log_throttled(
+                                               'progress', 'error', f'/diagnostics during configure: {exc!r}'))
+        self._status_error, self._phase = '', 'configuring'
         try:
-            est = DepthEstimator(
-                model_path, backend=self._p('backend'), precision=self._p('precision'),
-                engine_cache_dir=self._p('engine_cache_dir') or None, fallback=bool(self._p('fallback')),
-                trt_tolerance=float(self._p('trt_tolerance')), engine_path=self._p('engine_path') or None,
-                aspect_tolerance=float(self._p('aspect_tolerance')), max_batch=1,
-                intra_op_threads=int(self._p('intra_op_threads')), log=self.get_logger().warning)
+            with self._progress:
+                est = DepthEstimator(
+                    model_path, backend=self._p('backend'), precision=self._p('precision'),
+                    engine_cache_dir=self._p('engine_cache_dir') or None, fallback=bool(self._p('fallback')),
+                    trt_tolerance=float(self._p('trt_tolerance')), engine_path=self._p('engine_path') or None,
+                    aspect_tolerance=float(self._p('aspect_tolerance')), max_batch=1,
+                    intra_op_threads=int(self._p('intra_op_threads')), log=self.get_logger().warning,
+                    progress=self._progress.stage)
         except (ModelFormatError, BackendError, ValueError, OSError) as exc:
             return self._configure_failed(f'cannot load the model: {exc}')
+        finally:
+            self._progress, self._phase = None, 'unconfigured'
         if not est.metadata.metric and not self._p('allow_relative_model'):
             est.close()
             return self._configure_failed(
@@ -712,7 +724,9 @@ class DepthNode(LifecycleNode):
         if self._status_error:
             level, message = DiagnosticStatus.ERROR, self._status_error
         elif self._phase != 'active':
-            level, message = DiagnosticStatus.WARN, f'node is {self._phase}'
+            progress = self._progress
+            level, message = DiagnosticStatus.WARN, f'node is {self._phase}' + (
+                f': {progress.describe()}' if progress is not None else '')
         elif st['errors'] + st['qos_incompatible'] > prev_err:
             level, message = DiagnosticStatus.ERROR, 'processing errors or QoS mismatch, see log'
         elif st['bad_frames'] > prev_bad:

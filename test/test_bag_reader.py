@@ -99,9 +99,9 @@ def test_compressed_images_and_unusable_encodings():
     np.testing.assert_array_equal(image_msg_rgb(msg), rgb)
     with pytest.raises(ImageFormatError, match='not CompressedImage'):
         image_msg_depth(msg)
-    yuv = T['sensor_msgs/msg/Image'](header=_header(), height=2, width=2, encoding='yuv422', is_bigendian=0,
+    yuv = T['sensor_msgs/msg/Image'](header=_header(), height=2, width=2, encoding='nv21', is_bigendian=0,
                                      step=4, data=np.zeros(8, np.uint8))
-    with pytest.raises(ImageFormatError, match="'yuv422'"):
+    with pytest.raises(ImageFormatError, match="'nv21'"):
         image_msg_rgb(yuv)
 
 

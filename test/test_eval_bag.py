@@ -114,7 +114,7 @@ def test_pairing_counts_and_skips(tmp_path, model, capsys):
     c = rep['counts']
     assert c['pairs'] == 5 and c['unmatched']['image_without_gt'] == 1 and c['unmatched']['gt_without_image'] == 2
     assert c['skipped'] == {'image_encoding': 1, 'corrupt_message': 1}
-    assert any("'yuv422'" in e for e in c['skip_examples']) and any('cannot be decoded' in e for e in c['skip_examples'])
+    assert any("'nv21'" in e for e in c['skip_examples']) and any('cannot be decoded' in e for e in c['skip_examples'])
     assert c['evaluated'] == 3
     assert_metrics_match(rep, expected([0, 3, 5]))
 

@@ -6,9 +6,9 @@ Per episode, in this order: maybe a camera_info (valid, or with NaN/inf/zero/hug
 ROI outside the image, absurd binning...), a few malformed messages (undecodable or truncated PNG/JPEG, other
 formats, bombs declaring more than max_image_pixels, wrong encodings, step/size mismatches, zero sizes, masks
 of the wrong encoding or size, stamps anywhere), maybe a garbled JPEG/PNG (it may or may not decode), maybe a
-backwards stamp jump (a looped bag), then one valid frame of a random size and encoding, with no mask or a
-valid mask before or after it (other sizes and aspect ratios, other label encodings, an instance split
-evenly across a depth edge).
+backwards stamp jump (a looped bag), then one valid frame of a random size and encoding (the camera driver
+encodings YUV 4:2:2, Bayer and 16-bit colour too), with no mask or a valid mask before or after it (other sizes
+and aspect ratios, other label encodings, an instance split evenly across a depth edge).
 
 Every message is confirmed before the next one goes out: its /diagnostics counter (diagnostics_period 0.1 s)
 must go up, so nothing is dropped and each message's fate is known: deterministic on a loaded machine, not
@@ -40,6 +40,7 @@ from visualization_msgs.msg import Marker  # noqa: E402
 from contract_model import expected_depth  # noqa: E402
 from test_node_graph import (FRAME, INTR, camera_info_msg, depth_array, image_msg, out_stamp,  # noqa: E402
                              running_node, stamp_ns)
+from test_image_codec import BAYER, bayer_mosaic, yuv422_rows  # noqa: E402
 from test_node_robustness import _png_header_only, diag  # noqa: E402
 
 SEED = int(os.environ.get('DYNADEPTH_FUZZ_SEED', '20250611'))
@@ -90,9 +91,13 @@ def _scene(rng, h, w):
 def _bad_raw(rng, stamp):
     """(name, Image, text of the node's last_bad_frame)."""
     good = rng.integers(0, 256, (MODEL_H, MODEL_W, 3), dtype=np.uint8).tobytes()
-    enc = str(rng.choice(['yuv422', '16UC1', '32FC1', 'bayer_rggb8', '', 'RGB8']))
+    enc = str(rng.choice(['nv21', '16UC1', '32FC1', 'bayer_rggb16', '', 'RGB8', 'YUV422']))
     cases = [
         (f'encoding {enc!r}', lambda: _raw(stamp, MODEL_H, MODEL_W, enc, good), 'is not supported'),
+        ('yuv422 of odd width', lambda: _raw(stamp, MODEL_H, MODEL_W - 1, 'yuv422', good, step=(MODEL_W - 1) * 2),
+         'is odd'),
+        ('bayer one byte short', lambda: _raw(stamp, MODEL_H, MODEL_W, 'bayer_grbg8', good[:MODEL_H * MODEL_W - 1],
+                                              step=MODEL_W), 'needs'),
         ('zero width', lambda: _raw(stamp, MODEL_H, 0, 'rgb8', b''), 'must be positive'),
         ('zero height', lambda: _raw(stamp, 0, MODEL_W, 'rgb8', b''), 'must be positive'),
         ('declares 100000x100000', lambda: _raw(stamp, 100000, 100000, 'rgb8', b'\x07' * 16), 'max_image_pixels'),
@@ -230,11 +235,42 @@ def _camera_info(rng):
 
 
 # ---------------------------------------------------------------------------- valid frames and masks
+DRIVER_ENCODINGS = ('yuv422', 'yuv422_yuy2', 'bayer_rggb8', 'bayer_bggr8', 'bayer_gbrg8', 'bayer_grbg8',
+                    'rgb16', 'bgr16', 'rgba16', 'bgra16', 'mono16')
+
+
+def _driver_frame(rng, stamp, rgb, encoding):
+    """(Image, rgb the node must see or None) for `rgb` as a camera driver publishes it in `encoding`: YUV 4:2:2
+    and Bayer lose colour detail (None: only the depth size is checked), 16 bit carries it exactly (each value
+    v * 257 plus noise below 128, which cv_bridge's 16 → 8 bit scaling maps back to v), in either byte order."""
+    h, w = rgb.shape[:2]
+    if encoding in ('yuv422', 'yuv422_yuy2'):
+        return _raw(stamp, h, w, encoding, yuv422_rows(rgb, 'UYVY' if encoding == 'yuv422' else 'YUYV').tobytes(),
+                    step=w * 2), None
+    if encoding.startswith('bayer_'):
+        return _raw(stamp, h, w, encoding, bayer_mosaic(rgb, BAYER[encoding]).tobytes(), step=w), None
+    if encoding == 'mono16':
+        rgb = np.repeat(rgb[..., :1], 3, axis=2)
+    noise = rng.integers(-128, 128, rgb.shape)
+    rgb16 = np.clip(rgb.astype(np.int64) * 257 + noise, 0, 65535).astype(np.uint16)
+    planes = {'r': rgb16[..., 0], 'g': rgb16[..., 1], 'b': rgb16[..., 2], 'a': rgb16[..., 0] ^ 0x5A5A}
+    order = 'r' if encoding == 'mono16' else encoding[:-2]
+    arr = np.stack([planes[c] for c in order], axis=-1)
+    big = bool(rng.random() < 0.5)
+    data = arr.astype('>u2' if big else '<u2').tobytes()
+    return _raw(stamp, h, w, encoding, data, step=w * len(order) * 2, bigendian=int(big)), rgb
+
+
 def _valid_raw(rng, stamp, exact):
-    """(name, Image, rgb the node must see, (h, w)); exact: at the model size (known depth)."""
+    """(name, Image, rgb the node must see or None (lossy encoding), (h, w)); exact: at the model size."""
     if exact:
         rgb = _scene(rng, MODEL_H, MODEL_W)
-        kind = str(rng.choice(['rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'padded rgb8', 'bigendian rgb8']))
+        kind = str(rng.choice(['rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'padded rgb8', 'bigendian rgb8',
+                               'driver']))
+        if kind == 'driver':                           # what camera drivers publish (YUV 4:2:2, Bayer, 16 bit)
+            enc = str(rng.choice(DRIVER_ENCODINGS))
+            msg, seen = _driver_frame(rng, stamp, rgb, enc)
+            return enc, msg, seen, rgb.shape[:2]
         if kind == 'mono8':
             rgb = np.repeat(rgb[..., :1], 3, axis=2)
         if kind == 'padded rgb8':                      # rows padded with garbage: step > width*3
@@ -247,6 +283,9 @@ def _valid_raw(rng, stamp, exact):
         return kind, image_msg(rgb, stamp, kind), rgb, rgb.shape[:2]
     h, w = OTHER_SIZES[rng.integers(len(OTHER_SIZES))]
     rgb = _scene(rng, h, w)
+    if rng.random() < 0.3:                             # a driver encoding at this size (YUV 4:2:2: even widths)
+        enc = str(rng.choice([e for e in DRIVER_ENCODINGS if w % 2 == 0 or not e.startswith('yuv')]))
+        return f'{enc} {w}x{h}', _driver_frame(rng, stamp, rgb, enc)[0], None, (h, w)
     return f'rgb8 {w}x{h}', image_msg(rgb, stamp), rgb, (h, w)
 
 

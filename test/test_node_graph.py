@@ -33,6 +33,7 @@ from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from contract_model import expected_depth, make_contract_model  # noqa: E402
+from test_image_codec import BAYER, bayer_mosaic, yuv422_rows  # noqa: E402
 
 NS, NAME = '/dd_graph_ns', 'dd_graph'
 FQN = f'{NS}/{NAME}'
@@ -137,9 +138,13 @@ def image_msg(rgb, stamp, encoding='rgb8'):
     conv = {'rgb8': lambda a: a, 'bgr8': lambda a: a[..., ::-1],
             'rgba8': lambda a: np.dstack([a, np.full(a.shape[:2], 77, np.uint8)]),
             'bgra8': lambda a: np.dstack([a[..., ::-1], np.full(a.shape[:2], 77, np.uint8)]),
-            'mono8': lambda a: a[..., 0]}
+            'mono8': lambda a: a[..., 0],
+            # camera driver encodings, from the independent encoders of test_image_codec
+            'yuv422': lambda a: yuv422_rows(a, 'UYVY'), 'yuv422_yuy2': lambda a: yuv422_rows(a, 'YUYV'),
+            'rgb16': lambda a: a.astype(np.uint16) * 257}
+    conv.update({enc: (lambda a, p=pattern: bayer_mosaic(a, p)) for enc, pattern in BAYER.items()})
     arr = np.ascontiguousarray(conv[encoding](rgb))
-    h, w = arr.shape[:2]
+    h, w = rgb.shape[:2]
     return Image(header=Header(stamp=stamp, frame_id=FRAME), height=h, width=w, encoding=encoding,
                  step=arr.strides[0], is_bigendian=0, data=arr.tobytes())
 
@@ -265,6 +270,18 @@ def test_every_supported_encoding(graph, encoding):
     np.testing.assert_allclose(depth_array(out), expected_depth(60), rtol=1e-5)
 
 
+@pytest.mark.parametrize('encoding', ['yuv422_yuy2', 'yuv422', 'bayer_rggb8', 'bayer_gbrg8', 'rgb16'])
+def test_camera_driver_encodings_give_depth(graph, encoding):
+    """What usb_cam / UVC (YUYV), other drivers (UYVY), industrial cameras (Bayer) and 16-bit cameras publish."""
+    rgb = np.empty((128, 384, 3), np.uint8)
+    rgb[...] = (60, 180, 240)                  # red 60; a wrong conversion reads another channel (180, 240)
+    out = send_and_wait(graph, f'{NS}/image', image_msg(rgb, next_stamp(), encoding))
+    d = depth_array(out)
+    assert d.shape == (128, 384)
+    # YUV: red comes back within 3 of 60 (8-bit Y/U/V rounding); Bayer and rgb16: exactly 60 (a flat colour)
+    np.testing.assert_allclose(d, expected_depth(60), atol=float(expected_depth(63) - expected_depth(60)))
+
+
 def test_1280x720_end_to_end(graph):
     rgb = np.zeros((720, 1280, 3), np.uint8)
     rgb[..., 0] = 150
@@ -300,7 +317,7 @@ def test_objects_from_1280x720_frames_with_32SC1_masks_every_time(graph):
 def test_bad_frames_are_skipped_counted_and_logged_and_the_node_keeps_running(graph):
     good = np.full((128, 384, 3), 30, np.uint8)
     wrong = image_msg(good, next_stamp())
-    wrong.encoding = 'yuv422'
+    wrong.encoding = 'nv21'                        # a ROS encoding the node does not decode
     short = image_msg(good, next_stamp())
     short.data = bytes(short.data)[:1000]
     depth_in = Image(header=Header(stamp=next_stamp(), frame_id=FRAME), height=128, width=384, encoding='32FC1',
@@ -313,7 +330,7 @@ def test_bad_frames_are_skipped_counted_and_logged_and_the_node_keeps_running(gr
     np.testing.assert_allclose(depth_array(out), expected_depth(30), rtol=1e-5)
     v = diag_values(graph, lambda v: int(v['bad_frames']) >= 3)
     assert graph.proc.poll() is None
-    log = graph.wait(lambda: (lambda t: t if "'yuv422'" in t and 'needs' in t else None)(graph.log_path.read_text()))
+    log = graph.wait(lambda: (lambda t: t if "'nv21'" in t and 'needs' in t else None)(graph.log_path.read_text()))
     assert log and 'skipping camera frame' in log, graph.log_path.read_text()[-2000:]
     assert 'is not supported' in v['last_bad_frame'] or 'needs' in v['last_bad_frame']
     bad = [m for m in graph.msgs(f'{NS}/depth') if any(same_stamp(m.header.stamp, b.header.stamp)

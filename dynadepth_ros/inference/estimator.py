@@ -65,7 +65,8 @@ class DepthEstimator:
                  engine_cache_dir: str | Path | None = None, fallback: bool = True,
                  trt_tolerance: float = DEFAULT_TOLERANCE, *, engine_path: str | Path | None = None,
                  aspect_tolerance: float = 0.05, max_batch: int = 4, intra_op_threads: int = 0,
-                 log: Callable[[str], None] | None = None, tensorrt_factory=None, providers=None):
+                 log: Callable[[str], None] | None = None, tensorrt_factory=None, providers=None,
+                 progress: Callable[[str], None] | None = None):
         self.model_path = Path(model_path) if model_path else default_model_path()
         self.metadata: ModelMetadata = read_metadata(self.model_path)      # ModelFormatError when unusable
         self.aspect_tolerance = float(aspect_tolerance)
@@ -73,7 +74,7 @@ class DepthEstimator:
             self.model_path, self.metadata, backend=backend, precision=precision, fallback=fallback,
             trt_tolerance=trt_tolerance, engine_cache_dir=engine_cache_dir, engine_path=engine_path,
             max_batch=max_batch, intra_op_threads=intra_op_threads, log=log or _log.warning,
-            tensorrt_factory=tensorrt_factory, providers=providers)
+            tensorrt_factory=tensorrt_factory, providers=providers, progress=progress)
         self._backend = self.selection.backend
         self.backend_name: str = self._backend.name
         self._plans: dict[tuple[int, int], CropPlan] = {}
