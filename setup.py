@@ -34,8 +34,8 @@ setup(
         'console_scripts': [
             'depth_node = dynadepth_ros.node:main',
             'dynadepth-synth = dynadepth_ros.synth.cli:main',
-            'dynadepth-eval-bag = dynadepth_ros.eval_bag:main',
-            'dynadepth-replay = dynadepth_ros.replay:main',
+            'dynadepth-eval-bag = dynadepth_ros.recording.eval_bag:main',
+            'dynadepth-replay = dynadepth_ros.recording.replay:main',
             'dynadepth-model-info = dynadepth_ros.model_info:main',
             'dynadepth-build-engine = dynadepth_ros.engine_builder:main',
         ],

@@ -5,6 +5,7 @@ image_proc's resize and monodepth2 use; normalised intrinsics are (fx/W, fy/H, c
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -68,3 +69,17 @@ def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
 def relative_pose(T_world_a: np.ndarray, T_world_b: np.ndarray) -> np.ndarray:
     """T_b_a: maps points in camera a's frame into camera b's frame (both poses camera-to-world)."""
     return np.linalg.inv(T_world_b) @ T_world_a
+
+
+def resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A map whose values must not be blended (instance ids; also sparse depth) resized to height x width.
+
+    Nearest neighbour with exact pixel-centre rounding (cv2.INTER_NEAREST_EXACT: source pixel
+    floor((x + 0.5) * src_w / width), the same as PIL NEAREST and torch 'nearest-exact'); plain INTER_NEAREST
+    rounds down and shifts the map by up to a pixel. Returned unchanged when it already has that size; the
+    node, the evaluation and training all resize label maps with this one function.
+    """
+    if labels.shape[:2] == (height, width):
+        return labels
+    out = cv2.resize(labels, (int(width), int(height)), interpolation=cv2.INTER_NEAREST_EXACT)
+    return out.astype(labels.dtype, copy=False)

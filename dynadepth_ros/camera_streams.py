@@ -39,7 +39,7 @@ def validate_camera_names(names) -> list[str]:
 def new_stats() -> dict:
     """A camera's counters (all zero)."""
     return dict(dropped=0, bad_frames=0, bad_masks=0, masks_dropped=0, masks_resized=0, frames_out=0,
-                objects_out=0, colored_out=0, camera_info_errors=0, masks_in=0, points_out=0, errors=0)
+                objects_out=0, colored_out=0, camera_info_in=0, camera_info_errors=0, masks_in=0, points_out=0, errors=0)
 
 
 @dataclass

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,21 +30,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .dataset_layout import Sequence
+from .atomic_files import atomic_path
+from .colorize import colorize_depth
+from .datasets.layout import Sequence
 
 
 DEPTH_LABEL = 'GT depth, log scale 2-100 m (sky = invalid, black)'
-
-
-def colorize_depth(depth: np.ndarray, near: float = 2.0, far: float = 100.0) -> np.ndarray:
-    """uint8 RGB [H,W,3] from depth float32 [H,W] metres: log depth from `near` (bright) to `far`
-    (dark purple) on the magma colour map; invalid (0, sky) = black."""
-    valid = depth > 0
-    rel = np.log(np.clip(depth, near, far) / near) / np.log(far / near)
-    scaled = np.where(valid, 1.0 - 0.82 * rel, 0.0)
-    img = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_MAGMA)[:, :, ::-1].copy()
-    img[~valid] = 0
-    return img
+# How the demo and the model comparison show depth (colorize.colorize_depth): log depth from 2 m (bright) to
+# 100 m (dark purple, kept apart from the black of invalid pixels), RGB.
+DEPTH_RANGE = (2.0, 100.0)
+DEPTH_STYLE = dict(scale='log', colormap='magma', darkest=0.18, rgb=True)
 
 
 def colorize_mask(mask: np.ndarray) -> np.ndarray:
@@ -82,18 +76,16 @@ def make_preview(seq: Sequence, indices: list[int], lead_id: int | None = None) 
         tag = f'frame {i}: {len(f.instances)} objects, {moving} moving'
         if lead is not None:
             tag += f', lead car {lead.box["center_cam"][2]:.1f} m'
-        rows.append(np.concatenate([_label(f.rgb, tag), _label(colorize_depth(f.depth), DEPTH_LABEL),
+        rows.append(np.concatenate([_label(f.rgb, tag), _label(colorize_depth(f.depth, *DEPTH_RANGE, **DEPTH_STYLE), DEPTH_LABEL),
                                     _label(colorize_mask(f.mask), 'instance ids')], axis=1))
         rows.append(np.full((3, rows[-1].shape[1], 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=0)
 
 
 def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp.png')
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-        raise OSError(f'could not write {tmp}')
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+            raise OSError(f'could not write {path}')
 
 
 def bag_summary(bag_dir: Path) -> dict[str, tuple[str, int]]:
@@ -175,7 +167,7 @@ def _eval_bag_logged(args: list[str], log: Path) -> int:
     """dynadepth-eval-bag with its console output in `log` (the demo prints the tables itself)."""
     import contextlib
 
-    from . import eval_bag
+    from .recording import eval_bag
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, 'w') as f, contextlib.redirect_stdout(f):
         return eval_bag.main(args + ['--no-progress'])

@@ -3,13 +3,16 @@
 Functions take the message fields (encoding, height, width, step, data, is_bigendian), so the
 same code serves rclpy messages, rosbags messages and raw arrays. Rows may be padded (step >
 width * bytes per pixel). Every malformed input raises ImageFormatError naming the problem.
+
+Camera encodings are converted to rgb8 the way cv_bridge (vision_opencv, cv_bridge.cpp getConversionCodes
+and toCvCopyImpl) converts them: the same OpenCV colour conversion codes (YUV 4:2:2 and Bayer included) and,
+for 16-bit colour, the same scaling to 8 bit (convertTo with 255/65535, i.e. round(v / 257)).
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-COLOR_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')
 LABEL_ENCODINGS = ('mono8', '8UC1', 'mono16', '16UC1', '32SC1')
 DEPTH_ENCODINGS = ('32FC1', '16UC1', 'mono16')
 
@@ -18,7 +21,28 @@ _LAYOUT = {
     'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'rgba8': (np.uint8, 4), 'bgra8': (np.uint8, 4),
     'mono8': (np.uint8, 1), '8UC1': (np.uint8, 1), 'mono16': (np.uint16, 1), '16UC1': (np.uint16, 1),
     '32SC1': (np.int32, 1), '32FC1': (np.float32, 1),
+    'rgb16': (np.uint16, 3), 'bgr16': (np.uint16, 3), 'rgba16': (np.uint16, 4), 'bgra16': (np.uint16, 4),
+    # YUV 4:2:2, two bytes per pixel; sensor_msgs/image_encodings: YUV422 ("yuv422") is UYVY byte order,
+    # YUV422_YUY2 ("yuv422_yuy2") is YUYV; newer distributions add the names "uyvy" and "yuyv" for the same
+    'yuv422': (np.uint8, 2), 'uyvy': (np.uint8, 2), 'yuv422_yuy2': (np.uint8, 2), 'yuyv': (np.uint8, 2),
+    'bayer_rggb8': (np.uint8, 1), 'bayer_bggr8': (np.uint8, 1), 'bayer_gbrg8': (np.uint8, 1),
+    'bayer_grbg8': (np.uint8, 1),
 }
+
+# camera encoding → how to_rgb8 turns its pixel array into RGB: an OpenCV cvtColor code (cv_bridge's for that
+# encoding → rgb8), or None for the channel shuffles below. OpenCV names a Bayer pattern by the second row's
+# second and third pixel, so ROS bayer_rggb8 (R at the top left) is OpenCV's BayerBG, and so on — the same
+# pairs as cv_bridge, and checked in test_image_codec against mosaics sampled from a known RGB image.
+_TO_RGB = {
+    'rgb8': None, 'bgr8': None, 'rgba8': None, 'bgra8': None, 'mono8': None,
+    'rgb16': None, 'bgr16': None, 'rgba16': None, 'bgra16': None, 'mono16': None,
+    'yuv422': cv2.COLOR_YUV2RGB_UYVY, 'uyvy': cv2.COLOR_YUV2RGB_UYVY,
+    'yuv422_yuy2': cv2.COLOR_YUV2RGB_YUY2, 'yuyv': cv2.COLOR_YUV2RGB_YUY2,
+    'bayer_rggb8': cv2.COLOR_BayerBG2RGB, 'bayer_bggr8': cv2.COLOR_BayerRG2RGB,
+    'bayer_gbrg8': cv2.COLOR_BayerGR2RGB, 'bayer_grbg8': cv2.COLOR_BayerGB2RGB,
+}
+COLOR_ENCODINGS = tuple(_TO_RGB)
+_YUV422 = ('yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv')
 
 
 class ImageFormatError(ValueError):
@@ -57,21 +81,33 @@ def image_array(encoding: str, height: int, width: int, step: int, data, is_bige
     return arr[..., 0] if ch == 1 else arr
 
 
+def to_8bit(arr: np.ndarray) -> np.ndarray:
+    """uint8 from uint16 as cv_bridge converts 16-bit to 8-bit images: v * 255/65535 rounded = round(v / 257)
+    (0 → 0, 65535 → 255; at most 1 away from v >> 8)."""
+    return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
 def to_rgb8(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False) -> np.ndarray:
-    """uint8 [H,W,3] RGB from an rgb8/bgr8/rgba8/bgra8/mono8 Image."""
+    """uint8 [H,W,3] RGB from a camera Image of any encoding in COLOR_ENCODINGS: rgb8/bgr8/rgba8/bgra8/mono8,
+    16-bit rgb16/bgr16/rgba16/bgra16/mono16 (scaled to 8 bit as cv_bridge does), YUV 4:2:2 yuv422 (= uyvy) and
+    yuv422_yuy2 (= yuyv), Bayer bayer_rggb8/bggr8/gbrg8/grbg8 (demosaiced with OpenCV, as cv_bridge does)."""
     if encoding not in COLOR_ENCODINGS:
         raise ImageFormatError(f'camera image encoding {encoding!r} is not supported; use one of {COLOR_ENCODINGS} '
                                f'(or a CompressedImage jpeg/png)')
+    if encoding in _YUV422 and width % 2:
+        raise ImageFormatError(f'{encoding} image width {width} is odd; YUV 4:2:2 shares U and V between two '
+                               f'neighbouring pixels, so the width must be even')
     arr = image_array(encoding, height, width, step, data, is_bigendian)
-    if encoding == 'rgb8':
-        return arr
-    if encoding == 'bgr8':
-        return np.ascontiguousarray(arr[..., ::-1])
-    if encoding == 'rgba8':
+    code = _TO_RGB[encoding]
+    if code is not None:
+        return cv2.cvtColor(np.ascontiguousarray(arr), code)
+    if arr.dtype == np.uint16:
+        arr = to_8bit(arr)
+    if arr.ndim == 2:                                    # mono8, mono16
+        return np.repeat(arr[..., None], 3, axis=2)
+    if encoding.startswith('rgb'):
         return np.ascontiguousarray(arr[..., :3])
-    if encoding == 'bgra8':
-        return np.ascontiguousarray(arr[..., 2::-1])
-    return np.repeat(arr[..., None], 3, axis=2)  # mono8
+    return np.ascontiguousarray(arr[..., 2::-1])         # bgr, bgra
 
 
 def to_labels(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False) -> np.ndarray:

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 METRIC_NAMES = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3')
+# The evaluation depth range in metres (the KITTI / Eigen protocol): ground truth outside (MIN_DEPTH, MAX_DEPTH)
+# is not evaluated and predictions are clamped to it. The one default for every evaluator and the training config.
+MIN_DEPTH = 1e-3
+MAX_DEPTH = 80.0
 MODES = ('median_scaled', 'metric')
 
 
@@ -35,14 +39,15 @@ def eigen_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
-def valid_mask(gt: np.ndarray, pred: np.ndarray, min_depth: float = 1e-3, max_depth: float = 80.0) -> np.ndarray:
+def valid_mask(gt: np.ndarray, pred: np.ndarray, min_depth: float = MIN_DEPTH,
+               max_depth: float = MAX_DEPTH) -> np.ndarray:
     """bool [H,W]: pixels with usable ground truth and a finite, positive prediction."""
     with np.errstate(invalid='ignore'):
         return np.isfinite(gt) & (gt > min_depth) & (gt < max_depth) & np.isfinite(pred) & (pred > 0)
 
 
 def evaluate_frame(gt: np.ndarray, pred: np.ndarray, regions: dict[str, np.ndarray] | None = None,
-                   min_depth: float = 1e-3, max_depth: float = 80.0) -> dict:
+                   min_depth: float = MIN_DEPTH, max_depth: float = MAX_DEPTH) -> dict:
     """Metrics of one frame, both modes.
 
     gt, pred: float [H,W] metres (gt 0/NaN = invalid). regions: name → bool [H,W]; 'all' is

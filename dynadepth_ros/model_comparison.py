@@ -14,10 +14,10 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from .dataset_layout import Frame, Sequence
+from .colorize import colorize, colorize_depth
+from .datasets.layout import Frame, Sequence
 from .metrics import MetricAccumulator, evaluate_frame
 
 REGIONS = ('dynamic', 'lead', 'static', 'all')
@@ -92,18 +92,15 @@ def comparison_table(cmp: dict, a: str, b: str, mode: str = 'metric') -> str:
     return '\n'.join(lines)
 
 
-def _colour_depth(depth: np.ndarray, near: float = 2.0, far: float = 100.0) -> np.ndarray:
-    from .demo import colorize_depth
-    return colorize_depth(np.nan_to_num(depth, nan=0.0), near, far)
+def _colour_depth(depth: np.ndarray) -> np.ndarray:
+    from .demo import DEPTH_RANGE, DEPTH_STYLE
+    return colorize_depth(depth, *DEPTH_RANGE, **DEPTH_STYLE)
 
 
 def _error_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     ok = (gt > 0) & np.isfinite(pred) & (pred > 0)
     err = np.where(ok, np.abs(np.nan_to_num(pred) - gt) / np.where(ok, gt, 1.0), 0.0)
-    img = cv2.applyColorMap((np.clip(err / ERROR_MAX, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[:, :, ::-1]
-    img = img.copy()
-    img[~ok] = 0
-    return img
+    return colorize(err, 0.0, ERROR_MAX, 'inferno', valid=ok, rgb=True)
 
 
 def write_strip(cmp: dict, a: str, b: str, path: Path) -> Path:

@@ -160,10 +160,9 @@ def read_metadata(path: str | Path) -> ModelMetadata:
 
 def write_metadata(path: str | Path, meta: ModelMetadata) -> None:
     """Set the dynadepth metadata on an ONNX file in place (atomically)."""
-    import os
-    import tempfile
-
     import onnx
+
+    from dynadepth_ros.atomic_files import atomic_path
 
     model = onnx.load(str(path))
     keep = [p for p in model.metadata_props if not p.key.startswith(PREFIX)]
@@ -171,7 +170,5 @@ def write_metadata(path: str | Path, meta: ModelMetadata) -> None:
     model.metadata_props.extend(keep)
     for k, v in meta.to_props().items():
         model.metadata_props.add(key=k, value=v)
-    fd, tmp = tempfile.mkstemp(dir=str(Path(path).parent), suffix='.onnx.tmp')
-    os.close(fd)
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))

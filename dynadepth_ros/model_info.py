@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = read_metadata(args.model)
         info = _interface(args.model)
         _check_shape(args.model, meta, info)
-        from dynadepth_ros.inference.tensorrt_backend import file_sha256
+        from dynadepth_ros.atomic_files import file_sha256
         info.update(file=str(args.model), bytes=args.model.stat().st_size, sha256=file_sha256(args.model))
         info['metadata'] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in meta.__dict__.items()}
         if args.run:

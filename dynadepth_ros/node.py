@@ -9,7 +9,7 @@ A watchdog checks the worker thread: if it died, or spent more than `worker_time
 respawn or a supervisor restarts it (a process that lives on without publishing would look healthy).
 
 Topics (relative, remappable)                                    QoS (defaults; change via qos_overrides.*)
-  in  image               sensor_msgs/Image rgb8/bgr8/rgba8/bgra8/mono8       sensor data (best effort, depth 5)
+  in  image               sensor_msgs/Image, image_codec.COLOR_ENCODINGS      sensor data (best effort, depth 5)
       image/compressed    sensor_msgs/CompressedImage (image_transport:=compressed)
       camera_info         sensor_msgs/CameraInfo (optional)                   sensor data
       instance_mask       sensor_msgs/Image mono8/8UC1/mono16/16UC1/32SC1 ids sensor data
@@ -47,7 +47,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -59,8 +58,9 @@ from visualization_msgs.msg import MarkerArray
 
 from dynadepth_ros import ros_messages
 from dynadepth_ros.camera_streams import CameraStream, take_batch, validate_camera_names
-from dynadepth_ros.camera import denormalise_intrinsics, scale_intrinsics
+from dynadepth_ros.camera import resize_nearest
 from dynadepth_ros.colorize import colorize_depth
+from dynadepth_ros.configure_progress import ConfigureProgress
 from dynadepth_ros.depth_outputs import INTRINSICS_SOURCES, camera_matrix, model_calibration, organized_cloud
 from dynadepth_ros.image_codec import ImageFormatError, check_image_pixels
 from dynadepth_ros.inference import BACKENDS, PRECISIONS, BackendError, DepthEstimator
@@ -71,6 +71,7 @@ from dynadepth_ros.latency import RollingWindow
 from dynadepth_ros.mask_sync import MaskPairer, MaskWatch
 from dynadepth_ros.model_format import ModelFormatError
 from dynadepth_ros.objects import instance_depths
+from dynadepth_ros.ros_compat import PublisherEventCallbacks, SubscriptionEventCallbacks, export_fastdds_profile
 
 NODE_NAME = 'dynadepth'
 TRANSPORTS = ('raw', 'compressed')
@@ -241,6 +242,7 @@ class DepthNode(LifecycleNode):
         self._worker_death = ''                   # the exception that ended the worker thread
         self._fatal = ''                          # why the node exits (worker dead or stuck)
         self._fatal_at = 0.0
+        self._progress: ConfigureProgress | None = None   # while on_configure runs: what it does, for /diagnostics
         self._reset_stats()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diag_timer = self.create_timer(float(self.get_parameter('diagnostics_period').value),
@@ -307,16 +309,26 @@ class DepthNode(LifecycleNode):
         except ValueError as exc:
             return self._configure_failed(f'parameter cameras: {exc}')
         model_path = self._p('model_path') or None
+        # the executor is blocked until configure returns (a TensorRT engine build takes minutes): /diagnostics
+        # keeps coming from ConfigureProgress's own thread, saying what is being done and for how long
+        self._progress = ConfigureProgress(float(self._p('diagnostics_period')), self._publish_diagnostics,
+                                           on_error=lambda exc: self._log_throttled(
+                                               'progress', 'error', f'/diagnostics during configure: {exc!r}'))
+        self._status_error, self._phase = '', 'configuring'
         try:
-            est = DepthEstimator(
-                model_path, backend=self._p('backend'), precision=self._p('precision'),
-                engine_cache_dir=self._p('engine_cache_dir') or None, fallback=bool(self._p('fallback')),
-                trt_tolerance=float(self._p('trt_tolerance')), engine_path=self._p('engine_path') or None,
-                aspect_tolerance=float(self._p('aspect_tolerance')), max_batch=max(1, len(cameras)),
-                intra_op_threads=int(self._p('intra_op_threads')),
-                intra_op_spinning=bool(self._p('intra_op_spinning')), log=self.get_logger().warning)
+            with self._progress:
+                est = DepthEstimator(
+                    model_path, backend=self._p('backend'), precision=self._p('precision'),
+                    engine_cache_dir=self._p('engine_cache_dir') or None, fallback=bool(self._p('fallback')),
+                    trt_tolerance=float(self._p('trt_tolerance')), engine_path=self._p('engine_path') or None,
+                    aspect_tolerance=float(self._p('aspect_tolerance')), max_batch=max(1, len(cameras)),
+                    intra_op_threads=int(self._p('intra_op_threads')),
+                    intra_op_spinning=bool(self._p('intra_op_spinning')), log=self.get_logger().warning,
+                    progress=self._progress.stage)
         except (ModelFormatError, BackendError, ValueError, OSError) as exc:
             return self._configure_failed(f'cannot load the model: {exc}')
+        finally:
+            self._progress, self._phase = None, 'unconfigured'
         if not est.metadata.metric and not self._p('allow_relative_model'):
             est.close()
             return self._configure_failed(
@@ -471,10 +483,11 @@ class DepthNode(LifecycleNode):
 
     def _on_camera_info(self, cam: CameraStream, msg: CameraInfo) -> None:
         cam.camera_info = msg
+        cam.stats['camera_info_in'] += 1
 
     def _on_mask(self, cam: CameraStream, msg: Image) -> None:
-        cam.stats['masks_in'] += 1
         with self._lock:
+            cam.stats['masks_in'] += 1
             cam.masks.append(msg)
             if len(cam.masks) > max(1, int(self._p('mask_queue_size'))):
                 del cam.masks[0]
@@ -683,13 +696,10 @@ class DepthNode(LifecycleNode):
         cam.overhead.add(latency_ms - res.inference_ms)
         cam.out_rate.add()
         cam.stats['frames_out'] += 1
+        K_out = res.K                  # the camera's K, or without it the model's, at the depth size
         if intr is not None:           # the camera's calibration, K and P rescaled to the depth size
             out_calib = rescale_calibration(intr[0], oh, ow)
-            K_out = scale_intrinsics(intr[1], ow / w, oh / h)
         else:                          # the intrinsics the model assumed, mapped back onto the depth image
-            m = self.estimator.metadata
-            K_model = denormalise_intrinsics(m.intrinsics, m.input_width, m.input_height)
-            K_out = scale_intrinsics(res.plan.source_intrinsics(K_model), ow / w, oh / h)
             out_calib = model_calibration(K_out, ow, oh)
         pubs['info'].publish(ros_messages.calibration_to_camera_info(out_calib, header))
         if pubs['colored'].get_subscription_count() > 0:
@@ -731,7 +741,7 @@ class DepthNode(LifecycleNode):
                                         f'{self._camera_prefix(cam)}instance mask is {mw}x{mh} but depth is {w}x{h} '
                                         f'(other aspect ratio); stretching the mask with nearest neighbour — publish '
                                         f'masks at the camera image geometry')
-                labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+                labels = resize_nearest(labels, h, w)
                 cam.stats['masks_resized'] += 1
             objs = instance_depths(frame.depth, labels, frame.K, min_pixels=int(self._p('min_object_pixels')))
             cam.pubs['objects'].publish(ros_messages.objects_to_markers(objs, frame.header))
@@ -812,20 +822,28 @@ class DepthNode(LifecycleNode):
             'dropped_frames': st['dropped'],
             'bad_frames': st['bad_frames'],
             'last_bad_frame': cam.last_bad,
+            'masks_in': st['masks_in'],
             'bad_masks': st['bad_masks'],
+            'masks_dropped': st['masks_dropped'],
             'masks_resized': st['masks_resized'],
             'objects_published': st['objects_out'],
             'colored_published': st['colored_out'],
             'points_published': st['points_out'],
             'objects_unpaired': pairer.stats.unpaired if pairer else 0,
             'objects_paired': pairer.stats.paired if pairer else 0,
-            'masks_received': st['masks_in'],
             'mask_publishers': cam.mask_sub.get_publisher_count() if cam.mask_sub is not None else 0,
             'mask_problem': mask_problem,
             'stamp_jumps_back': pairer.stats.time_jumps if pairer else 0,
             'camera_info': cam.camera_info_note,
+            'camera_info_in': st['camera_info_in'],
+            'camera_info_errors': st['camera_info_errors'],
             'camera_errors': st['errors'],
         }
+
+    def _phase_message(self) -> str:
+        """'node is <phase>', with what configure is doing while it runs (a TensorRT build takes minutes)."""
+        progress = self._progress
+        return f'node is {self._phase}' + (f': {progress.describe()}' if progress is not None else '')
 
     def _publish_diagnostics(self) -> None:
         """One status per camera plus one for the shared backend; the single-camera node publishes one status
@@ -846,7 +864,7 @@ class DepthNode(LifecycleNode):
             if self._status_error:
                 level, message = DiagnosticStatus.ERROR, self._status_error
             elif self._phase != 'active':
-                level, message = DiagnosticStatus.WARN, f'node is {self._phase}'
+                level, message = DiagnosticStatus.WARN, self._phase_message()
             elif errors_grew if single else st['errors'] > cam.errors_window:
                 level, message = DiagnosticStatus.ERROR, 'processing errors or QoS mismatch, see log'
             elif bad_grew:
@@ -871,7 +889,7 @@ class DepthNode(LifecycleNode):
             if self._status_error:
                 level, message = DiagnosticStatus.ERROR, self._status_error
             elif self._phase != 'active':
-                level, message = DiagnosticStatus.WARN, f'node is {self._phase}'
+                level, message = DiagnosticStatus.WARN, self._phase_message()
             elif errors_grew:
                 level, message = DiagnosticStatus.ERROR, 'processing errors or QoS mismatch, see log'
             else:
@@ -886,6 +904,7 @@ class DepthNode(LifecycleNode):
 
 def main(args=None) -> int:
     """Entry point of `depth_node`: create, (auto)start and spin the node until shutdown."""
+    export_fastdds_profile()      # the profile under the variable name this distribution's Fast DDS reads
     rclpy.init(args=args)
     node = None
     code = 0

@@ -5,7 +5,9 @@ For each instance id (> 0) with at least `min_pixels` pixels of finite depth ins
   near      = `near_percentile` (default 10th) percentile of z — the close side of the object;
   position  = 3-D point in the camera optical frame (x right, y down, z forward): the median of the
               back-projected x and y of the object's inlier pixels (|z - distance| <= inlier_band * distance,
-              which drops background the mask bleeds onto), and z = distance; needs K, else None;
+              which drops background the mask bleeds onto; a mask split evenly between two depths has no
+              pixel in that band, then the pixels nearest the median are used), and z = distance; needs K,
+              else None;
   size      = robust width/height (metres): 10th–90th percentile spread of the inliers' x and y; needs K.
 """
 from __future__ import annotations
@@ -68,7 +70,10 @@ def instance_depths(depth: np.ndarray, labels: np.ndarray, K: np.ndarray | None 
         near = float(np.percentile(zs, near_percentile))
         pos = size = None
         if K is not None:
-            inl = np.abs(zs - dist) <= inlier_band * dist
+            off = np.abs(zs - dist)
+            inl = off <= inlier_band * dist
+            if not inl.any():        # split evenly between two depths, none near the median: the nearest pixels
+                inl = off <= off.min()
             zi = zs[inl]
             x = (uu[s:e][inl] - K[0, 2]) / K[0, 0] * zi
             y = (vv[s:e][inl] - K[1, 2]) / K[1, 1] * zi

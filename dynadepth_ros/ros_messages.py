@@ -31,7 +31,7 @@ def _buf(data):
 
 
 def image_to_rgb(msg: Image) -> np.ndarray:
-    """uint8 [H,W,3] RGB from an rgb8/bgr8/rgba8/bgra8/mono8 Image (ImageFormatError otherwise)."""
+    """uint8 [H,W,3] RGB from an Image in any of image_codec.COLOR_ENCODINGS (ImageFormatError otherwise)."""
     return image_codec.to_rgb8(msg.encoding, msg.height, msg.width, msg.step, _buf(msg.data), bool(msg.is_bigendian))
 
 

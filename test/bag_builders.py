@@ -58,7 +58,7 @@ class BagSpec:
     with_lidar: bool = False
     gt_offset_ns: int = 0                  # GT stamps shifted by this much
     drop_gt: tuple = ()                    # frame indices without a GT message
-    bad_image_encoding: tuple = ()         # frames whose image is sent as 'yuv422' (unusable)
+    bad_image_encoding: tuple = ()         # frames whose image is sent as 'nv21' (an encoding the package does not decode)
     corrupt_image: tuple = ()              # frames whose image CDR is cut short (header intact, data missing)
     extra_gt: int = 0                      # GT messages with stamps matching no image
     image_topic: str = '/camera/image_raw'
@@ -180,7 +180,7 @@ def write_eval_bag(path, spec: BagSpec | None = None) -> Path:
             s = scene_arrays(i)
             st = T0_NS + int(i * 1e9 / FPS)
             if i in spec.bad_image_encoding:
-                put(c_img, st, image_msg(T, st, s['rgb'][..., :2].copy(), 'yuv422'))
+                put(c_img, st, image_msg(T, st, s['rgb'][..., :2].copy(), 'nv21'))
             elif i in spec.corrupt_image:
                 raw = bytes(ts.serialize_cdr(image_msg(T, st, s['rgb'], 'rgb8'), c_img.msgtype))
                 w.write(c_img, st, raw[:len(raw) // 2])

@@ -7,9 +7,9 @@ import pytest
 from bag_builders import CAM_FRAME, LIDAR_FRAME, T0_NS, BagSpec, camera_K, scene_arrays, write_eval_bag
 from rosbags.typesys import Stores, get_typestore
 
-from dynadepth_ros.bag_reader import (BagError, BagReader, camera_info_K, cdr_header_stamp_ns, image_msg_depth,
-                                      image_msg_labels, image_msg_rgb, odometry_pose, stamp_s)
 from dynadepth_ros.image_codec import ImageFormatError
+from dynadepth_ros.recording.bag_reader import (BagError, BagReader, camera_info_K, cdr_header_stamp_ns,
+                                                image_msg_depth, image_msg_labels, image_msg_rgb, odometry_pose, stamp_s)
 
 T = get_typestore(Stores.ROS2_KILTED).types
 
@@ -99,9 +99,9 @@ def test_compressed_images_and_unusable_encodings():
     np.testing.assert_array_equal(image_msg_rgb(msg), rgb)
     with pytest.raises(ImageFormatError, match='not CompressedImage'):
         image_msg_depth(msg)
-    yuv = T['sensor_msgs/msg/Image'](header=_header(), height=2, width=2, encoding='yuv422', is_bigendian=0,
+    yuv = T['sensor_msgs/msg/Image'](header=_header(), height=2, width=2, encoding='nv21', is_bigendian=0,
                                      step=4, data=np.zeros(8, np.uint8))
-    with pytest.raises(ImageFormatError, match="'yuv422'"):
+    with pytest.raises(ImageFormatError, match="'nv21'"):
         image_msg_rgb(yuv)
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from dynadepth_ros.camera import project
-from dynadepth_ros.dataset_layout import Calib, Frame, Instance, SequenceWriter
 from dynadepth_ros.datasets import DatasetError, open_source
 from dynadepth_ros.datasets.kitti import KittiCalib, project_velodyne
+from dynadepth_ros.datasets.layout import Calib, Frame, Instance, SequenceWriter
 
 # ---- synthetic layout ------------------------------------------------------------------------
 

@@ -6,9 +6,12 @@ import pytest
 from bag_builders import FPS, T0_NS, BagSpec, scene_arrays, write_depth_recording, write_eval_bag
 from contract_model import make_contract_model
 
-from dynadepth_ros import eval_bag
-from dynadepth_ros.dataset_layout import Calib, Frame, Instance, SequenceWriter
+from dynadepth_ros.datasets.layout import Calib, Frame, Instance, SequenceWriter
 from dynadepth_ros.metrics import METRIC_NAMES, MODES, MetricAccumulator, evaluate_frame
+from dynadepth_ros.recording import eval_bag
+from dynadepth_ros.recording.eval_config import EvalConfig
+from dynadepth_ros.recording.eval_run import run
+from dynadepth_ros.recording.evaluation import Evaluation
 
 REGIONS = ('all', 'static', 'dynamic')
 
@@ -111,7 +114,7 @@ def test_pairing_counts_and_skips(tmp_path, model, capsys):
     c = rep['counts']
     assert c['pairs'] == 5 and c['unmatched']['image_without_gt'] == 1 and c['unmatched']['gt_without_image'] == 2
     assert c['skipped'] == {'image_encoding': 1, 'corrupt_message': 1}
-    assert any("'yuv422'" in e for e in c['skip_examples']) and any('cannot be decoded' in e for e in c['skip_examples'])
+    assert any("'nv21'" in e for e in c['skip_examples']) and any('cannot be decoded' in e for e in c['skip_examples'])
     assert c['evaluated'] == 3
     assert_metrics_match(rep, expected([0, 3, 5]))
 
@@ -211,7 +214,7 @@ def test_dataset_folder_uses_the_training_readers(tmp_path, model, dataset, caps
 
 def test_interrupt_writes_partial_report(tmp_path, model, monkeypatch):
     bag = write_eval_bag(tmp_path / 'bag', BagSpec(frames=5))
-    real_add = eval_bag.Evaluation.add
+    real_add = Evaluation.add
     calls = []
 
     def add_then_interrupt(self, frame, index, counts):
@@ -220,10 +223,10 @@ def test_interrupt_writes_partial_report(tmp_path, model, monkeypatch):
         calls.append(index)
         real_add(self, frame, index, counts)
 
-    monkeypatch.setattr(eval_bag.Evaluation, 'add', add_then_interrupt)
-    cfg = eval_bag.EvalConfig(out=str(tmp_path / 'r'), bag=str(bag), model=str(model), progress=False)
+    monkeypatch.setattr(Evaluation, 'add', add_then_interrupt)
+    cfg = EvalConfig(out=str(tmp_path / 'r'), bag=str(bag), model=str(model), progress=False)
     with pytest.raises(KeyboardInterrupt):
-        eval_bag.run(cfg)
+        run(cfg)
     rep = load(tmp_path / 'r')
     assert rep['status'] == 'interrupted' and rep['counts']['evaluated'] == 2 and rep['counts']['planned'] == 5
     assert_metrics_match(rep, expected(range(2)))

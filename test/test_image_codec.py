@@ -59,8 +59,8 @@ def test_truncated_data_names_the_sizes(rgb):
 
 
 def test_unsupported_encoding_is_named():
-    with pytest.raises(ic.ImageFormatError, match="'yuv422'"):
-        ic.to_rgb8('yuv422', 2, 2, 4, b'\0' * 8)
+    with pytest.raises(ic.ImageFormatError, match="'nv21'.*not supported"):
+        ic.to_rgb8('nv21', 2, 2, 4, b'\0' * 8)
     with pytest.raises(ic.ImageFormatError, match="'rgb8'.*not a label image"):
         ic.to_labels('rgb8', 2, 2, 6, b'\0' * 12)
 
@@ -127,3 +127,171 @@ def test_compressed_image_over_max_pixels_is_refused_before_decoding(kind):
         ic.decode_compressed('png', png.tobytes(), max_pixels=48 * 64 - 1)
     with pytest.raises(ic.ImageFormatError, match='neither PNG nor JPEG'):
         ic.decode_compressed('bmp', cv2.imencode('.bmp', np.zeros((4, 4, 3), np.uint8))[1].tobytes(), max_pixels=100)
+
+
+# ---------------------------------------------------------------------------- camera driver encodings
+# Each message is built from a known RGB image by an encoder written here (numpy, not OpenCV), so a wrong OpenCV
+# code, byte order or Bayer pattern in the node shows up as wrong colours.
+
+def _rgb_to_ycbcr(rgb):
+    """BT.601 limited range ("studio swing") YCbCr as float, the inverse of OpenCV's YUV 4:2:2 → RGB."""
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    return y, cb, cr
+
+
+def yuv422_rows(rgb, order, pad=0):
+    """uint8 [H, W*2 + pad]: the rows of a YUV 4:2:2 image (`order` 'UYVY' or 'YUYV') of an RGB image with even
+    width, chroma the mean of each horizontal pixel pair, each row followed by `pad` bytes of 0xEE."""
+    h, w = rgb.shape[:2]
+    y, cb, cr = _rgb_to_ycbcr(rgb)
+    u = (cb[:, 0::2] + cb[:, 1::2]) / 2
+    v = (cr[:, 0::2] + cr[:, 1::2]) / 2
+    q = lambda a: np.clip(np.rint(a), 0, 255).astype(np.uint8)     # noqa: E731
+    planes = {'Y0': q(y[:, 0::2]), 'Y1': q(y[:, 1::2]), 'U': q(u), 'V': q(v)}
+    names = ['U', 'Y0', 'V', 'Y1'] if order == 'UYVY' else ['Y0', 'U', 'Y1', 'V']
+    macro = np.stack([planes[n] for n in names], axis=-1).reshape(h, w * 2)
+    rows = np.full((h, w * 2 + pad), 0xEE, np.uint8)
+    rows[:, :w * 2] = macro
+    return rows
+
+
+def _yuv422_bytes(rgb, order, pad=0):
+    """(step, data) of yuv422_rows."""
+    rows = yuv422_rows(rgb, order, pad)
+    return rows.shape[1], rows.tobytes()
+
+
+def _pair_constant_rgb(h, w, seed=1):
+    """Random RGB whose horizontal pixel pairs share one colour, so 4:2:2 chroma loses nothing."""
+    rng = np.random.default_rng(seed)
+    return np.repeat(rng.integers(0, 256, (h, w // 2, 3), dtype=np.uint8), 2, axis=1)
+
+
+YUV_TOL = 3       # 8-bit rounding of Y, U and V (±0.5 each) times OpenCV's integer coefficients (≤ 2.02)
+
+
+@pytest.mark.parametrize('encoding,order', [('yuv422', 'UYVY'), ('uyvy', 'UYVY'),
+                                            ('yuv422_yuy2', 'YUYV'), ('yuyv', 'YUYV')])
+def test_yuv422_colours_decode_to_rgb(encoding, order):
+    rgb = _pair_constant_rgb(6, 10)
+    step, data = _yuv422_bytes(rgb, order, pad=6)          # padded rows too
+    out = ic.to_rgb8(encoding, 6, 10, step, data)
+    assert out.shape == (6, 10, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - rgb).max() <= YUV_TOL
+
+
+@pytest.mark.parametrize('encoding,order', [('yuv422', 'UYVY'), ('yuv422_yuy2', 'YUYV')])
+def test_yuv422_luma_is_per_pixel(encoding, order):
+    """Grey pixels that differ within a pair: luma has full horizontal resolution, chroma is 128."""
+    grey = np.arange(0, 240, 4, dtype=np.uint8).reshape(6, 10)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    step, data = _yuv422_bytes(rgb, order)
+    out = ic.to_rgb8(encoding, 6, 10, step, data)
+    assert np.abs(out.astype(int) - rgb).max() <= 2
+
+
+def test_yuv422_byte_orders_are_not_interchangeable():
+    """UYVY read as YUYV (or the other way) is wrong: the test above would catch a swapped OpenCV code."""
+    rgb = _pair_constant_rgb(4, 8, seed=2)
+    step, data = _yuv422_bytes(rgb, 'UYVY')
+    assert np.abs(ic.to_rgb8('yuv422_yuy2', 4, 8, step, data).astype(int) - rgb).max() > 50
+
+
+@pytest.mark.parametrize('encoding', ['yuv422', 'yuv422_yuy2'])
+def test_yuv422_odd_width_and_short_data_are_refused(encoding):
+    with pytest.raises(ic.ImageFormatError, match='width 5 is odd'):
+        ic.to_rgb8(encoding, 2, 5, 10, bytes(20))
+    with pytest.raises(ic.ImageFormatError, match=r'step 7 < width\*2'):
+        ic.to_rgb8(encoding, 2, 4, 7, bytes(16))
+    with pytest.raises(ic.ImageFormatError, match='needs 16 bytes'):
+        ic.to_rgb8(encoding, 2, 4, 8, bytes(15))
+
+
+# ROS names the Bayer pattern by its top-left 2x2 block, row by row
+BAYER = {'bayer_rggb8': 'RGGB', 'bayer_bggr8': 'BGGR', 'bayer_gbrg8': 'GBRG', 'bayer_grbg8': 'GRBG'}
+
+
+def bayer_mosaic(rgb, pattern):
+    """The single-channel image a sensor with colour filter `pattern` (top-left 2x2, row-major) records."""
+    mosaic = np.empty(rgb.shape[:2], rgb.dtype)
+    for k, colour in enumerate(pattern):
+        dy, dx = divmod(k, 2)
+        mosaic[dy::2, dx::2] = rgb[dy::2, dx::2, 'RGB'.index(colour)]
+    return mosaic
+
+
+def _gradient_rgb(h, w):
+    """Channels that are different linear ramps (R along x, G along y, B along both): bilinear demosaicing
+    recovers them exactly away from the border, and any channel mix-up is visible everywhere."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    r = 20 + 200 * xx / (w - 1)
+    g = 230 - 200 * yy / (h - 1)
+    b = 60 + 60 * (xx / (w - 1) + yy / (h - 1))
+    return np.rint(np.stack([r, g, b], axis=-1)).astype(np.uint8)
+
+
+@pytest.mark.parametrize('encoding', list(BAYER))
+def test_bayer_mosaics_decode_to_the_rgb_they_were_sampled_from(encoding):
+    rgb = _gradient_rgb(12, 16)
+    mosaic = bayer_mosaic(rgb, BAYER[encoding])
+    step = 16 + 3                                                # padded rows
+    rows = np.full((12, step), 0xEE, np.uint8)
+    rows[:, :16] = mosaic
+    out = ic.to_rgb8(encoding, 12, 16, step, rows.tobytes())
+    assert out.shape == (12, 16, 3)
+    inner = (slice(2, -2), slice(2, -2))                         # OpenCV extrapolates at the border
+    assert np.abs(out[inner].astype(int) - rgb[inner]).max() <= 2
+    assert np.abs(out.astype(int) - rgb).mean() < 4
+
+
+@pytest.mark.parametrize('encoding', list(BAYER))
+def test_bayer_pattern_of_a_flat_colour(encoding):
+    """A uniform orange: every other pattern name reads it with red and blue (or green) swapped."""
+    rgb = np.empty((8, 8, 3), np.uint8)
+    rgb[...] = (200, 100, 30)
+    out = ic.to_rgb8(encoding, 8, 8, 8, bayer_mosaic(rgb, BAYER[encoding]).tobytes())
+    np.testing.assert_array_equal(out[2:-2, 2:-2], rgb[2:-2, 2:-2])
+    for other, pattern in BAYER.items():
+        if other != encoding:
+            wrong = ic.to_rgb8(other, 8, 8, 8, bayer_mosaic(rgb, BAYER[encoding]).tobytes())
+            assert not np.array_equal(wrong[2:-2, 2:-2], rgb[2:-2, 2:-2]), other
+
+
+def test_bayer_truncated_data_is_refused():
+    with pytest.raises(ic.ImageFormatError, match='needs 32 bytes'):
+        ic.to_rgb8('bayer_rggb8', 4, 8, 8, bytes(31))
+
+
+def _cv_bridge_8bit(v16):
+    """cv_bridge's 16 → 8 bit: convertTo(CV_8U, 255/65535), i.e. v * 255 / 65535 rounded."""
+    return np.rint(v16.astype(np.float64) * 255.0 / 65535.0).astype(np.uint8)
+
+
+@pytest.mark.parametrize('encoding,channels', [('rgb16', 'RGB'), ('bgr16', 'BGR'), ('rgba16', 'RGBA'),
+                                               ('bgra16', 'BGRA'), ('mono16', 'L')])
+@pytest.mark.parametrize('bigendian', [False, True])
+def test_16bit_colour_scales_to_8bit_like_cv_bridge(encoding, channels, bigendian):
+    rng = np.random.default_rng(3)
+    rgb16 = rng.integers(0, 65536, (5, 6, 3), dtype=np.uint16)
+    rgb16[0, :3] = [[0, 0, 0], [65535, 65535, 65535], [385, 386, 65400]]   # ends, and where >> 8 differs
+    if channels == 'L':
+        rgb16[..., 1] = rgb16[..., 2] = rgb16[..., 0]
+    planes = {'R': rgb16[..., 0], 'G': rgb16[..., 1], 'B': rgb16[..., 2], 'A': np.full((5, 6), 1234, np.uint16),
+              'L': rgb16[..., 0]}
+    arr = np.stack([planes[c] for c in channels], axis=-1)
+    row = arr.reshape(5, -1).astype('>u2' if bigendian else '<u2').view(np.uint8)
+    step = row.shape[1] + 4                                      # padded rows
+    rows = np.zeros((5, step), np.uint8)
+    rows[:, :row.shape[1]] = row
+    out = ic.to_rgb8(encoding, 5, 6, step, rows.tobytes(), is_bigendian=bigendian)
+    np.testing.assert_array_equal(out, _cv_bridge_8bit(rgb16))
+    # 385 → 1, 386 → 2 and 65400 → 254, where v >> 8 would give 1, 1 and 255
+    assert tuple(out[0, 2]) == ((1, 1, 1) if channels == 'L' else (1, 2, 254))
+
+
+def test_16bit_truncated_data_is_refused():
+    with pytest.raises(ic.ImageFormatError, match='needs 24 bytes'):
+        ic.to_rgb8('rgb16', 2, 2, 12, bytes(23))

@@ -258,3 +258,39 @@ def test_onnxruntime_thread_spinning_reaches_the_session(model, spinning, entry)
         assert np.isfinite(est.infer(np.full((64, 192, 3), 9, np.uint8))).all()
     finally:
         est.close()
+
+
+# ------------------------------------------------------------------ progress of long steps (for /diagnostics)
+def test_engine_build_is_reported_to_progress_and_a_cached_engine_is_not(model, tmp_path):
+    stages = []
+    rt = SubstituteRuntime()
+    est = DepthEstimator(model, backend='tensorrt', fallback=False, engine_cache_dir=tmp_path,
+                         tensorrt_factory=trt_factory(rt), log=lambda m: None, progress=stages.append)
+    assert est.backend_name == 'tensorrt[fp32]' and rt.builds == 1
+    build = stages.index('building TensorRT engine')
+    assert stages[build + 1] == 'loading TensorRT engine'
+    assert stages[-1] == 'checking the TensorRT backend against ONNX Runtime CPU'
+    stages.clear()
+    DepthEstimator(model, backend='tensorrt', fallback=False, engine_cache_dir=tmp_path,
+                   tensorrt_factory=trt_factory(rt), log=lambda m: None, progress=stages.append)
+    assert rt.builds == 1 and 'building TensorRT engine' not in stages     # loaded from the cache
+
+
+def test_configure_progress_publishes_from_its_own_thread_while_the_caller_is_busy():
+    import threading
+    import time
+
+    from dynadepth_ros.configure_progress import ConfigureProgress
+    calls = []
+    now = [100.0]
+    progress = ConfigureProgress(0.05, lambda: calls.append(threading.current_thread().name),
+                                 clock=lambda: now[0])
+    with progress:
+        progress.stage('building TensorRT engine')
+        now[0] += 43.4
+        assert progress.describe() == 'building TensorRT engine, 43 s'
+        time.sleep(0.5)                                   # the caller blocked, like an engine build
+    n = len(calls)
+    assert n >= 5 and set(calls) == {'dynadepth-configure-progress'}
+    time.sleep(0.2)
+    assert len(calls) == n                                # stopped on leaving the block

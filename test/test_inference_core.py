@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from contract_model import expected_depth, make_contract_model
-from dynadepth_ros.camera import intrinsics_matrix
+from dynadepth_ros.camera import denormalise_intrinsics, intrinsics_matrix, scale_intrinsics
 from dynadepth_ros.colorize import colorize_depth
 from dynadepth_ros.inference import BackendError, DepthEstimator, default_model_path
 from dynadepth_ros.inference.postprocess import (CameraCalibration, CameraInfoError, clean_depth, focal_scale,
@@ -155,6 +155,21 @@ def test_estimator_focal_compensation_and_output_size(est):
     np.testing.assert_allclose(d, 2.0 * expected_depth(100), rtol=1e-5)
 
 
+def test_estimator_result_carries_the_intrinsics_of_the_depth_image(est):
+    """DepthResult.K: the camera's K rescaled to the output size, or without K the model's training
+    intrinsics mapped back through the crop plan (what depth/camera_info and the point cloud use)."""
+    rgb = np.full((192, 640, 3), 80, np.uint8)                  # wider than the model: centre crop
+    K = intrinsics_matrix(500.0, 480.0, 330.0, 90.0)
+    with_k, without_k = est.infer_detailed([rgb, rgb], [K, None], output_size=(96, 320))
+    np.testing.assert_allclose(with_k.K, scale_intrinsics(K, 320 / 640, 96 / 192))
+    plan = est.plan_for(192, 640)
+    m = est.metadata
+    K_model = plan.source_intrinsics(denormalise_intrinsics(m.intrinsics, m.input_width, m.input_height))
+    np.testing.assert_allclose(without_k.K, scale_intrinsics(K_model, 320 / 640, 96 / 192))
+    assert without_k.K[0, 2] == pytest.approx(160.0) and without_k.K.dtype == np.float64   # centred crop
+    assert est.infer_detailed([rgb])[0].K[0, 0] == pytest.approx(K_model[0, 0])              # default size
+
+
 def test_estimator_batch_of_mixed_sizes(est):
     a = np.full((64, 192, 3), 50, np.uint8)
     b = np.full((192, 640, 3), 200, np.uint8)
@@ -225,6 +240,19 @@ def test_instance_depth_is_robust_to_mask_bleeding_and_gives_3d_position():
     x, y, z = ob.position
     assert z == pytest.approx(10.0) and y == pytest.approx((49.5 - 50.0) / 100 * 10, abs=0.06)
     assert x == pytest.approx((104.5 - 100.0) / 100 * 10, abs=0.06)   # centre of the 30 in-body columns
+
+
+def test_an_instance_split_evenly_between_two_depths_still_gets_a_position():
+    depth = np.full((20, 40), 1.0, np.float32)
+    depth[:, 20:] = 11.0                                # a depth edge in the middle of the mask
+    labels = np.zeros((20, 40), np.int32)
+    labels[5:15, 18:22] = 3                             # 20 px at 1 m, 20 px at 11 m: the median 6 m is in neither
+    K = intrinsics_matrix(10.0, 10.0, 20.0, 10.0)
+    (ob,) = instance_depths(depth, labels, K)
+    assert ob.distance == pytest.approx(6.0) and ob.pixels == 40
+    x, y, z = ob.position
+    assert np.isfinite([x, y, z]).all() and z == pytest.approx(6.0)
+    assert np.isfinite(ob.size).all()
 
 
 def test_instances_without_K_or_too_small_are_handled():

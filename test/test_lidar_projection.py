@@ -5,9 +5,9 @@ from bag_builders import T_CAM_LIDAR, camera_K, lidar_points_from_gt, pointcloud
 from rosbags.typesys import Stores, get_typestore
 
 from dynadepth_ros.camera import transform_points
-from dynadepth_ros.lidar_projection import (LidarProjectionError, find_transform, lidar_depth_image,
-                                            pointcloud_xyz, project_points_to_depth)
-from dynadepth_ros.stamp_pairing import nearest_index, pair_by_stamp
+from dynadepth_ros.recording.lidar_projection import (LidarProjectionError, find_transform, lidar_depth_image,
+                                                      pointcloud_xyz, project_points_to_depth)
+from dynadepth_ros.recording.stamp_pairing import nearest_index, pair_by_stamp
 
 T = get_typestore(Stores.ROS2_KILTED).types
 K = np.array([[100.0, 0, 10.0], [0, 100.0, 5.0], [0, 0, 1]])

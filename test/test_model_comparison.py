@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from contract_model import make_contract_model
-from dynadepth_ros.dataset_layout import Sequence
+from dynadepth_ros.datasets.layout import Sequence
 from dynadepth_ros.model_comparison import comparison_table, compare_on_sequence, frame_regions, write_strip
 from dynadepth_ros.synth import generate_split
 

@@ -33,6 +33,7 @@ from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from contract_model import expected_depth, make_contract_model  # noqa: E402
+from test_image_codec import BAYER, bayer_mosaic, yuv422_rows  # noqa: E402
 
 NS, NAME = '/dd_graph_ns', 'dd_graph'
 FQN = f'{NS}/{NAME}'
@@ -41,9 +42,22 @@ INTR = (0.58, 1.92, 0.5, 0.5)           # contract model training intrinsics (no
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def depth_node_cmd():
-    exe = Path(sys.prefix) / 'bin' / 'depth_node'
-    return [str(exe)] if exe.exists() else [sys.executable, '-m', 'dynadepth_ros.node']
+def depth_node_cmd(venv=None):
+    """depth_node of this venv, or of `venv` (another one, e.g. of another ROS 2 distribution)."""
+    exe = Path(venv or sys.prefix) / 'bin' / 'depth_node'
+    return [str(exe)] if exe.exists() or venv else [sys.executable, '-m', 'dynadepth_ros.node']
+
+
+def venv_env(venv=None):
+    """Environment for a process of this venv, or of `venv`: the pip ROS wheels re-exec Python with their own
+    LD_LIBRARY_PATH and mark it in _ROS_WHEELS_BOOTSTRAP_COMPLETE; another venv's Python that inherited both
+    would skip its own set-up and load our libraries (e.g. Fast DDS 3.x instead of 2.14)."""
+    env = os.environ.copy()
+    if venv is not None:
+        for var in ('_ROS_WHEELS_BOOTSTRAP_COMPLETE', 'LD_LIBRARY_PATH'):
+            env.pop(var, None)
+        env['AMENT_PREFIX_PATH'] = str(venv)
+    return env
 
 
 class Graph:
@@ -124,9 +138,13 @@ def image_msg(rgb, stamp, encoding='rgb8'):
     conv = {'rgb8': lambda a: a, 'bgr8': lambda a: a[..., ::-1],
             'rgba8': lambda a: np.dstack([a, np.full(a.shape[:2], 77, np.uint8)]),
             'bgra8': lambda a: np.dstack([a[..., ::-1], np.full(a.shape[:2], 77, np.uint8)]),
-            'mono8': lambda a: a[..., 0]}
+            'mono8': lambda a: a[..., 0],
+            # camera driver encodings, from the independent encoders of test_image_codec
+            'yuv422': lambda a: yuv422_rows(a, 'UYVY'), 'yuv422_yuy2': lambda a: yuv422_rows(a, 'YUYV'),
+            'rgb16': lambda a: a.astype(np.uint16) * 257}
+    conv.update({enc: (lambda a, p=pattern: bayer_mosaic(a, p)) for enc, pattern in BAYER.items()})
     arr = np.ascontiguousarray(conv[encoding](rgb))
-    h, w = arr.shape[:2]
+    h, w = rgb.shape[:2]
     return Image(header=Header(stamp=stamp, frame_id=FRAME), height=h, width=w, encoding=encoding,
                  step=arr.strides[0], is_bigendian=0, data=arr.tobytes())
 
@@ -150,17 +168,18 @@ def depth_array(msg):
     return np.frombuffer(bytes(msg.data), '<f4').reshape(msg.height, msg.width)
 
 
-def running_node(d, image_type=Image, image_topic='image', params=(), ns=NS, name=NAME):
+def running_node(d, image_type=Image, image_topic='image', params=(), ns=NS, name=NAME, venv=None):
     """Start depth_node (contract model under d, log d/node.log) with `params` ('name:=value'), subscribe to its
     outputs and /diagnostics, publish `image_type` on `image_topic` and a mask; yield the Graph once the node
-    is connected, then stop it. For module fixtures: `yield from running_node(...)`. ns, name: the node's."""
+    is connected, then stop it. For module fixtures: `yield from running_node(...)`. ns, name: the node's;
+    venv: run the depth_node of that venv instead of this one's."""
     model = make_contract_model(d / 'contract.onnx')
     log_path = d / 'node.log'
     extra = [a for p in params for a in ('-p', p)]
     with open(log_path, 'w') as log:
-        proc = subprocess.Popen(depth_node_cmd() + [
+        proc = subprocess.Popen(depth_node_cmd(venv) + [
             '--ros-args', '-p', f'model_path:={model}', '-p', 'intra_op_threads:=1', *extra,
-            '-r', f'__node:={name}', '-r', f'__ns:={ns}'], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+            '-r', f'__node:={name}', '-r', f'__ns:={ns}'], stdout=log, stderr=subprocess.STDOUT, env=venv_env(venv))
     g = Graph()
     g.proc, g.log_path, g.model = proc, log_path, model
     for mtype, topic in ((Image, 'depth'), (CameraInfo, 'depth/camera_info'), (MarkerArray, 'objects')):
@@ -251,6 +270,18 @@ def test_every_supported_encoding(graph, encoding):
     np.testing.assert_allclose(depth_array(out), expected_depth(60), rtol=1e-5)
 
 
+@pytest.mark.parametrize('encoding', ['yuv422_yuy2', 'yuv422', 'bayer_rggb8', 'bayer_gbrg8', 'rgb16'])
+def test_camera_driver_encodings_give_depth(graph, encoding):
+    """What usb_cam / UVC (YUYV), other drivers (UYVY), industrial cameras (Bayer) and 16-bit cameras publish."""
+    rgb = np.empty((128, 384, 3), np.uint8)
+    rgb[...] = (60, 180, 240)                  # red 60; a wrong conversion reads another channel (180, 240)
+    out = send_and_wait(graph, f'{NS}/image', image_msg(rgb, next_stamp(), encoding))
+    d = depth_array(out)
+    assert d.shape == (128, 384)
+    # YUV: red comes back within 3 of 60 (8-bit Y/U/V rounding); Bayer and rgb16: exactly 60 (a flat colour)
+    np.testing.assert_allclose(d, expected_depth(60), atol=float(expected_depth(63) - expected_depth(60)))
+
+
 def test_1280x720_end_to_end(graph):
     rgb = np.zeros((720, 1280, 3), np.uint8)
     rgb[..., 0] = 150
@@ -262,10 +293,31 @@ def test_1280x720_end_to_end(graph):
     np.testing.assert_allclose(d[y0 + 1:y0 + 426], expected_depth(150), rtol=1e-5)
 
 
+
+def test_objects_from_1280x720_frames_with_32SC1_masks_every_time(graph):
+    """A 3.7 MB mask right behind a 2.7 MB image, both best effort (the node's sensor-data QoS), three frames
+    one after the other: each gives its objects, without a resend. This is what the shipped FastDDS profile is
+    for; Fast DDS 2.x (Jazzy) reads it only from FASTRTPS_DEFAULT_PROFILES_FILE, and without it some images or
+    masks of every few frames are lost."""
+    rgb = np.full((720, 1280, 3), 100, np.uint8)
+    rgb[300:420, 500:700, 0] = 20
+    labels = np.zeros((720, 1280), np.int32)
+    labels[300:420, 500:700] = 7
+    img_pub, mask_pub = graph.pub(Image, f'{NS}/image'), graph.pub(Image, f'{NS}/instance_mask')
+    for _ in range(3):
+        s = next_stamp()
+        img_pub.publish(image_msg(rgb, s))
+        mask_pub.publish(label_msg(labels, s, '32SC1'))
+        objs = graph.wait(lambda: next((m for m in graph.msgs(f'{NS}/objects') if same_stamp(out_stamp(m), s)),
+                                       None), 10)
+        assert objs is not None, f'no objects for a 1280x720 frame; node log:\n{graph.log_path.read_text()[-2000:]}'
+        body, _ = _object(objs)
+        assert body.pose.position.z == pytest.approx(expected_depth(20), rel=0.01)
+
 def test_bad_frames_are_skipped_counted_and_logged_and_the_node_keeps_running(graph):
     good = np.full((128, 384, 3), 30, np.uint8)
     wrong = image_msg(good, next_stamp())
-    wrong.encoding = 'yuv422'
+    wrong.encoding = 'nv21'                        # a ROS encoding the node does not decode
     short = image_msg(good, next_stamp())
     short.data = bytes(short.data)[:1000]
     depth_in = Image(header=Header(stamp=next_stamp(), frame_id=FRAME), height=128, width=384, encoding='32FC1',
@@ -278,7 +330,7 @@ def test_bad_frames_are_skipped_counted_and_logged_and_the_node_keeps_running(gr
     np.testing.assert_allclose(depth_array(out), expected_depth(30), rtol=1e-5)
     v = diag_values(graph, lambda v: int(v['bad_frames']) >= 3)
     assert graph.proc.poll() is None
-    log = graph.wait(lambda: (lambda t: t if "'yuv422'" in t and 'needs' in t else None)(graph.log_path.read_text()))
+    log = graph.wait(lambda: (lambda t: t if "'nv21'" in t and 'needs' in t else None)(graph.log_path.read_text()))
     assert log and 'skipping camera frame' in log, graph.log_path.read_text()[-2000:]
     assert 'is not supported' in v['last_bad_frame'] or 'needs' in v['last_bad_frame']
     bad = [m for m in graph.msgs(f'{NS}/depth') if any(same_stamp(m.header.stamp, b.header.stamp)

@@ -65,7 +65,7 @@ def test_mask_publishers_without_masks_are_reported_once(out):
     v = _images_until(g, lambda v: v['mask_problem'] != '')
     assert v is not None, f'no mask warning on /diagnostics:\n{g.log_path.read_text()[-2000:]}'
     assert v['_level'] == DiagnosticStatus.WARN and v['_message'].startswith('masks never pair')
-    assert v['mask_publishers'] == '1' and v['masks_received'] == '0'
+    assert v['mask_publishers'] == '1' and v['masks_in'] == '0'
     for cause in ('DDS transport', 'FastDDS profile', 'QoS'):
         assert cause in v['mask_problem'], v['mask_problem']
     _images_until(g, lambda v: False, seconds=2.5)         # the problem goes on: still one log line
@@ -82,7 +82,7 @@ def test_masks_whose_stamps_never_match_are_reported_once_and_clear_when_masks_p
         return label_msg(labels, Time(sec=ns // 10**9, nanosec=ns % 10**9), '16UC1')
     v = _images_until(g, lambda v: 'stamps not matching' in v['mask_problem'], mask_for=off_by_1000_s)
     assert v is not None, f'no stamp warning on /diagnostics:\n{g.log_path.read_text()[-2000:]}'
-    assert v['_level'] == DiagnosticStatus.WARN and int(v['masks_received']) > 0 and v['objects_paired'] == '0'
+    assert v['_level'] == DiagnosticStatus.WARN and int(v['masks_in']) > 0 and v['objects_paired'] == '0'
     offset = re.search(r'nearest mask was ([-+][0-9.]+) s', v['mask_problem'])
     assert offset and -1000.0 <= float(offset.group(1)) < -990.0 and 'mask_slop 0.05 s' in v['mask_problem'], v
     _images_until(g, lambda v: False, seconds=2.5, mask_for=off_by_1000_s)

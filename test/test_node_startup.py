@@ -99,3 +99,70 @@ def test_corrupt_engine_falls_back_to_onnxruntime_under_lifecycle_control(tmp_pa
         proc.terminate()
         proc.wait(15)
         g.close()
+
+
+@pytest.mark.parametrize('autostart', [True, False], ids=['autostart', 'lifecycle_manager'])
+def test_diagnostics_keep_coming_while_configure_builds_a_tensorrt_engine(tmp_path, autostart):
+    """A TensorRT engine build (minutes on a Jetson) blocks configure, and with it the executor (autostart:
+    configure runs before the executor spins; lifecycle manager: inside the change_state service callback):
+    /diagnostics must still arrive at its period, saying 'building TensorRT engine, N s' with N growing, from a
+    separate node process over the graph; configure succeeds only after the build; then the node goes active
+    on the engine and gives depth."""
+    import os
+    import re
+    import time
+
+    import trt_substitute
+    build_s, period = 8.0, 0.5             # the first seconds may pass before the graph discovers the node
+    model = make_contract_model(tmp_path / 'm.onnx')
+    ns, name = '/dd_build_ns', 'dd_build'
+    g = Graph()
+    received = []                                   # (monotonic time, status) of our node, in arrival order
+
+    def on_diag(arr):
+        for st in arr.status:
+            if st.name == f'{name}: depth':
+                received.append((time.monotonic(), st, {kv.key: kv.value for kv in st.values}))
+    g.node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 100)
+    log_path = tmp_path / 'node.log'
+    env = dict(os.environ, DYNADEPTH_TEST_TRT_BUILD_S=str(build_s))
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(trt_substitute.command() + [
+            '--ros-args', '-p', f'model_path:={model}', '-p', 'backend:=tensorrt', '-p', 'fallback:=false',
+            '-p', f'engine_cache_dir:={tmp_path / "engines"}', '-p', f'diagnostics_period:={period}',
+            '-p', 'intra_op_threads:=1', '-p', f'autostart:={str(autostart).lower()}', '-r', f'__node:={name}',
+            '-r', f'__ns:={ns}'], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        if not autostart:
+            cli = g.node.create_client(ChangeState, f'{ns}/{name}/change_state')
+            assert cli.wait_for_service(30), log_path.read_text()
+            t0 = time.monotonic()
+            assert g.call(cli.call_async(ChangeState.Request(
+                transition=Transition(id=Transition.TRANSITION_CONFIGURE))), timeout=60).success, log_path.read_text()
+            assert time.monotonic() - t0 >= build_s - 0.5          # SUCCESS only once the engine is there
+            assert g.call(cli.call_async(ChangeState.Request(
+                transition=Transition(id=Transition.TRANSITION_ACTIVATE)))).success, log_path.read_text()
+        active = g.wait(lambda: next((r for r in received if r[2]['state'] == 'active'), None), 60)
+        assert active is not None, f'the node never went active; log:\n{log_path.read_text()}'
+        building = [(t, st, v) for t, st, v in received[:received.index(active)]
+                    if 'building TensorRT engine' in st.message]
+        assert len(building) >= 4, (f'{len(building)} /diagnostics during the {build_s:g} s build: '
+                                    f'{[r[1].message for r in received]}\nlog:\n{log_path.read_text()}')
+        secs = [int(re.search(r'building TensorRT engine, (\d+) s', st.message).group(1)) for _, st, _ in building]
+        assert secs == sorted(secs) and len(set(secs)) >= 3 and secs[-1] >= build_s - 2, secs
+        assert all(st.level == DiagnosticStatus.WARN and v['state'] == 'configuring' for _, st, v in building)
+        arrival = [t for t, _, _ in building]       # spread over the build, not delivered in a burst at its end
+        assert arrival[-1] - arrival[0] >= build_s / 2 and max(np.diff(arrival)) < 4 * period, arrival
+        _, st, v = active
+        assert v['backend'] == 'tensorrt[fp32]' and 'configuring' not in st.message
+        g.sub(Image, f'{ns}/depth')
+        pub = g.pub(Image, f'{ns}/image')
+        assert g.wait(lambda: pub.get_subscription_count() > 0, 15)
+        out = send_and_wait(g, f'{ns}/image', image_msg(np.full((64, 192, 3), 120, np.uint8), next_stamp()),
+                            out=f'{ns}/depth')
+        np.testing.assert_allclose(depth_array(out), expected_depth(120), rtol=1e-5)
+        assert 'TensorRT engine built in' in log_path.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        g.close()

@@ -14,10 +14,10 @@ import pytest
 from bag_builders import FPS, T0_NS, BagSpec, write_eval_bag
 from contract_model import make_contract_model
 
-from dynadepth_ros import eval_bag
-from dynadepth_ros.bag_reader import BagReader, cdr_header_stamp_ns
 from dynadepth_ros.metrics import METRIC_NAMES, MODES
-from dynadepth_ros.replay import due_offset_s, message_class
+from dynadepth_ros.recording import eval_bag
+from dynadepth_ros.recording.bag_reader import BagReader, cdr_header_stamp_ns
+from dynadepth_ros.recording.replay import due_offset_s, message_class
 
 pytest.importorskip('rclpy')
 BIN = Path(sys.executable).parent
@@ -25,7 +25,7 @@ REGIONS = ('all', 'static', 'dynamic')
 
 
 def replay_cmd(*args):
-    return [sys.executable, '-m', 'dynadepth_ros.replay', *map(str, args)]
+    return [sys.executable, '-m', 'dynadepth_ros.recording.replay', *map(str, args)]
 
 
 @pytest.fixture(scope='module')

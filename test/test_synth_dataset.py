@@ -1,14 +1,17 @@
 """The synthetic dataset on disk and in rosbag2: layout round trip, bag contents (mcap and sqlite3)
 read back with rosbags, lidar/camera/tf consistency, determinism, seeds, lead-car rule, CLI."""
+import errno
 import hashlib
 import json
 import math
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dynadepth_ros.dataset_layout import Sequence, list_sequences
+from dynadepth_ros.datasets.layout import Sequence, SequenceWriter, list_sequences
 from dynadepth_ros.synth import generate_split, has_lead_car
 from dynadepth_ros.synth.bag import START_NS, TOPICS
 from dynadepth_ros.synth.cli import main as synth_main
@@ -247,9 +250,84 @@ def test_existing_sequences_are_kept_and_cli_reports_errors(tmp_path, capsys):
     mtime = png.stat().st_mtime_ns
     assert synth_main(argv) == 0
     assert png.stat().st_mtime_ns == mtime, 'an up-to-date sequence is not regenerated'
-    assert synth_main(argv + ['--noise', '0']) == 0
+    assert synth_main(argv + ['--noise', '0', '--overwrite']) == 0
     assert png.stat().st_mtime_ns != mtime, 'changed parameters regenerate the sequence'
     assert 'lead car within 30 m in 2/2 frames' in capsys.readouterr().out
     assert synth_main(argv + ['--frames', '1']) == 2
     assert 'frames must be >= 2' in capsys.readouterr().err
     assert not list((tmp_path / 'val').glob('.*partial')), 'no half-written sequence left behind'
+
+
+def _synth(tmp_path, *extra):
+    return synth_main(['--out', str(tmp_path), '--split', 'val', '--frames', '2', '--height', str(H), '--width',
+                       str(W), '--workers', '1', *extra])
+
+
+def test_rerun_with_other_parameters_is_refused_unless_overwrite(tmp_path, capsys):
+    """A split holds sequences of one set of parameters: a rerun into it with others is refused naming them
+    (nothing touched), --overwrite replaces the split (old sequences beyond the new count go), the same
+    parameters reuse it; a split made before the split record existed is judged by its synth.json."""
+    assert _synth(tmp_path, '--sequences', '3') == 0
+    seqs = tmp_path / 'val'
+    before = _tree_digest(seqs)
+    capsys.readouterr()
+    assert _synth(tmp_path, '--sequences', '2', '--noise', '0') == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f'dynadepth-synth: error: {seqs} holds sequences generated with other parameters (sequences 3 -> 2, '
+        f'noise 0.01 -> 0.0); rerun with --overwrite to replace them, or choose another --out']
+    assert _tree_digest(seqs) == before
+
+    assert _synth(tmp_path, '--sequences', '2', '--noise', '0', '--overwrite') == 0
+    assert [s.name for s in list_sequences(tmp_path, 'val')] == ['seq_0000', 'seq_0001']
+    assert all(json.loads((p / 'synth.json').read_text())['params']['noise'] == 0.0 for p in seqs.iterdir()
+               if p.name.startswith('seq_'))
+    after = _tree_digest(seqs)
+    assert _synth(tmp_path, '--sequences', '2', '--noise', '0') == 0 and _tree_digest(seqs) == after
+
+    (seqs / '.dynadepth_synth_split.json').unlink()       # as left by an earlier dynadepth-synth
+    capsys.readouterr()
+    assert _synth(tmp_path, '--sequences', '2', '--frames', '3') == 2
+    assert '(frames 2 -> 3, noise 0.0 -> 0.01)' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--height', '20000', '--width', '20000'], 'image size 20000x20000 is too large; at most 4096 px per side'),
+    (['--height', '4096', '--width', '4096'], 'image size 4096x4096 is too large'),
+    (['--frames', '100000000'], 'frames must be <= 2000 per sequence (got 100000000)'),
+    (['--sequences', '100000'], 'sequences must be in [1, 10000], got 100000'),
+    (['--sequences', '10000', '--frames', '2000', '--height', '2048', '--width', '4096'],
+     'need about 1258619.5 GB under'),
+])
+def test_requests_beyond_bounds_or_free_space_are_refused_up_front(tmp_path, capsys, extra, message):
+    t0 = time.monotonic()
+    assert synth_main(['--out', str(tmp_path / 'out'), '--split', 'train', '--workers', '1', *extra]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith('dynadepth-synth: error: ') and message in err, err
+    assert time.monotonic() - t0 < 5 and not (tmp_path / 'out').exists()
+
+
+def test_free_space_estimate_counts_what_is_still_to_write(tmp_path, capsys, monkeypatch):
+    """The estimate is checked against the output filesystem's free space, for the sequences not yet there."""
+    assert _synth(tmp_path, '--sequences', '1', '--frames', '3') == 0
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, 'disk_usage', lambda p: real(p)._replace(free=300_000))
+    assert _synth(tmp_path, '--sequences', '1', '--frames', '3') == 0, 'nothing to write: nothing to check'
+    assert _synth(tmp_path / 'two', '--sequences', '2', '--frames', '3') == 2
+    err = capsys.readouterr().err
+    assert f'need about 0.8 MB under {tmp_path / "two" / "val"}, but only 0.3 MB are free there' in err, err
+    assert not (tmp_path / 'two').exists()
+
+
+def test_a_failed_generation_leaves_no_partial_sequence(tmp_path, capsys, monkeypatch):
+    """A write that fails mid-sequence (here: the disk fills up at frame 1) ends in one error line and removes
+    the half-written .partial folder."""
+    real_write = SequenceWriter.write
+
+    def write(self, frame):
+        if frame.index == 1:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        real_write(self, frame)
+    monkeypatch.setattr(SequenceWriter, 'write', write)
+    assert _synth(tmp_path, '--sequences', '1', '--frames', '3') == 1
+    assert 'No space left on device' in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / 'val').iterdir() if not p.name.startswith('.dynadepth')] == []

@@ -14,11 +14,11 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from bag_builders import camera_info_msg, image_msg, tf_message
-from dynadepth_ros.bag_reader import BagError
+from memory_frames import MemorySequence, MemorySource
 from dynadepth_ros.camera import project
-from dynadepth_ros.dataset_layout import Calib, Frame, Instance, SequenceWriter
 from dynadepth_ros.datasets import DatasetError, open_source
-from dynadepth_ros.datasets.base import FrameSequence, FrameSource
+from dynadepth_ros.datasets.layout import Calib, Frame, Instance, SequenceWriter
+from dynadepth_ros.recording.bag_reader import BagError
 from training.data import AugmentConfig, DataConfig, SyntheticConfig, TripletDataset, build_dataset, prepare_data
 from training.data.augment import ColourJitter, jitter_colour
 from training.data.prepare import MARKER
@@ -26,46 +26,6 @@ from training.data.rosbag_import import RosbagImportError, import_bags
 
 NO_AUG = AugmentConfig(flip_prob=0.0, colour_prob=0.0)
 FLIP = AugmentConfig(flip_prob=1.0, colour_prob=0.0)
-
-
-class MemorySequence(FrameSequence):
-    """Frames held in memory (tests only)."""
-
-    def __init__(self, name, rgbs, K, poses=None, masks=None, depths=None, moving=None):
-        self.name, self._rgb, self._K = name, rgbs, K
-        self._poses, self._masks, self._depths, self._moving = poses, masks, depths, moving
-
-    def __len__(self):
-        return len(self._rgb)
-
-    def rgb(self, i):
-        return self._rgb[i]
-
-    def K(self, i):
-        return self._K.copy()
-
-    def pose(self, i):
-        return None if self._poses is None else self._poses[i]
-
-    def gt_depth(self, i):
-        return None if self._depths is None else self._depths[i]
-
-    def instance_mask(self, i):
-        return None if self._masks is None else self._masks[i]
-
-    def moving_ids(self, i):
-        return self._moving
-
-    def stamp(self, i):
-        return i / 10.0
-
-
-class MemorySource(FrameSource):
-    def __init__(self, seqs):
-        self._seqs = seqs
-
-    def sequences(self):
-        return list(self._seqs)
 
 
 # A 32x48 frame with a red object in the upper-left quadrant (rows 4..11, cols 6..15), id 5, 7 m away,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynadepth_ros.dataset_layout import list_sequences
+from dynadepth_ros.datasets.layout import list_sequences
 from dynadepth_ros.metrics import evaluate_frame
 from training.config import EvalConfig, load_config
 from training.evaluate import evaluate, lead_car_ids, mean_depth_baseline

@@ -4,45 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from memory_frames import MemorySequence, MemorySource
 
-from dynadepth_ros.datasets.base import FrameSequence, FrameSource
 from training.data import AugmentConfig, TripletDataset
 from training.data.triplets import Layer, transform_layer
 
 FLIP = AugmentConfig(flip_prob=1.0, colour_prob=0.0)
-
-
-class MemorySequence(FrameSequence):
-    """Frames held in memory (tests only)."""
-
-    def __init__(self, name, rgbs, K, masks, depths):
-        self.name, self._rgb, self._K, self._masks, self._depths = name, rgbs, K, masks, depths
-
-    def __len__(self):
-        return len(self._rgb)
-
-    def rgb(self, i):
-        return self._rgb[i]
-
-    def K(self, i):
-        return self._K.copy()
-
-    def gt_depth(self, i):
-        return self._depths[i]
-
-    def instance_mask(self, i):
-        return self._masks[i]
-
-    def stamp(self, i):
-        return i / 10.0
-
-
-class MemorySource(FrameSource):
-    def __init__(self, seqs):
-        self._seqs = seqs
-
-    def sequences(self):
-        return list(self._seqs)
 
 
 # 24x40 native frames: textured background at 20 m, two objects (ids 3 and 8) left of centre, so a flip
@@ -65,8 +32,8 @@ def _frame(seed):
 
 def _source(n=3):
     frames = [_frame(s) for s in range(n)]
-    return MemorySource([MemorySequence('seq', [f[0] for f in frames], K_NATIVE, [f[1] for f in frames],
-                                        [f[2] for f in frames])])
+    return MemorySource([MemorySequence('seq', [f[0] for f in frames], K_NATIVE, masks=[f[1] for f in frames],
+                                        depths=[f[2] for f in frames])])
 
 
 def _layers_of_every_kind():

@@ -3,7 +3,9 @@ resume after a crash, config-hash protection, the CSV log; and, through the real
 resume after `kill -9` and two-process DistributedDataParallel on CPU (gloo)."""
 from __future__ import annotations
 
+import builtins
 import csv
+import errno
 import os
 import signal
 import subprocess
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from dynadepth_ros.atomic_files import DiskFullError
 from training import checkpoint as ckpt_io
 from training.checkpoint import CheckpointError
 from training.loop import LoopConfig
@@ -130,6 +133,84 @@ def test_resume_after_crash_gives_the_same_weights_as_an_uninterrupted_run(tmp_p
     assert again.trained_steps == 0 and again.global_step == total
 
 
+def _train_steps(run_dir: Path) -> list[int]:
+    with (run_dir / 'metrics.csv').open() as f:
+        return [int(r['step']) for r in csv.DictReader(f) if r['split'] == 'train']
+
+
+def test_rerun_after_a_kill_before_the_first_checkpoint_starts_the_log_over(tmp_path):
+    """A run that dies after logging step 2 but before its first checkpoint (step 3) leaves a metrics.csv;
+    the rerun starts from scratch, so the log must too: one history, not 2, 2, 4, 6, 7."""
+    phases = PHASES[:1]
+    train(fresh_model(), make_loss(), Regression(), phases, CFG, tmp_path / 'ref', config_hash='h', progress=False)
+    with pytest.raises(Crash):
+        train(fresh_model(), make_loss(crash_at=3), Regression(), phases, CFG, tmp_path / 'run', config_hash='h',
+              progress=False)
+    assert not (tmp_path / 'run' / 'checkpoints' / 'last.pt').exists() and _train_steps(tmp_path / 'run') == [2]
+    res = train(fresh_model(), make_loss(), Regression(), phases, CFG, tmp_path / 'run', config_hash='h',
+                progress=False)
+    assert res.resumed_from is None
+    assert _train_steps(tmp_path / 'run') == _train_steps(tmp_path / 'ref') == [2, 4, 6, 7]
+
+
+class _FillingFile:
+    """A file on a disk with `room` bytes left: writes past that raise OSError(ENOSPC), as a full disk does."""
+
+    def __init__(self, f, room: int):
+        self._f, self._room = f, room
+
+    def write(self, data) -> int:
+        n = len(memoryview(data).cast('B'))
+        if n > self._room:
+            self._f.write(bytes(memoryview(data).cast('B')[:self._room]))
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= n
+        return self._f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def fill_disk_at(monkeypatch, name: str, after: int, room: int = 4096) -> None:
+    """The disk fills up while the (after+1)-th atomic write of a file called `name` is under way (the
+    temporary file atomic_path hands out, `.<name>.<unique>.tmp<suffix>`, opened for writing)."""
+    real_open, seen = builtins.open, []
+
+    def fake_open(file, mode='r', *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set('wxa') and \
+                os.path.basename(os.fspath(file)).startswith(f'.{name}.'):
+            seen.append(file)
+            if len(seen) > after:
+                return _FillingFile(f, room)
+        return f
+    monkeypatch.setattr(builtins, 'open', fake_open)
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """The disk fills up during the second checkpoint (step 6): a DiskFullError naming last.pt, no temp file
+    left, the step-3 checkpoint intact; the rerun resumes from it and finishes."""
+    phases = PHASES[:1]
+    ckpt = tmp_path / 'checkpoints' / 'last.pt'
+    fill_disk_at(monkeypatch, 'last.pt', after=1)
+    with pytest.raises(DiskFullError) as err:
+        train(fresh_model(), make_loss(), Regression(), phases, CFG, tmp_path, config_hash='h', progress=False)
+    assert str(err.value) == f'disk full while writing {ckpt}'
+    assert os.listdir(ckpt.parent) == ['last.pt']
+    assert ckpt_io.load(ckpt)['state']['global_step'] == 3
+    monkeypatch.undo()
+    res = train(fresh_model(), make_loss(), Regression(), phases, CFG, tmp_path, config_hash='h', progress=False)
+    assert res.resumed_from == 3 and res.global_step == 7
+    assert _train_steps(tmp_path) == [2, 4, 6, 7]
+
+
 def test_checkpoint_of_another_config_is_refused(tmp_path):
     train(fresh_model(), make_loss(), Regression(), PHASES[:1], CFG, tmp_path, config_hash='one', progress=False)
     with pytest.raises(CheckpointError, match='config'):
@@ -218,6 +299,29 @@ def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path, data_root)
     with (run / 'scene' / 'metrics.csv').open() as f:
         steps = [int(r['step']) for r in csv.DictReader(f) if r['split'] == 'train']
     assert steps == sorted(set(steps)) and steps[-1] == 24
+
+
+def test_cli_reports_a_full_disk_in_one_line_and_keeps_the_last_checkpoint(tmp_path, data_root, monkeypatch,
+                                                                          capsys):
+    """`python -m training scene` when the disk fills up during the second checkpoint: exit code 1, one error
+    line naming the checkpoint and what to do (no torch traceback), the step-2 checkpoint intact."""
+    from training.__main__ import main
+
+    run = tmp_path / 'run'
+    ckpt = run / 'scene' / 'checkpoints' / 'last.pt'
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    fill_disk_at(monkeypatch, 'last.pt', after=1)
+    code = main(_scene_cmd(run, data_root, '--set', 'scene.loop.checkpoint_every=2', '--set', 'runtime.threads=1',
+                           '--set', 'scene.phases.0.steps=2', '--set', 'scene.phases.1.steps=1',
+                           '--set', 'scene.phases.2.steps=2', '--set', 'scene.loop.val_every=0',
+                           '--set', 'scene.loop.preview_every=0')[3:])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert [line for line in err.splitlines() if 'error' in line.lower()] == [
+        f'python -m training scene: error: disk full while writing {ckpt}; free space and rerun (it resumes '
+        f'from the last checkpoint)']
+    assert 'Traceback' not in err
+    assert os.listdir(ckpt.parent) == ['last.pt'] and ckpt_io.load(ckpt)['state']['global_step'] == 2
 
 
 def test_two_process_ddp_on_cpu_keeps_ranks_identical(tmp_path, data_root):

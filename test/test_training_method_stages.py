@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynadepth_ros.dataset_layout import list_sequences
+from dynadepth_ros.datasets.layout import list_sequences
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

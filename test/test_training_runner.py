@@ -3,16 +3,19 @@ the refusal to run a stage before the stages it needs, and the command line buil
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
+from dynadepth_ros.atomic_files import write_json_atomic
 from training.__main__ import build_parser
-from training.artifacts import MANIFEST_FORMAT, write_json_atomic
+from training.artifacts import MANIFEST_FORMAT
 from training.config import load_config
 from training.stages import PLANNED_STAGES, STAGES, get_stage
-from training.stages.runner import StageError, stage_hashes, stage_status, upstream_manifests
+from training.stages.runner import (StageError, lock_run_dir, run_stage, stage_hashes, stage_status,
+                                    upstream_manifests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINGERPRINT = {'hash': 'd0d0d0d0d0d0d0d0', 'files': 10, 'bytes': 1000}
@@ -146,3 +149,31 @@ def test_cli_stage_without_its_upstream_exits_2_naming_the_stage(tmp_path):
     assert "stage 'scene'" in errors[0] and 'python -m training scene' in errors[0]
     assert 'Traceback' not in proc.stderr
     assert not data.exists() and not (run_dir / 'objects').exists()
+
+
+def test_a_second_process_on_a_run_dir_in_use_exits_at_once_naming_the_holder(tmp_path):
+    """While one process trains in a run dir, `python -m training scene` there exits 2 with one error line
+    naming the run dir and the holder's pid, before touching the data; once the holder is killed (-9, no
+    clean-up) the run dir is free again, and taking it twice in one process (the pipeline) is fine."""
+    run_dir, data = tmp_path / 'run', tmp_path / 'data'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from training.stages.runner import '
+                               'lock_run_dir; lock_run_dir(sys.argv[1]); print("locked", flush=True); time.sleep(120)',
+                               str(run_dir)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        proc = subprocess.run([sys.executable, '-m', 'training', 'scene', '--preset', 'ci-tiny', '--run-dir',
+                               str(run_dir), '--set', f'data.root={data}'], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines() == [
+            f'python -m training scene: error: {run_dir} is in use by another training process (pid {holder.pid}); '
+            f'wait for it to finish or stop it, or use another --run-dir']
+        assert not data.exists() and not (run_dir / 'scene').exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    lock_run_dir(run_dir)
+    lock_run_dir(tmp_path / '.' / 'run')        # re-entrant: the same process may take it again
+    with pytest.raises(StageError, match="stage 'scene'"):   # run_stage under the pipeline's lock goes on
+        run_stage('objects', cfg(f'data.root={data}'), run_dir)

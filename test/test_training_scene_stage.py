@@ -13,10 +13,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from dynadepth_ros.atomic_files import file_sha256
 from dynadepth_ros.camera import normalise_intrinsics
-from dynadepth_ros.dataset_layout import list_sequences
+from dynadepth_ros.datasets.layout import list_sequences
 from dynadepth_ros.model_format import read_metadata
-from training.artifacts import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.config import ConfigError
     from training.export import ExportError
 
-    from dynadepth_ros.bag_reader import BagError
+    from dynadepth_ros.recording.bag_reader import BagError
     from training.data.rosbag_import import RosbagImportError
 
     from training.stages.runner import StageError
@@ -281,13 +281,22 @@ def main(argv: list[str] | None = None) -> int:
     from training.bundle import BundleError
     from dynadepth_ros.model_format import ModelFormatError
 
+    from dynadepth_ros.atomic_files import DiskFullError
+
     known = (ConfigError, DatasetError, CheckpointError, ExportError, FileNotFoundError, BagError,
              RosbagImportError, StageError, BundleError, ModelFormatError)
     try:
         return COMMANDS[args.command](args)
-    except known as exc:
-        print(f'python -m training {args.command}: error: {exc}', file=sys.stderr)
-        return 2
+    except Exception as exc:
+        full = DiskFullError.find(exc)     # also the RuntimeError torch.save raises after a failed write
+        if full is not None:
+            print(f'python -m training {args.command}: error: {full}; free space and rerun (it resumes from the '
+                  f'last checkpoint)', file=sys.stderr)
+            return 1
+        if isinstance(exc, known):
+            print(f'python -m training {args.command}: error: {exc}', file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == '__main__':

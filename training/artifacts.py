@@ -14,7 +14,7 @@ import os
 import platform
 from pathlib import Path
 
-from dynadepth_ros.atomic_files import write_text_atomic
+from dynadepth_ros.atomic_files import file_sha256
 
 MANIFEST_NAME = 'manifest.json'
 MANIFEST_FORMAT = 1
@@ -30,14 +30,6 @@ def canonical_json(obj) -> str:
 def hash_object(obj, length: int = 16) -> str:
     """Hex SHA-256 prefix of an object's canonical JSON (key order does not matter)."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def data_fingerprint(root: str | os.PathLike) -> dict:
@@ -66,10 +58,6 @@ def data_fingerprint(root: str | os.PathLike) -> dict:
             n_files += 1
             n_bytes += size
     return {'hash': h.hexdigest()[:16], 'files': n_files, 'bytes': n_bytes}
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + '\n')
 
 
 def read_manifest(stage_dir: str | os.PathLike) -> dict | None:

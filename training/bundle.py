@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from dynadepth_ros.atomic_files import write_bytes_atomic, write_text_atomic
+from dynadepth_ros.atomic_files import atomic_path, write_json_atomic, write_text_atomic
 from dynadepth_ros.inference.estimator import BUNDLED_BASELINE, BUNDLED_MODEL
 from dynadepth_ros.model_format import read_metadata
 
@@ -56,9 +56,8 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '') -> 
     model, baseline = (dest / BUNDLED_MODEL.name, dest / BUNDLED_BASELINE.name) if dest else (BUNDLED_MODEL, BUNDLED_BASELINE)
     model.parent.mkdir(parents=True, exist_ok=True)
     for src, dst in ((final_onnx, model), (scene_onnx, baseline)):
-        tmp = dst.with_name(f'.{dst.name}.tmp')
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
     report = {
         'bundled_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'run_dir': str(run_dir), 'command': command,
         'models': {model.name: {'stage': 'final', 'metadata': fm.to_props(), 'bytes': model.stat().st_size,
@@ -91,7 +90,7 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '') -> 
     for name, text in tables.items():
         lines += ['', f'## {name}', '', text.strip()]
     write_text_atomic(model.parent / 'training_report.md', '\n'.join(lines) + '\n')
-    write_bytes_atomic(model.parent / 'training_report.json', (json.dumps(report, indent=1) + '\n').encode())
+    write_json_atomic(model.parent / 'training_report.json', report, indent=1)
     for name in ('training_report.md', 'training_report.json'):      # package data: readable by every user
         (model.parent / name).chmod(0o644)
     return {'model': str(model), 'baseline': str(baseline), 'report': str(model.parent / 'training_report.md'),

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dynadepth_ros.atomic_files import atomic_path
 
 CHECKPOINT_FORMAT = 1
 
@@ -23,20 +24,10 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save to a temp file in the same directory, fsync, then rename over `path`. When the disk is
+    full: DiskFullError naming `path`, which keeps its previous content (the temp file is removed)."""
+    with atomic_path(path, fsync=True) as tmp, open(tmp, 'xb') as f:
+        torch.save(obj, f)
 
 
 def load(path: str | os.PathLike, map_location='cpu') -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from dynadepth_ros.metrics import MAX_DEPTH, MIN_DEPTH
 from training.data.config import DataConfig
 from training.loop import LoopConfig
 from training.stages.dsa_model import DsaModelConfig
@@ -165,8 +166,8 @@ class EvalConfig:
     travel (an explicit instance `role: lead` from the generator wins over this rule).
     """
 
-    min_depth: float = 1e-3
-    max_depth: float = 80.0
+    min_depth: float = MIN_DEPTH
+    max_depth: float = MAX_DEPTH
     lead_max_lateral: float = 2.5
     lead_max_heading_deg: float = 30.0
     lead_classes: list[str] = field(default_factory=lambda: ['car'])

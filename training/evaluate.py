@@ -29,11 +29,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dynadepth_ros.atomic_files import write_json_atomic, write_text_atomic
+from dynadepth_ros.camera import resize_nearest
 from dynadepth_ros.metrics import METRIC_NAMES, MODES, MetricAccumulator, evaluate_frame
-from training.artifacts import now_iso, write_json_atomic, write_text_atomic
+from training.artifacts import now_iso
 from training.config import ConfigError, EvalConfig
 from training.data import build_dataset, open_split
-from training.data.triplets import resize_nearest
 from training.loop import to_device
 from training.stages import get_stage
 

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dynadepth_ros.atomic_files import write_json_atomic, write_text_atomic
 from dynadepth_ros.metrics import MetricAccumulator, evaluate_frame
-from training.artifacts import now_iso, write_json_atomic, write_text_atomic
+from training.artifacts import now_iso
 from training.data import build_dataset
 from training.data.triplets import Layer
 from training.evaluate import _ego_direction, _frame_instances, lead_car_ids

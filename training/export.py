@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dynadepth_ros.atomic_files import atomic_path
 from dynadepth_ros.model_format import INPUT_NAME, OUTPUT_NAME, ModelMetadata, read_metadata, write_metadata
 from training.networks.depth import DepthExportModule, DepthNet
 
@@ -77,21 +78,18 @@ def export_depth_onnx(depth_net: DepthNet, out_path: str | os.PathLike, meta: Mo
     t0 = time.perf_counter()
     module = DepthExportModule(copy.deepcopy(depth_net).cpu().float()).eval()
     example = torch.from_numpy(check_inputs(h, w, (2,))[0])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f'.{out_path.name}.tmp')
-    batch = torch.export.Dim('batch', min=1, max=int(max_batch))
-    sink = io.StringIO()
-    try:
-        with warnings.catch_warnings(), (nullcontext() if verbose else redirect_stdout(sink)):
-            warnings.simplefilter('ignore')
-            torch.onnx.export(module, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=opset, dynamo=True, external_data=False,
-                              dynamic_shapes=({0: batch},))
-    except Exception as exc:
-        _unlink(tmp)
-        raise ExportError(f'torch.onnx.export failed ({type(exc).__name__}: {exc}); exporter output:\n'
-                          f'{sink.getvalue()[-2000:]}') from exc
-    try:
+    with atomic_path(out_path) as tmp:     # renamed into place only when the export passed its check
+        batch = torch.export.Dim('batch', min=1, max=int(max_batch))
+        sink = io.StringIO()
+        try:
+            with warnings.catch_warnings(), (nullcontext() if verbose else redirect_stdout(sink)):
+                warnings.simplefilter('ignore')
+                torch.onnx.export(module, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  opset_version=opset, dynamo=True, external_data=False,
+                                  dynamic_shapes=({0: batch},))
+        except Exception as exc:
+            raise ExportError(f'torch.onnx.export failed ({type(exc).__name__}: {exc}); exporter output:\n'
+                              f'{sink.getvalue()[-2000:]}') from exc
         write_metadata(tmp, meta)
         read_metadata(tmp)
         session = ort.InferenceSession(str(tmp), providers=['CPUExecutionProvider'])
@@ -120,16 +118,6 @@ def export_depth_onnx(depth_net: DepthNet, out_path: str | os.PathLike, meta: Mo
             raise ExportError(f'the exported model disagrees with torch: max relative depth difference '
                               f'{worst_rel:.3g} (max {worst:.3g} m) > tolerance {tolerance:g}; refusing to write '
                               f'{out_path}')
-        os.replace(tmp, out_path)
-    except Exception:
-        _unlink(tmp)
-        raise
     return {'max_abs_diff': worst, 'max_rel_diff': worst_rel, 'batch_sizes': sizes, 'real_frames': n_real, 'seconds': time.perf_counter() - t0,
             'bytes': out_path.stat().st_size, 'opset': opset, 'max_batch': int(max_batch)}
 
-
-def _unlink(p: Path) -> None:
-    try:
-        p.unlink()
-    except FileNotFoundError:
-        pass

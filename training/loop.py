@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from dynadepth_ros.atomic_files import DiskFullError, atomic_path
 from training import checkpoint as ckpt_io
 from training.checkpoint import CheckpointError
 from training.distributed import DistContext
@@ -158,28 +159,34 @@ class CsvLog:
             return out
 
     def _rewrite(self, rows: list[dict]) -> None:
-        tmp = self.path.with_name(f'.{self.path.name}.tmp')
-        with tmp.open('w', newline='') as f:
+        with atomic_path(self.path) as tmp, tmp.open('w', newline='') as f:
             w = csv.DictWriter(f, fieldnames=self.header, extrasaction='ignore')
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, self.path)
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows logged after `step` (a killed run may have logged past its last checkpoint)."""
-        if self.path.is_file():
+        """Drop rows logged after `step`: a killed run may have logged past the checkpoint the next run
+        resumes from (step 0, no checkpoint: the log starts over), so the file stays one history."""
+        if step <= 0:
+            self.path.unlink(missing_ok=True)
+            self.header = list(self.FIXED)
+        elif self.path.is_file():
             self._rewrite([r for r in self.rows() if int(r['step']) <= step])
 
     def append(self, row: dict) -> None:
         new = [k for k in row if k not in self.header]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if new or not self.path.is_file():
             old = self.rows()
             self.header += new
             self._rewrite(old)
-        with self.path.open('a', newline='') as f:
-            csv.DictWriter(f, fieldnames=self.header, extrasaction='ignore').writerow(
-                {k: _fmt(v) for k, v in row.items()})
+        try:
+            with self.path.open('a', newline='') as f:
+                csv.DictWriter(f, fieldnames=self.header, extrasaction='ignore').writerow(
+                    {k: _fmt(v) for k, v in row.items()})
+        except OSError as exc:
+            if DiskFullError.find(exc) is not None:
+                raise DiskFullError(self.path) from exc
+            raise
 
 
 def _fmt(v):
@@ -299,8 +306,8 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, phases: list[Ph
     resumed_from = state.global_step if saved is not None else None
 
     log = CsvLog(out_dir / 'metrics.csv') if dist.is_main else None
-    if log is not None and saved is not None:
-        log.truncate_after(state.global_step)
+    if log is not None:
+        log.truncate_after(state.global_step)   # 0 without a checkpoint: rows of a run killed before it go
     if dist.is_main and resumed_from is not None and resumed_from >= total:
         print(f'{desc}: training finished earlier ({total} steps); using the weights of {ckpt_path}', flush=True)
     elif dist.is_main and resumed_from:

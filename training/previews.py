@@ -4,7 +4,7 @@ A stage's loss returns named preview tensors; `save_preview` shows the first bat
 each as a labelled panel in one PNG:
     3 channels  → RGB image in [0,1] (e.g. a target or a warped source)
     2 channels  → flow in pixels, colour-coded (hue = direction, brightness = magnitude)
-    1 channel   → names containing 'depth': inverse depth with the magma colour map;
+    1 channel   → names containing 'depth': inverse depth with the magma colour map (dynadepth_ros.colorize);
                   'disp': disparity, magma; 'mask'/'valid': grey; anything else: viridis (min–max)
 """
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from dynadepth_ros.atomic_files import atomic_path, write_bytes_atomic
+from dynadepth_ros.colorize import colorize_depth
 
 LABEL_HEIGHT = 14
 
@@ -52,12 +54,17 @@ def _colour_map(values: np.ndarray, name: str, lo: float | None = None, hi: floa
 
 
 def colourise_depth(depth: np.ndarray) -> np.ndarray:
-    """depth float [H,W] metres (<= 0 or NaN invalid) → uint8 RGB [H,W,3]; near = bright."""
+    """depth float [H,W] metres (<= 0 or NaN invalid) → uint8 RGB [H,W,3]: inverse depth on magma over the
+    frame's robust (2–98 %) inverse-depth range, near = bright (dynadepth_ros.colorize.colorize_depth)."""
+    depth = np.asarray(depth, np.float32)
     with np.errstate(divide='ignore', invalid='ignore'):
-        inv = np.where(np.isfinite(depth) & (depth > 0), 1.0 / depth, np.nan)
-    out = _colour_map(inv, 'magma')
-    out[~np.isfinite(inv)] = 0
-    return out
+        inv = 1.0 / depth[np.isfinite(depth) & (depth > 0)]
+    if not inv.size:
+        return np.zeros(depth.shape + (3,), np.uint8)
+    lo, hi = np.percentile(inv, [2, 98])
+    hi = max(float(hi), float(lo) * (1 + 1e-6), 1e-12)
+    return colorize_depth(depth, 1.0 / hi, 1.0 / max(float(lo), 1e-12), scale='inverse', colormap='magma',
+                          rgb=True)
 
 
 def colourise_flow(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
@@ -121,15 +128,10 @@ def compose(panels: dict[str, np.ndarray], columns: int = 2) -> np.ndarray:
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     """uint8 RGB [H,W,3] → PNG, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f'could not encode preview {path}')
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
-    with os.fdopen(fd, 'wb') as f:
-        f.write(buf.tobytes())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def save_preview(path: str | os.PathLike, previews: dict, columns: int = 2) -> Path:
@@ -193,8 +195,9 @@ def plot_metrics(csv_path: str | os.PathLike, png_path: str | os.PathLike, max_p
         ax.axis('off')
     fig.tight_layout()
     png_path = Path(png_path)
-    tmp = png_path.with_name(f'.{png_path.name}.tmp.png')
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_path(png_path) as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
     return png_path

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dynadepth_ros.dataset_layout import SPLITS, Sequence
 from dynadepth_ros.datasets.base import DatasetError, FrameSequence, FrameSource
+from dynadepth_ros.datasets.layout import SPLITS, Sequence
 
 
 class SyntheticSequence(FrameSequence):
@@ -81,7 +81,7 @@ class SyntheticSequence(FrameSequence):
         return {inst.id for inst in self._seq.instances(i) if inst.moving}
 
     def instances(self, i: int) -> list | None:
-        """dataset_layout.Instance list of frame i (class, moving flag, velocity, box), or None."""
+        """layout.Instance list of frame i (class, moving flag, velocity, box), or None."""
         i = self.check_index(i)
         return self._seq.instances(i) if self._has_instances else None
 

@@ -113,12 +113,19 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
                    max_batch: int = 4, intra_op_threads: int = 0, intra_op_spinning: bool = True,
                    log: Callable[[str], None] = print,
                    tensorrt_factory: Callable[..., Backend] | None = None,
-                   providers: list[str] | None = None) -> Selection:
+                   providers: list[str] | None = None,
+                   progress: Callable[[str], None] | None = None) -> Selection:
     """Create, verify and return the backend to use (see module docstring for the rules).
 
     tensorrt_factory: builds the TensorRT backend (default TensorRTBackend; tests substitute one).
     providers: onnxruntime execution providers to consider (default: what this onnxruntime build offers).
+    progress: told what is being done when a step that can take long starts (creating a backend, a TensorRT
+    engine build, the check against ONNX Runtime CPU); the node reports it on /diagnostics.
     """
+    def stage(text: str) -> None:
+        if progress is not None:
+            progress(text)
+
     if backend not in BACKENDS:
         raise BackendError(f'backend {backend!r} is not one of {BACKENDS}')
     if precision not in PRECISIONS:
@@ -149,10 +156,13 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
     def verified(what: str, make: Callable[[], Backend]) -> Selection | None:
         """make() a GPU candidate and check it against the ONNX Runtime CPU reference: the Selection when it
         passes, None (after `failed`) when building or verifying raises BackendError."""
+        stage('loading the ONNX Runtime CPU reference')
         ref = get_reference()   # validates the ONNX file first: a corrupt model fails here, clearly
         try:
+            stage(f'creating the {what}')
             cand = make()
             try:
+                stage(f'checking the {what} against ONNX Runtime CPU')
                 report = verify_backend(cand, ref, metadata, trt_tolerance)
             except BackendError:
                 cand.close()
@@ -171,8 +181,9 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
                 factory = tensorrt_factory
                 if factory is None:
                     from dynadepth_ros.inference.tensorrt_backend import TensorRTBackend as factory
+                extra = {} if progress is None else {'progress': progress}
                 return factory(model_path, metadata, precision=precision, engine_cache_dir=engine_cache_dir,
-                               engine_path=engine_path, max_batch=max_batch, log=log)
+                               engine_path=engine_path, max_batch=max_batch, log=log, **extra)
             chosen = verified('TensorRT backend', make_tensorrt)
             if chosen is not None:
                 return chosen
@@ -186,6 +197,7 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
             intra_op_threads=intra_op_threads, max_batch=max_batch, intra_op_spinning=intra_op_spinning))
         if chosen is not None:
             return chosen
+    stage('loading ONNX Runtime CPU')
     cpu = get_reference()
     if precision == 'fp16':
         notes.append('precision fp16 applies to TensorRT only; ONNX Runtime CPU runs fp32')

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from dynadepth_ros.camera import denormalise_intrinsics, scale_intrinsics
 from dynadepth_ros.inference.backend import BackendError
 from dynadepth_ros.inference.backend_selection import DEFAULT_TOLERANCE, Selection, select_backend
 from dynadepth_ros.inference.postprocess import clean_depth, focal_scale, to_output_geometry
@@ -53,6 +54,8 @@ class DepthResult:
     plan: CropPlan              # how the image was cropped/resized for the model
     focal_scale: float          # f_cam / f_train applied (1.0 without K or for a relative model)
     inference_ms: float         # backend time for the batch this image was part of
+    K: np.ndarray               # float64 [3,3] intrinsics of `depth`: the given K rescaled to the output size, or
+                                # without K the model's training intrinsics mapped back through the crop plan
 
 
 class DepthEstimator:
@@ -63,7 +66,8 @@ class DepthEstimator:
                  trt_tolerance: float = DEFAULT_TOLERANCE, *, engine_path: str | Path | None = None,
                  aspect_tolerance: float = 0.05, max_batch: int = 4, intra_op_threads: int = 0,
                  intra_op_spinning: bool = True,
-                 log: Callable[[str], None] | None = None, tensorrt_factory=None, providers=None):
+                 log: Callable[[str], None] | None = None, tensorrt_factory=None, providers=None,
+                 progress: Callable[[str], None] | None = None):
         self.model_path = Path(model_path) if model_path else default_model_path()
         self.metadata: ModelMetadata = read_metadata(self.model_path)      # ModelFormatError when unusable
         self.aspect_tolerance = float(aspect_tolerance)
@@ -72,7 +76,7 @@ class DepthEstimator:
             trt_tolerance=trt_tolerance, engine_cache_dir=engine_cache_dir, engine_path=engine_path,
             max_batch=max_batch, intra_op_threads=intra_op_threads, intra_op_spinning=intra_op_spinning,
             log=log or _log.warning,
-            tensorrt_factory=tensorrt_factory, providers=providers)
+            tensorrt_factory=tensorrt_factory, providers=providers, progress=progress)
         self._backend = self.selection.backend
         self.backend_name: str = self._backend.name
         self._plans: dict[tuple[int, int], CropPlan] = {}
@@ -123,6 +127,7 @@ class DepthEstimator:
                 raise ValueError(f'output_size {size} must be two positive integers (h, w)')
         meta = self.metadata
         plans = [self.plan_for(im.shape[0], im.shape[1]) for im in rgbs]
+        K_train = denormalise_intrinsics(meta.intrinsics, meta.input_width, meta.input_height)
         results: list[DepthResult] = []
         step = max(1, int(self._backend.max_batch))
         for start in range(0, len(rgbs), step):
@@ -144,7 +149,9 @@ class DepthEstimator:
                     out = depth          # the output is the model input geometry: `depth` is already a new array
                 else:
                     out = to_output_geometry(depth, plan, int(h), int(w))
-                results.append(DepthResult(out, plan, scale, ms))
+                K_src = plan.source_intrinsics(K_train) if K is None else np.asarray(K, np.float64)
+                K_out = scale_intrinsics(K_src, int(w) / plan.src_w, int(h) / plan.src_h)
+                results.append(DepthResult(out, plan, scale, ms, K_out))
         return results
 
     def close(self) -> None:

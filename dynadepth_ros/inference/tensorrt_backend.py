@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from dynadepth_ros.atomic_files import write_bytes_atomic
+from dynadepth_ros.atomic_files import file_sha256, write_bytes_atomic, write_json_atomic
 from dynadepth_ros.inference.backend import BackendError
 from dynadepth_ros.model_format import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
@@ -50,14 +50,6 @@ def default_engine_cache_dir() -> Path:
         return Path(os.environ['DYNADEPTH_ENGINE_CACHE'])
     base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     return Path(base) / 'dynadepth_ros' / 'engines'
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -106,7 +98,7 @@ def write_engine(path: str | Path, blob: bytes, key: EngineKey) -> None:
     write_bytes_atomic(path, bytes(blob))
     meta = {'format': SIDECAR_FORMAT, 'key': key.to_json(), 'engine_sha256': hashlib.sha256(blob).hexdigest(),
             'engine_bytes': len(blob), 'built_at': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
-    write_bytes_atomic(sidecar_path(path), (json.dumps(meta, indent=2) + '\n').encode())
+    write_json_atomic(sidecar_path(path), meta)
 
 
 def read_engine(path: str | Path, expected: EngineKey | None) -> bytes:
@@ -277,11 +269,14 @@ def engine_key(model_path: str | Path, metadata: ModelMetadata, runtime, precisi
 
 def ensure_engine(model_path: str | Path, metadata: ModelMetadata, runtime, precision: str, max_batch: int,
                   engine_cache_dir: str | Path | None = None, *, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                  rebuild: bool = False, log: Callable[[str], None] = print) -> tuple[Path, bytes, EngineKey, bool]:
+                  rebuild: bool = False, log: Callable[[str], None] = print,
+                  progress: Callable[[str], None] | None = None) -> tuple[Path, bytes, EngineKey, bool]:
     """(engine path, engine bytes, key, built now): the cached engine of this model / TensorRT / GPU /
     precision / shape when it is intact, else a new build written atomically into the cache (a corrupt or
     mismatched cached engine is rebuilt, the reason logged). Shared by the node (TensorRTBackend) and the
-    ahead-of-time builder (`python -m training build-engine`), so both use the same file."""
+    ahead-of-time builder (`python -m training build-engine`), so both use the same file.
+    progress: told 'building TensorRT engine' when a build starts and 'loading TensorRT engine' after it (the
+    node reports it on /diagnostics during the minutes a build takes)."""
     if precision not in ('fp32', 'fp16'):
         raise BackendError(f'precision {precision!r} is not one of fp32, fp16')
     if int(max_batch) < 1:
@@ -300,10 +295,14 @@ def ensure_engine(model_path: str | Path, metadata: ModelMetadata, runtime, prec
     log(f'building TensorRT engine ({key.describe()}) from {model_path}; this can take minutes '
         f'(on a Jetson up to ~5 min) and happens once per model, precision, TensorRT version and GPU')
     t0 = time.monotonic()
+    if progress is not None:
+        progress('building TensorRT engine')
     blob = runtime.build(model_path, precision, key.input_hw, int(max_batch), workspace_bytes)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_engine(path, blob, key)
     log(f'TensorRT engine built in {time.monotonic() - t0:.0f} s, cached at {path}')
+    if progress is not None:
+        progress('loading TensorRT engine')
     return path, blob, key, True
 
 
@@ -312,12 +311,14 @@ class TensorRTBackend:
 
     A cached engine that is corrupt or was built for another key is rebuilt (and the reason logged);
     an explicit `engine_path` that does not fit raises EngineError (the caller decides about fallback).
+    `progress` is passed to ensure_engine (told when an engine build starts and ends).
     """
 
     def __init__(self, model_path: str | Path, metadata: ModelMetadata, precision: str = 'fp32',
                  engine_cache_dir: str | Path | None = None, engine_path: str | Path | None = None,
                  max_batch: int = 4, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                 runtime: TensorRTRuntime | None = None, log: Callable[[str], None] = print):
+                 runtime: TensorRTRuntime | None = None, log: Callable[[str], None] = print,
+                 progress: Callable[[str], None] | None = None):
         if precision not in ('fp32', 'fp16'):
             raise BackendError(f'precision {precision!r} is not one of fp32, fp16')
         if engine_path:
@@ -333,7 +334,7 @@ class TensorRTBackend:
         else:
             self.engine_path, blob, self.key, built = ensure_engine(
                 model_path, metadata, self.runtime, precision, self.max_batch, engine_cache_dir,
-                workspace_bytes=workspace_bytes, log=log)
+                workspace_bytes=workspace_bytes, log=log, progress=progress)
             try:
                 self._run = self.runtime.load(blob, self.max_batch)
             except EngineError as exc:
@@ -342,7 +343,7 @@ class TensorRTBackend:
                 log(f'cached TensorRT engine unusable ({exc}); rebuilding')
                 self.engine_path, blob, self.key, _ = ensure_engine(
                     model_path, metadata, self.runtime, precision, self.max_batch, engine_cache_dir,
-                    workspace_bytes=workspace_bytes, rebuild=True, log=log)
+                    workspace_bytes=workspace_bytes, rebuild=True, log=log, progress=progress)
                 self._run = self.runtime.load(blob, self.max_batch)
         self.name = f'tensorrt[{precision}]'
 

@@ -16,6 +16,7 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from ..atomic_files import CloseOrAbort
 from .rig import quaternion_xyzw
 
 START_NS = 1_700_000_000 * 10**9          # fixed start time of every synthetic bag
@@ -111,7 +112,7 @@ def pointcloud_msg(t_ns: int, points: np.ndarray):
                                              data=pts.reshape(-1).view(np.uint8), is_dense=True)
 
 
-class SequenceBagWriter:
+class SequenceBagWriter(CloseOrAbort):
     """Writes one sequence's rosbag2 directory at `path` (which must not exist yet).
 
     Use as a context manager or call close(); on an exception the partial bag is aborted."""
@@ -169,12 +170,3 @@ class SequenceBagWriter:
 
     def abort(self) -> None:
         self._w.abort()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *_):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..dataset_layout import SPLITS
+from ..datasets.layout import SPLITS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='fraction of sequences with a lead car within 30 m in every frame (default 0.5)')
     p.add_argument('--workers', type=int, default=None, help='worker processes (default: one per CPU)')
     p.add_argument('--force', action='store_true', help='regenerate sequences that are already up to date')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace a split generated with other parameters (without it such a rerun is refused, so '
+                        'sequences of different parameters never mix in one split)')
     return p
 
 
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = generate_split(args.out, args.split, args.sequences, args.frames, args.height, args.width, args.seed,
                                bag=args.bag, storage=args.storage, noise=args.noise,
                                lead_car_fraction=args.lead_car_fraction, workers=args.workers,
-                               skip_existing=not args.force)
+                               skip_existing=not args.force, overwrite=args.overwrite)
     except ValueError as e:
         print(f'dynadepth-synth: error: {e}', file=sys.stderr)
         return 2

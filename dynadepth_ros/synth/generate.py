@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset_layout import SPLITS, Calib, Frame, Instance, SequenceWriter
+from ..atomic_files import write_text_atomic
+from ..datasets.layout import SPLITS, Calib, Frame, Instance, SequenceWriter
 from .materials import MaterialTable
 from .primitives import PrimitiveSet
 from .render import CameraRays, Lighting, Scene
@@ -33,6 +35,14 @@ LEAD_RANGE = 30.0            # a frame "contains a lead car" when it is visible 
 MOVING_SPEED = 0.05          # m/s; slower objects are flagged static in that frame
 IN_PROCESS_FRAMES = 64       # single-worker jobs up to this many frames run in the calling process
 SPLIT_KEYS = {s: k for k, s in enumerate(SPLITS)}
+# Bounds of one request. A sequence's world is built for its whole drive, and building it grows faster
+# than the frame count (2 CPU cores: 1000 frames 5 s, 2000 frames 18 s, 4000 frames ~2 min and 0.6 GB);
+# longer footage is more sequences. Images: 4K at most (a 20000x20000 frame needs a 6 GB buffer).
+MAX_FRAMES = 2000
+MAX_SEQUENCES = 10_000       # seq_0000 .. seq_9999
+MAX_SIDE = 4096
+MAX_PIXELS = 8_400_000       # 4096x2048, 3840x2160
+SPLIT_RECORD = '.dynadepth_synth_split.json'   # <split>/: the parameters the split was generated with
 
 
 def _gaussian_quantiles(n: int = 256) -> np.ndarray:
@@ -64,11 +74,28 @@ class SynthParams:
     bag: bool = False
     storage: str = 'mcap'
 
+    def bytes_per_sequence(self) -> int:
+        """About what one sequence takes on disk (a little more than measured): per frame RGB PNG (noisy,
+        ~3 B/px), float32 depth, the 16-bit mask PNG (compresses well) and ~16 kB of instances and pose;
+        with a bag also the raw images and a full LiDAR sweep of 16-byte points."""
+        from .lidar import N_AZIMUTH, hdl64_elevations
+        px = self.height * self.width
+        per_frame = int(px * 7.5) + 16_384
+        if self.bag:
+            per_frame += px * 9 + len(hdl64_elevations()) * N_AZIMUTH * 16 + 4096
+        return self.frames * per_frame + 65_536
+
     def validate(self) -> None:
         if self.frames < 2:
             raise ValueError(f'frames must be >= 2 (got {self.frames}): sequences are for temporal training')
+        if self.frames > MAX_FRAMES:
+            raise ValueError(f'frames must be <= {MAX_FRAMES} per sequence (got {self.frames}): a sequence\'s world is '
+                             f'built for its whole drive; generate more sequences instead')
         if self.height < 16 or self.width < 16:
             raise ValueError(f'image size {self.height}x{self.width} is too small; use at least 16x16 (e.g. 192x640)')
+        if max(self.height, self.width) > MAX_SIDE or self.height * self.width > MAX_PIXELS:
+            raise ValueError(f'image size {self.height}x{self.width} is too large; at most {MAX_SIDE} px per side and '
+                             f'{MAX_PIXELS / 1e6:.1f} Mpx (e.g. 2048x4096 or 2160x3840)')
         if not 0.0 <= self.noise <= 0.2:
             raise ValueError(f'noise must be in [0, 0.2] (std in [0,1] intensity units), got {self.noise}')
         if self.storage not in ('mcap', 'sqlite3'):
@@ -276,10 +303,60 @@ def _params_record(params: SynthParams, seed: int, split: str, index: int, lead:
             **asdict(params)}
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def split_record(split: str, sequences: int, params: SynthParams, seed: int, lead_car_fraction: float) -> dict:
+    """What a split is generated with, recorded in <split>/SPLIT_RECORD (worker count and --force do not
+    change the data and are not part of it)."""
+    return {'generator_version': GENERATOR_VERSION, 'split': split, 'sequences': int(sequences), 'seed': int(seed),
+            'lead_car_fraction': float(lead_car_fraction), **asdict(params)}
+
+
+def _sequence_dirs(split_dir: Path) -> dict[int, Path]:
+    """index → directory of the published sequences (seq_NNNN) in a split folder."""
+    if not split_dir.is_dir():
+        return {}
+    return {int(p.name[4:]): p for p in split_dir.iterdir()
+            if p.is_dir() and p.name.startswith('seq_') and p.name[4:].isdigit()}
+
+
+def _recorded_split(split_dir: Path) -> dict | None:
+    """The split's record; for a split generated before records existed, what its sequences' synth.json
+    and their number tell (None: nothing generated there yet)."""
+    try:
+        return json.loads((split_dir / SPLIT_RECORD).read_text())
+    except (OSError, ValueError):
+        pass
+    seqs = _sequence_dirs(split_dir)
+    if not seqs:
+        return None
+    try:
+        p = json.loads((seqs[min(seqs)] / 'synth.json').read_text())['params']
+    except (OSError, ValueError, KeyError, TypeError):
+        p = {}
+    old = {'generator_version': p.get('version'), 'sequences': len(seqs),
+           **{k: p.get(k) for k in ('seed', 'frames', 'height', 'width', 'noise', 'bag', 'storage')}}
+    return {k: v for k, v in old.items() if v is not None}
+
+
+def _changed_params(old: dict, new: dict) -> list[str]:
+    return [f'{k} {old[k]} -> {new[k]}' for k in new if k in old and old[k] != new[k]]
+
+
+def _check_free_space(out: Path, split: str, n_sequences: int, params: SynthParams) -> None:
+    """ValueError when the sequences to write would not fit on `out`'s filesystem."""
+    need = n_sequences * params.bytes_per_sequence()
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise ValueError(f'{n_sequences} sequences x {params.frames} frames at {params.height}x{params.width}'
+                         f'{" with bags" if params.bag else ""} need about {_size(need)} under {out / split}, '
+                         f'but only {_size(free)} are free there; free space, or generate fewer or shorter '
+                         f'sequences or smaller images')
+
+
+def _size(n: int) -> str:
+    return f'{n / 1e9:.1f} GB' if n >= 1e8 else f'{n / 1e6:.1f} MB'
 
 
 def is_up_to_date(seq_dir: Path, record: dict) -> bool:
@@ -339,6 +416,7 @@ def generate_sequence(out_dir: str | os.PathLike, split: str, index: int, params
     except BaseException:
         if bagw is not None:
             bagw.abort()
+        writer.abort()
         raise
     summary = {
         'params': _params_record(params, seed, split, index, has_lead),
@@ -352,7 +430,7 @@ def generate_sequence(out_dir: str | os.PathLike, split: str, index: int, params
         'look': r.look.record(),
         'frames_tf': {'T_base_camera': r.T_base_cam.tolist(), 'T_base_lidar': r.T_base_lidar.tolist()},
     }
-    _write_json_atomic(writer.path / 'synth.json', summary)
+    write_text_atomic(writer.path / 'synth.json', json.dumps(summary, indent=1))
     path = writer.close()
     timings['total'] = time.perf_counter() - t0
     _LAST_TIMINGS.clear()
@@ -397,7 +475,7 @@ def _worker(args) -> tuple[str, dict]:
 def generate_split(out_dir: str | os.PathLike, split: str, sequences: int, frames: int, height: int, width: int,
                    seed: int, bag: bool = False, storage: str = 'mcap', noise: float = 0.01,
                    lead_car_fraction: float = 0.5, workers: int | None = None, skip_existing: bool = True,
-                   progress: bool = True) -> list[Path]:
+                   progress: bool = True, overwrite: bool = False) -> list[Path]:
     """Generate `sequences` sequences of `frames` frames into <out_dir>/<split>/seq_NNNN.
 
     Deterministic: byte-identical files for the same arguments, whatever `workers`. Sequences already
@@ -405,30 +483,52 @@ def generate_split(out_dir: str | os.PathLike, split: str, sequences: int, frame
     ceil(sequences * lead_car_fraction) sequences have a lead car within 30 m in every frame.
     workers: processes (default: one per CPU, at most `sequences`); a single-worker job of at most
     IN_PROCESS_FRAMES frames runs in the calling process. Returns the sequence directories.
+
+    The split's parameters are recorded in <split>/SPLIT_RECORD. A split generated with other parameters
+    is refused (ValueError naming them), so its sequences never mix with these, unless `overwrite`: then
+    its sequences that differ from this request, or are not part of it, are deleted first. A request
+    that exceeds the bounds (MAX_*) or the free space of the output filesystem is refused before
+    anything is written.
     """
     if split not in SPLITS:
         raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
-    if sequences < 1:
-        raise ValueError(f'sequences must be >= 1, got {sequences}')
+    if not 1 <= sequences <= MAX_SEQUENCES:
+        raise ValueError(f'sequences must be in [1, {MAX_SEQUENCES}], got {sequences}')
     if not 0.0 <= lead_car_fraction <= 1.0:
         raise ValueError(f'lead_car_fraction must be in [0, 1], got {lead_car_fraction}')
+    if workers is not None and workers < 1:
+        raise ValueError(f'workers must be >= 1, got {workers}')
     params = SynthParams(frames=int(frames), height=int(height), width=int(width), noise=float(noise),
                          bag=bool(bag), storage=storage)
     params.validate()
     out = Path(out_dir)
-    (out / split).mkdir(parents=True, exist_ok=True)
-    jobs, paths = [], []
+    split_dir = out / split
+    record = split_record(split, sequences, params, seed, lead_car_fraction)
+    recorded = _recorded_split(split_dir)
+    changed = _changed_params(recorded, record) if recorded is not None else []
+    if changed and not overwrite:
+        raise ValueError(f'{split_dir} holds sequences generated with other parameters ({", ".join(changed)}); '
+                         f'rerun with --overwrite to replace them, or choose another --out')
+    jobs, paths, keep = [], [], set()
     for i in range(sequences):
         lead = has_lead_car(i, lead_car_fraction)
-        path = out / split / sequence_name(i)
+        path = split_dir / sequence_name(i)
         paths.append(path)
-        if skip_existing and is_up_to_date(path, _params_record(params, seed, split, i, lead)):
-            continue
+        if is_up_to_date(path, _params_record(params, seed, split, i, lead)):
+            keep.add(path)
+            if skip_existing:
+                continue
         jobs.append((str(out), split, i, params, int(seed), lead))
+    _check_free_space(out, split, len(jobs), params)
+    if changed:                      # overwrite: what this request does not reproduce goes
+        stale = [p for p in _sequence_dirs(split_dir).values() if p not in keep]
+        for path in stale + list(split_dir.glob('.seq_*.partial')):
+            shutil.rmtree(path)
+    split_dir.mkdir(parents=True, exist_ok=True)
+    if recorded != record:
+        write_text_atomic(split_dir / SPLIT_RECORD, json.dumps(record, indent=1) + '\n')
     if not jobs:
         return paths
-    if workers is not None and workers < 1:
-        raise ValueError(f'workers must be >= 1, got {workers}')
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     total = len(jobs) * params.frames
     from tqdm import tqdm
@@ -440,7 +540,12 @@ def generate_split(out_dir: str | os.PathLike, split: str, sequences: int, frame
             ctx = get_context('spawn')                  # safe even when the caller has threads (torch, ROS)
             with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_worker) as pool:
                 futures = [pool.submit(_worker, job) for job in jobs]
-                for fut in as_completed(futures):
-                    fut.result()
-                    bar.update(params.frames)
+                try:
+                    for fut in as_completed(futures):
+                        fut.result()
+                        bar.update(params.frames)
+                except BaseException:          # e.g. a full disk: start no further sequence
+                    for fut in futures:
+                        fut.cancel()
+                    raise
     return paths

@@ -26,12 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
-os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-os.environ.setdefault('ROS_DOMAIN_ID', str(150 + os.getpid() % 50))
-os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(REPO / 'config' / 'fastdds_large_images.xml'))
+import bench_env  # noqa: F401  (sys.path and the ROS environment, before rclpy is imported)
 
 
 def export_resnet18(path: Path) -> Path:

@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument('--frames', type=int, default=50)
     args = ap.parse_args()
 
-    from dynadepth_ros.dataset_layout import Calib, SequenceWriter
+    from dynadepth_ros.datasets.layout import Calib, SequenceWriter
     from dynadepth_ros.synth import generate_split
     from dynadepth_ros.synth.generate import SequenceRenderer, SynthParams, sequence_seed
 

@@ -14,9 +14,9 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
 from pathlib import Path
 
+from dynadepth_ros.atomic_files import write_text_atomic
 from dynadepth_ros.datasets.base import DatasetError
 from training.data.config import DataConfig
 
@@ -37,9 +37,7 @@ def _locked(root: Path):
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def synthetic_params(cfg: DataConfig, split: str) -> dict:
@@ -89,8 +87,11 @@ def _prepare_synthetic_split(cfg: DataConfig, root: Path, split: str) -> None:
     log.info('generating synthetic %s split: %d sequences x %d frames at %dx%d into %s', split,
              params['sequences'], params['frames'], params['width'], params['height'], root)
     extra = {k: params[k] for k in ('noise', 'lead_car_fraction') if params[k] is not None}
-    generate_split(root, split, params['sequences'], params['frames'], params['height'], params['width'],
-                   params['seed'], bag=False, **extra)
+    try:       # overwrite: the marker check above decided that this split is (re)generated
+        generate_split(root, split, params['sequences'], params['frames'], params['height'], params['width'],
+                       params['seed'], bag=False, overwrite=True, **extra)
+    except ValueError as exc:          # out of bounds, or more than the disk holds
+        raise DatasetError(f'cannot generate the synthetic {split} split: {exc}') from None
     found = len(_complete_sequences(split_dir))
     if found != params['sequences']:
         raise DatasetError(f'synthetic generation of {split_dir} produced {found} sequences, expected '

@@ -37,12 +37,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from dynadepth_ros.bag_reader import (BagError, BagReader, camera_info_K, image_msg_depth, image_msg_labels,
-                                      image_msg_rgb, odometry_pose, stamp_ns)
-from dynadepth_ros.dataset_layout import Calib
+from dynadepth_ros.atomic_files import write_text_atomic
+from dynadepth_ros.datasets.layout import Calib
 from dynadepth_ros.image_codec import ImageFormatError
-from dynadepth_ros.lidar_projection import LidarProjectionError, find_transform
-from dynadepth_ros.stamp_pairing import pair_by_stamp
+from dynadepth_ros.recording.bag_reader import (BagError, BagReader, camera_info_K, image_msg_depth, image_msg_labels,
+                                                image_msg_rgb, odometry_pose, stamp_ns)
+from dynadepth_ros.recording.lidar_projection import LidarProjectionError, find_transform
+from dynadepth_ros.recording.stamp_pairing import pair_by_stamp
 from training.data.pose_interpolation import interpolate_poses
 
 log = logging.getLogger(__name__)
@@ -124,12 +125,6 @@ def _signature(bag: Path, options: dict) -> str:
         st = p.stat()
         h.update(f'{p.name}:{st.st_size}:{st.st_mtime_ns};'.encode())
     return h.hexdigest()[:16]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name('.' + path.name + '.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---- pass 1: stamps, calibration, odometry --------------------------------------------------
@@ -427,7 +422,7 @@ def import_bag(bag: Path, out: Path, name: str, image_topic: str, camera_info_to
             d = partial[seg.name]
             stamps = np.asarray(seg.stamps_ns, dtype=np.float64) * 1e-9
             fps = 1.0 / float(np.median(np.diff(stamps)))
-            _write_text_atomic(d / 'calib.json', json.dumps(Calib(K=scan.K, height=h, width=w, fps=fps).to_json(),
+            write_text_atomic(d / 'calib.json', json.dumps(Calib(K=scan.K, height=h, width=w, fps=fps).to_json(),
                                                             indent=1))
             poses = _poses(reader, scan, seg, T_base_cam)
             lines = [' '.join('nan' if not np.isfinite(v) else f'{v:.9g}' for v in P[:3, :4].reshape(-1))
@@ -450,7 +445,7 @@ def import_bag(bag: Path, out: Path, name: str, image_topic: str, camera_info_to
             shutil.rmtree(dst)
         os.replace(partial[seg.name], dst)
         final.append(dst)
-    _write_text_atomic(index_path, json.dumps({'signature': signature, 'bag': str(bag.resolve()),
+    write_text_atomic(index_path, json.dumps({'signature': signature, 'bag': str(bag.resolve()),
                                                'sequences': [s.name for s in segments]}, indent=1))
     log.info('imported %s: %s (%d frames)', bag, ', '.join(s.name for s in segments),
              sum(len(s.stamps_ns) for s in segments))

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dynadepth_ros.camera import scale_intrinsics
+from dynadepth_ros.camera import resize_nearest, scale_intrinsics
 from dynadepth_ros.datasets.base import FrameSequence, FrameSource
 from training.data.augment import (NO_AUGMENTATION, AugmentConfig, AugmentParams, flip_intrinsics, flip_width,
                                    jitter_colour, sample_params)
@@ -59,13 +59,6 @@ def resize_rgb(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
         return rgb
     interp = cv2.INTER_AREA if height <= h and width <= w else cv2.INTER_LINEAR
     return cv2.resize(rgb, (width, height), interpolation=interp)
-
-
-def resize_nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
-    """[h,w] map (ids, depth) → [height,width] by exact nearest neighbour (pixel-centre aligned)."""
-    if a.shape[:2] == (height, width):
-        return a
-    return cv2.resize(a, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 LAYER_KINDS = ('mask', 'depth', 'value', 'flow')

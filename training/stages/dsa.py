@@ -29,8 +29,9 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from dynadepth_ros.atomic_files import write_json_atomic
 from training import checkpoint as ckpt_io
-from training.artifacts import file_entry, write_json_atomic
+from training.artifacts import file_entry
 from training.config import PipelineConfig, to_dict
 from training.data import build_dataset
 from training.data.triplets import Layer, TripletDataset

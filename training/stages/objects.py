@@ -31,11 +31,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from dynadepth_ros.atomic_files import write_json_atomic
+from dynadepth_ros.camera import resize_nearest
 from training import checkpoint as ckpt_io
-from training.artifacts import file_entry, write_json_atomic
+from training.artifacts import file_entry
 from training.config import PipelineConfig, to_dict
 from training.data import build_dataset
-from training.data.triplets import Layer, TripletDataset, resize_nearest
+from training.data.triplets import Layer, TripletDataset
 from training.geometry import splat_to_source
 from training.loop import Phase, train
 from training.previews import colourise_depth, colourise_flow, compose, write_png

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from training.artifacts import write_json_atomic
+from dynadepth_ros.atomic_files import atomic_path, write_json_atomic
 
 
 def frame_key(sequence: str, frame: int) -> str:
@@ -38,16 +37,8 @@ def frame_file(root: Path, split: str, sequence: str, frame: int) -> Path:
 
 
 def save_npz_atomic(path: str | os.PathLike, compressed: bool = False, **arrays) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f'.{path.stem}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            (np.savez_compressed if compressed else np.savez)(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, 'xb') as f:
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
 
 
 def _load(path: Path, what: str) -> dict[str, np.ndarray]:

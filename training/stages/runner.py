@@ -10,15 +10,16 @@ A stage module (registered in `training.stages.STAGES`) declares what it is and 
                                             kill), write its outputs, return the manifest body
                                             (files, training, predictions, ...) on rank 0
 
-`run_stage` does the rest, once for all stages: --restart, the data (generated / imported on
-first use) and its fingerprint, the stage's hashes — with the config hashes of the upstream
-manifests folded in, so a retrained stage 1 makes stage 2 out of date —, the up-to-date check
-(nothing is done when the manifest matches), the checkpoint check (a checkpoint of other settings
-is refused with the fix), the copy of the resolved configuration, and the manifest, written
-atomically last (a stage without a manifest has not finished).
+`run_stage` does the rest, once for all stages: the run directory's lock (one process per run dir),
+--restart, the data (generated / imported on first use) and its fingerprint, the stage's hashes —
+with the config hashes of the upstream manifests folded in, so a retrained stage 1 makes stage 2 out
+of date —, the up-to-date check (nothing is done when the manifest matches), the checkpoint check
+(a checkpoint of other settings is refused with the fix), the copy of the resolved configuration,
+and the manifest, written atomically last (a stage without a manifest has not finished).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -26,10 +27,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dynadepth_ros.atomic_files import write_json_atomic, write_text_atomic
 from training import checkpoint as ckpt_io
 from training.artifacts import (MANIFEST_FORMAT, MANIFEST_NAME, data_fingerprint, environment_versions,
-                                hash_object, manifest_problems, now_iso, read_manifest, write_json_atomic,
-                                write_text_atomic)
+                                hash_object, manifest_problems, now_iso, read_manifest)
 from training.checkpoint import CheckpointError
 from training.config import PipelineConfig, dump_yaml, to_dict
 from training.data import prepare_data
@@ -38,6 +39,43 @@ from training.distributed import DistContext
 
 class StageError(RuntimeError):
     """A stage cannot run as asked (e.g. a stage it needs has not finished); the message says what to do."""
+
+
+LOCK_NAME = '.lock'
+_LOCKS: dict[Path, int] = {}     # run dir (resolved) → descriptor of its lock file, open for the process lifetime
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> None:
+    """Take `run_dir` for this process: an exclusive flock on <run_dir>/.lock (holding this pid), kept
+    until the process ends; the kernel releases it when the process exits or is killed. Taking it again
+    in the same process is a no-op (the pipeline runs its stages in one process). Another process
+    holding it: StageError naming the run dir and that process's pid, at once (no waiting)."""
+    run_dir = Path(run_dir)
+    key = run_dir.resolve()
+    if key in _LOCKS:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise StageError(f'{run_dir} is in use by another training process (pid {holder}); wait for it to '
+                         f'finish or stop it, or use another --run-dir') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+    _LOCKS[key] = fd
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid the lock holder wrote into the lock file ('unknown' if it has not yet)."""
+    for _ in range(20):                       # the holder writes its pid right after taking the lock
+        pid = os.pread(fd, 32, 0).decode(errors='replace').strip()
+        if pid:
+            return pid
+        time.sleep(0.01)
+    return 'unknown'
 
 
 @dataclass(frozen=True)
@@ -122,9 +160,11 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: str | os.PathLike, dist: 
     from training.stages import get_stage
 
     spec = get_stage(name)
-    module = spec.load()
     dist = dist or DistContext()
     run_dir = Path(run_dir)
+    if dist.is_main:
+        lock_run_dir(run_dir)     # before anything is read or written: one process per run dir
+    module = spec.load()
     stage_dir = run_dir / name
 
     def log(msg):
@@ -249,6 +289,8 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistCont
 
     run_dir = Path(run_dir)
     main = dist is None or dist.is_main
+    if main:
+        lock_run_dir(run_dir)     # held across the stages (run_stage taking it again is a no-op)
     names = list(STAGES)
     if until is not None:
         names = names[:names.index(until) + 1]

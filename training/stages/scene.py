@@ -28,10 +28,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from dynadepth_ros.atomic_files import file_sha256, write_json_atomic
 from dynadepth_ros.datasets.base import DatasetError
 from dynadepth_ros.model_format import ModelMetadata
 from training import checkpoint as ckpt_io
-from training.artifacts import MANIFEST_NAME, file_entry, file_sha256, read_manifest, write_json_atomic
+from training.artifacts import MANIFEST_NAME, file_entry, read_manifest
 from training.config import PipelineConfig, load_config, to_dict
 from training.data import build_dataset
 from training.distributed import DistContext

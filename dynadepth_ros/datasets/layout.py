@@ -12,7 +12,8 @@
 "size": [length, width, height] (m), "yaw_world": rad (about world up)}.
 
 A sequence is written into a hidden `.<name>.partial/` directory and renamed into place when
-complete, so a killed writer never leaves a half sequence that looks finished.
+complete, so a killed writer never leaves a half sequence that looks finished; a writer that fails
+removes it (abort), and the next writer of that name removes one a killed writer left.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from ..atomic_files import CloseOrAbort
 
 SPLITS = ('train', 'val', 'test')
 
@@ -79,7 +82,7 @@ def _frame_name(i: int) -> str:
     return f'{i:06d}'
 
 
-class SequenceWriter:
+class SequenceWriter(CloseOrAbort):
     """Writes one sequence; call close() (or use as a context manager) to publish it atomically."""
 
     def __init__(self, root: str | os.PathLike, split: str, name: str, calib: Calib):
@@ -89,9 +92,13 @@ class SequenceWriter:
         self.tmp = Path(root) / split / f'.{name}.partial'
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
-        for sub in ('rgb', 'depth', 'mask', 'instances'):
-            (self.tmp / sub).mkdir(parents=True)
-        (self.tmp / 'calib.json').write_text(json.dumps(calib.to_json(), indent=1))
+        try:
+            for sub in ('rgb', 'depth', 'mask', 'instances'):
+                (self.tmp / sub).mkdir(parents=True)
+            (self.tmp / 'calib.json').write_text(json.dumps(calib.to_json(), indent=1))
+        except BaseException:
+            self.abort()
+            raise
         self.calib = calib
         self.poses: list[np.ndarray] = []
 
@@ -123,12 +130,9 @@ class SequenceWriter:
         os.replace(self.tmp, self.final)
         return self.final
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *_):
-        if exc_type is None:
-            self.close()
+    def abort(self) -> None:
+        """Drop what was written (the sequence is not published; an earlier one of that name stays)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def read_poses(path: str | os.PathLike) -> np.ndarray:

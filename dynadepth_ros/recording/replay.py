@@ -29,7 +29,8 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from dynadepth_ros.bag_reader import BagError, BagReader, cdr_header_stamp_ns
+from dynadepth_ros.atomic_files import write_text_atomic
+from dynadepth_ros.recording.bag_reader import BagError, BagReader, cdr_header_stamp_ns
 
 TF_STATIC = '/tf_static'
 
@@ -62,7 +63,7 @@ def global_topic(topic: str) -> str:
 
 
 def _distribution(values_ms: list[float]) -> dict:
-    from dynadepth_ros.eval_report import distribution
+    from dynadepth_ros.recording.eval_report import distribution
     return distribution(values_ms)
 
 
@@ -296,13 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write_json(path: str, data: dict) -> None:
-    import tempfile
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(target.parent), suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, target)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,11 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
+    from dynadepth_ros.ros_compat import export_fastdds_profile
+
     try:
         bag = BagReader(args.bag).open()
     except BagError as exc:
         log(f'error: {exc}')
         return 1
+    export_fastdds_profile()      # the replayed camera images are ours to send: use the profile
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
 
     def on_term(*_):

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from dynadepth_ros.atomic_files import write_bytes_atomic
-from dynadepth_ros.metrics import METRIC_NAMES, MODES
+from dynadepth_ros.colorize import colorize, colorize_depth
+from dynadepth_ros.metrics import MAX_DEPTH, METRIC_NAMES, MODES
 
 REGIONS = ('all', 'static', 'dynamic')
 PLOTS = ('error_by_distance.png', 'abs_rel_over_time.png', 'samples.png')
@@ -229,15 +230,6 @@ def plot_abs_rel_over_time(report: dict) -> bytes | None:
     return data
 
 
-def _colorize(values: np.ndarray, lo: float, hi: float, cmap: int) -> np.ndarray:
-    """uint8 [H,W,3] RGB of float values; NaN → black."""
-    v = np.nan_to_num((values - lo) / max(hi - lo, 1e-9), nan=0.0)
-    img = cv2.applyColorMap((np.clip(v, 0, 1) * 255).astype(np.uint8), cmap)[..., ::-1]
-    img = img.copy()
-    img[~np.isfinite(values)] = 0
-    return img
-
-
 def sample_strip(rgb: np.ndarray, pred: np.ndarray, gt: np.ndarray, max_depth: float, height: int = 160) -> np.ndarray:
     """uint8 [h, 4w, 3] RGB strip: image | prediction | GT | AbsRel error (0..0.5), all at GT size."""
     h, w = gt.shape
@@ -249,11 +241,12 @@ def sample_strip(rgb: np.ndarray, pred: np.ndarray, gt: np.ndarray, max_depth: f
     else:
         gt_show = gt_valid
     finite = np.concatenate([gt_valid[np.isfinite(gt_valid)], pred[np.isfinite(pred)]])
-    hi = float(np.percentile(finite, 95)) if finite.size else max_depth
+    hi = max(float(np.percentile(finite, 95)), 1e-6) if finite.size else max_depth
     with np.errstate(invalid='ignore', divide='ignore'):
         err = np.abs(pred - gt_valid) / gt_valid
-    tiles = [rgb, _colorize(pred, 0.0, hi, cv2.COLORMAP_MAGMA), _colorize(gt_show, 0.0, hi, cv2.COLORMAP_MAGMA),
-             _colorize(err, 0.0, 0.5, cv2.COLORMAP_JET)]
+    tiles = [rgb, colorize_depth(pred, 0.0, hi, scale='linear', colormap='magma', rgb=True),
+             colorize_depth(gt_show, 0.0, hi, scale='linear', colormap='magma', rgb=True),
+             colorize(err, 0.0, 0.5, 'jet', rgb=True)]
     strip = np.concatenate(tiles, axis=1)
     scale = height / h
     return cv2.resize(strip, (int(round(strip.shape[1] * scale)), height), interpolation=cv2.INTER_NEAREST)
@@ -291,7 +284,7 @@ def write_report(out_dir, report: dict, samples: list[dict] | None = None) -> li
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    max_depth = float((report.get('settings') or {}).get('max_depth', 80.0))
+    max_depth = float((report.get('settings') or {}).get('max_depth', MAX_DEPTH))
     written, plots, errors = [], [], {}
     for name, make in (('error_by_distance.png', lambda: plot_error_by_distance(report)),
                        ('abs_rel_over_time.png', lambda: plot_abs_rel_over_time(report)),

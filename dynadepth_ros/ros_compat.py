@@ -1,0 +1,71 @@
+"""What differs between the ROS 2 distributions the package runs on (Humble, Jazzy, Kilted), in one place.
+
+  QoS event callbacks   rclpy.event_handler since Iron; rclpy.qos_event on Humble. The classes are the same:
+                        PublisherEventCallbacks / SubscriptionEventCallbacks(incompatible_qos=cb), and the event
+                        passed to cb carries `last_policy_kind` (for rclpy.qos.qos_policy_name_from_kind).
+  host-only discovery   ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST since Iron; Humble only knows ROS_LOCALHOST_ONLY=1
+                        (Jazzy still honours that one with a deprecation warning, Kilted ignores it silently).
+  Fast DDS XML profile  Fast DDS 3.x (Kilted on) reads FASTDDS_DEFAULT_PROFILES_FILE; Fast DDS 2.x (Humble, Iron,
+                        Jazzy) reads only FASTRTPS_DEFAULT_PROFILES_FILE and ignores the other without a word, so a
+                        profile exported under the new name is simply not used there.
+
+The distribution is told by rclpy's own version (each distribution has its own major version: Humble 3,
+Iron 4, Jazzy 7, Kilted 9), read from rclpy's package metadata, or else from ROS_DISTRO (which a sourced
+ROS 2 install sets).
+"""
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from typing import MutableMapping
+
+try:                                        # Iron and newer
+    from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+except ImportError:                         # Humble
+    from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
+
+__all__ = ['PublisherEventCallbacks', 'SubscriptionEventCallbacks', 'rclpy_major', 'fastdds_profile_variable',
+           'export_fastdds_profile', 'localhost_discovery_env']
+
+PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')   # Fast DDS 3.x, 2.x
+_DISTRO_RCLPY_MAJOR = {'humble': 3, 'iron': 4, 'jazzy': 7, 'kilted': 9, 'rolling': 10}
+_FIRST_FASTDDS3_MAJOR = 9                   # Kilted: Fast DDS 3.x
+_FIRST_DISCOVERY_RANGE_MAJOR = 4            # Iron: ROS_AUTOMATIC_DISCOVERY_RANGE
+
+
+def rclpy_major(environ: MutableMapping[str, str] = os.environ) -> int | None:
+    """Major version of the installed rclpy (None when neither its metadata nor ROS_DISTRO tells)."""
+    try:
+        return int(metadata.version('rclpy').split('.')[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return _DISTRO_RCLPY_MAJOR.get(environ.get('ROS_DISTRO', '').lower())
+
+
+def fastdds_profile_variable(major: int | None) -> str | None:
+    """The environment variable this distribution's Fast DDS reads its XML profile from (None: unknown)."""
+    if major is None:
+        return None
+    return PROFILE_VARIABLES[0] if major >= _FIRST_FASTDDS3_MAJOR else PROFILE_VARIABLES[1]
+
+
+def export_fastdds_profile(environ: MutableMapping[str, str] = os.environ, major: int | None = None) -> list[str]:
+    """If a Fast DDS profile is set under either variable name, set it under the one this distribution's Fast DDS
+    reads too (both when the distribution is unknown); returns the names it set. Call before rclpy.init().
+    major: rclpy's major version; None = rclpy_major(environ)."""
+    given = next((environ[v] for v in PROFILE_VARIABLES if environ.get(v)), None)
+    if given is None:
+        return []
+    wanted = fastdds_profile_variable(rclpy_major(environ) if major is None else major)
+    names = [wanted] if wanted else list(PROFILE_VARIABLES)
+    added = [v for v in names if not environ.get(v)]
+    for v in added:
+        environ[v] = given
+    return added
+
+
+def localhost_discovery_env(major: int | None) -> dict[str, str]:
+    """Environment restricting DDS discovery to this host, in the form this distribution understands
+    (unknown: the Iron-and-newer one)."""
+    if major is not None and major < _FIRST_DISCOVERY_RANGE_MAJOR:
+        return {'ROS_LOCALHOST_ONLY': '1'}
+    return {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
