@@ -44,12 +44,13 @@ def test_node_evaluation_and_training_resize_a_label_map_identically(src, dst, m
 
     monkeypatch.setattr(node_module, 'instance_depths', fake_instance_depths)
     monkeypatch.setattr(node_module.ros_messages, 'objects_to_markers', lambda objs, header: None)
-    fake = SimpleNamespace(_stats={'masks_resized': 0, 'objects_out': 0}, _p=lambda name: 1,
-                           _log_throttled=lambda *a: None, _pubs={'objects': SimpleNamespace(publish=lambda m: None)})
+    fake = SimpleNamespace(_p=lambda name: 1, _log_throttled=lambda *a: None, _camera_prefix=lambda cam: '')
+    cam = SimpleNamespace(name='', stats={'masks_resized': 0, 'objects_out': 0},
+                          pubs={'objects': SimpleNamespace(publish=lambda m: None)})
     frame = node_module._Frame(header=None, depth=np.ones(dst, np.float32), K=np.eye(3))
-    node_module.DepthNode._publish_objects(fake, [(frame, labels)])
+    node_module.DepthNode._publish_objects(fake, cam, [(frame, labels)])
     # the evaluation: masks are fitted to the GT with the same function
     assert eval_decode.resize_nearest is resize_nearest and eval_dataset.resize_nearest is resize_nearest
     np.testing.assert_array_equal(seen['labels'], train)
     np.testing.assert_array_equal(resize_nearest(labels, *dst), train)
-    assert fake._stats['masks_resized'] == (src != dst)
+    assert cam.stats['masks_resized'] == (src != dst)
