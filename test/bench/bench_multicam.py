@@ -26,14 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_node import WORK, bench_image, bench_model  # noqa: E402  (also sets the ROS environment, as bench_node)
+from test_node_graph import depth_node_cmd  # noqa: E402
 
 CAMS = ('cam0', 'cam1')
 SETUPS = {'one node, 2 cameras': '/mc_one', 'two nodes, 1 camera each': '/mc_two'}
 
 
 def node_cmd(model: Path, threads: int, ns: str, name: str, cameras: tuple[str, ...] | None) -> list[str]:
-    exe = Path(sys.prefix) / 'bin' / 'depth_node'
-    cmd = ([str(exe)] if exe.exists() else [sys.executable, '-m', 'dynadepth_ros.node']) + [
+    cmd = depth_node_cmd() + [
         '--ros-args', '-p', f'model_path:={model}', '-p', 'backend:=onnxruntime',
         '-p', f'intra_op_threads:={threads}', '-r', f'__node:={name}', '-r', f'__ns:={ns}']
     if cameras:

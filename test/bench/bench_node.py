@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import bench_env  # noqa: F401  (sys.path and the ROS environment, before rclpy is imported)
+from test_node_graph import depth_node_cmd  # noqa: E402
 
 
 def export_resnet18(path: Path) -> Path:
@@ -174,8 +174,7 @@ def main() -> int:
     spinning = {'on': True, 'off': False}.get(args.spinning, PARAMETERS['intra_op_spinning'][0])
     print(f'ONNX Runtime thread spinning: {"on" if spinning else "off"} ({args.spinning}), raw backend and node')
     raw = RawBackend(model, args.threads, spinning)
-    exe = Path(sys.prefix) / 'bin' / 'depth_node'
-    cmd = ([str(exe)] if exe.exists() else [sys.executable, '-m', 'dynadepth_ros.node']) + [
+    cmd = depth_node_cmd() + [
         '--ros-args', '-p', f'model_path:={model}', '-p', 'backend:=onnxruntime', '-p', f'intra_op_threads:={args.threads}',
         '-p', f'intra_op_spinning:={str(spinning).lower()}',
         '-r', '__node:=bench_dynadepth', '-r', 'image:=/bench/image', '-r', 'depth:=/bench/depth']

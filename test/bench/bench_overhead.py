@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_node import REPO, WORK, Client, bench_image  # noqa: E402  (also sets the ROS environment)
+from bench_env import REPO  # noqa: E402
+from bench_node import WORK, Client, bench_image  # noqa: E402  (also sets the ROS environment)
+from test_node_graph import depth_node_cmd  # noqa: E402
 
 sys.path.insert(0, str(REPO / 'test'))
 
@@ -45,8 +47,7 @@ def main() -> int:
     try:
         for _ in range(args.rounds):
             for tree in args.trees:
-                exe = Path(sys.prefix) / 'bin' / 'depth_node'
-                cmd = ([str(exe)] if exe.exists() else [sys.executable, '-m', 'dynadepth_ros.node']) + [
+                cmd = depth_node_cmd() + [
                     '--ros-args', '-p', f'model_path:={model}', '-p', 'backend:=onnxruntime',
                     '-p', 'intra_op_threads:=2', '-r', '__node:=bench_dynadepth', '-r', 'image:=/bench/image',
                     '-r', 'depth:=/bench/depth']
