@@ -27,6 +27,8 @@ _LAYOUT = {
     'yuv422': (np.uint8, 2), 'uyvy': (np.uint8, 2), 'yuv422_yuy2': (np.uint8, 2), 'yuyv': (np.uint8, 2),
     'bayer_rggb8': (np.uint8, 1), 'bayer_bggr8': (np.uint8, 1), 'bayer_gbrg8': (np.uint8, 1),
     'bayer_grbg8': (np.uint8, 1),
+    'bayer_rggb16': (np.uint16, 1), 'bayer_bggr16': (np.uint16, 1), 'bayer_gbrg16': (np.uint16, 1),
+    'bayer_grbg16': (np.uint16, 1),
 }
 
 # camera encoding → how to_rgb8 turns its pixel array into RGB: an OpenCV cvtColor code (cv_bridge's for that
@@ -40,6 +42,8 @@ _TO_RGB = {
     'yuv422_yuy2': cv2.COLOR_YUV2RGB_YUY2, 'yuyv': cv2.COLOR_YUV2RGB_YUY2,
     'bayer_rggb8': cv2.COLOR_BayerBG2RGB, 'bayer_bggr8': cv2.COLOR_BayerRG2RGB,
     'bayer_gbrg8': cv2.COLOR_BayerGR2RGB, 'bayer_grbg8': cv2.COLOR_BayerGB2RGB,
+    'bayer_rggb16': cv2.COLOR_BayerBG2RGB, 'bayer_bggr16': cv2.COLOR_BayerRG2RGB,
+    'bayer_gbrg16': cv2.COLOR_BayerGR2RGB, 'bayer_grbg16': cv2.COLOR_BayerGB2RGB,
 }
 COLOR_ENCODINGS = tuple(_TO_RGB)
 _YUV422 = ('yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv')
@@ -90,7 +94,8 @@ def to_8bit(arr: np.ndarray) -> np.ndarray:
 def to_rgb8(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False) -> np.ndarray:
     """uint8 [H,W,3] RGB from a camera Image of any encoding in COLOR_ENCODINGS: rgb8/bgr8/rgba8/bgra8/mono8,
     16-bit rgb16/bgr16/rgba16/bgra16/mono16 (scaled to 8 bit as cv_bridge does), YUV 4:2:2 yuv422 (= uyvy) and
-    yuv422_yuy2 (= yuyv), Bayer bayer_rggb8/bggr8/gbrg8/grbg8 (demosaiced with OpenCV, as cv_bridge does)."""
+    yuv422_yuy2 (= yuyv), Bayer bayer_rggb8/bggr8/gbrg8/grbg8 and their 16-bit forms bayer_*16 (demosaiced with
+    OpenCV in the image's own depth, then scaled to 8 bit, as cv_bridge does)."""
     if encoding not in COLOR_ENCODINGS:
         raise ImageFormatError(f'camera image encoding {encoding!r} is not supported; use one of {COLOR_ENCODINGS} '
                                f'(or a CompressedImage jpeg/png)')
@@ -100,7 +105,8 @@ def to_rgb8(encoding: str, height: int, width: int, step: int, data, is_bigendia
     arr = image_array(encoding, height, width, step, data, is_bigendian)
     code = _TO_RGB[encoding]
     if code is not None:
-        return cv2.cvtColor(np.ascontiguousarray(arr), code)
+        rgb = cv2.cvtColor(np.ascontiguousarray(arr), code)
+        return to_8bit(rgb) if rgb.dtype == np.uint16 else rgb
     if arr.dtype == np.uint16:
         arr = to_8bit(arr)
     if arr.ndim == 2:                                    # mono8, mono16

@@ -5,6 +5,10 @@
                         passed to cb carries `last_policy_kind` (for rclpy.qos.qos_policy_name_from_kind).
   host-only discovery   ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST since Iron; Humble only knows ROS_LOCALHOST_ONLY=1
                         (Jazzy still honours that one with a deprecation warning, Kilted ignores it silently).
+  EventsExecutor        rclpy.experimental.EventsExecutor (callbacks dispatched from C++) exists in Jazzy and
+                        Kilted, not in Humble. Its spin() did not let other Python threads run here (rclpy 9.1.2: the
+                        node's worker thread never ran and the process ignored SIGINT), its spin_once(timeout) does,
+                        so spin_node() loops over spin_once.
   Fast DDS XML profile  Fast DDS 3.x (Kilted on) reads FASTDDS_DEFAULT_PROFILES_FILE; Fast DDS 2.x (Humble, Iron,
                         Jazzy) reads only FASTRTPS_DEFAULT_PROFILES_FILE and ignores the other without a word, so a
                         profile exported under the new name is simply not used there.
@@ -24,8 +28,15 @@ try:                                        # Iron and newer
 except ImportError:                         # Humble
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
+try:                                        # Jazzy and newer
+    from rclpy.experimental import EventsExecutor
+except ImportError:                         # Humble
+    EventsExecutor = None
+
 __all__ = ['PublisherEventCallbacks', 'SubscriptionEventCallbacks', 'rclpy_major', 'fastdds_profile_variable',
-           'export_fastdds_profile', 'localhost_discovery_env']
+           'export_fastdds_profile', 'localhost_discovery_env', 'EXECUTORS', 'resolve_executor', 'spin_node']
+
+EXECUTORS = ('events', 'single_threaded')
 
 PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')   # Fast DDS 3.x, 2.x
 _DISTRO_RCLPY_MAJOR = {'humble': 3, 'iron': 4, 'jazzy': 7, 'kilted': 9, 'rolling': 10}
@@ -69,3 +80,32 @@ def localhost_discovery_env(major: int | None) -> dict[str, str]:
     if major is not None and major < _FIRST_DISCOVERY_RANGE_MAJOR:
         return {'ROS_LOCALHOST_ONLY': '1'}
     return {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+
+
+def resolve_executor(kind: str) -> str:
+    """The executor spin_node() will use for `kind`: 'events' only where this rclpy has an EventsExecutor."""
+    if kind not in EXECUTORS:
+        raise ValueError(f'executor must be one of {", ".join(EXECUTORS)}, not {kind!r}')
+    return 'single_threaded' if kind == 'events' and EventsExecutor is None else kind
+
+
+def spin_node(node, kind: str = 'events', *, poll_sec: float = 0.25) -> None:
+    """Run `node`'s callbacks until rclpy shuts down (Ctrl-C) or a callback raises (the exception propagates, as
+    from SingleThreadedExecutor.spin()).
+
+    kind: 'events' = rclpy.experimental.EventsExecutor (callbacks dispatched from C++), or 'single_threaded' =
+    rclpy.executors.SingleThreadedExecutor, also used for 'events' where this rclpy has none (resolve_executor).
+    poll_sec: longest wait of one events spin_once, i.e. how late a shutdown is noticed."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    events = resolve_executor(kind) == 'events'
+    executor = EventsExecutor(context=node.context) if events else SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    try:
+        if not events:
+            executor.spin()
+        while events and rclpy.ok(context=node.context):
+            executor.spin_once(timeout_sec=poll_sec)
+    finally:
+        executor.shutdown()

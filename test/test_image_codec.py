@@ -247,6 +247,25 @@ def test_bayer_mosaics_decode_to_the_rgb_they_were_sampled_from(encoding):
     assert np.abs(out.astype(int) - rgb).mean() < 4
 
 
+@pytest.mark.parametrize('big_endian', [False, True], ids=['little_endian', 'big_endian'])
+@pytest.mark.parametrize('encoding', list(BAYER))
+def test_16bit_bayer_mosaics_decode_to_the_rgb_they_were_sampled_from_scaled_as_cv_bridge(encoding, big_endian):
+    """bayer_*16 (machine-vision cameras): demosaiced in 16 bit, then 16 → 8 bit as cv_bridge scales."""
+    rgb16 = _gradient_rgb(12, 16).astype(np.uint16) * 257 + 100       # 16-bit ramps whose low byte matters
+    mosaic = bayer_mosaic(rgb16, BAYER[encoding]).astype('>u2' if big_endian else '<u2')
+    step = 16 * 2 + 6                                                 # padded rows
+    rows = np.full((12, step), 0xEE, np.uint8)
+    rows[:, :32] = mosaic.view(np.uint8).reshape(12, 32)
+    out = ic.to_rgb8(encoding.replace('8', '16'), 12, 16, step, rows.tobytes(), is_bigendian=big_endian)
+    assert out.shape == (12, 16, 3) and out.dtype == np.uint8
+    want = _cv_bridge_8bit(rgb16)
+    inner = (slice(2, -2), slice(2, -2))                              # OpenCV extrapolates at the border
+    assert np.abs(out[inner].astype(int) - want[inner]).max() <= 1
+    # decoding the high bytes alone as bayer_*8 gives nearly the same picture (the pattern mapping is shared)
+    high = ic.to_rgb8(encoding, 12, 16, 16, (bayer_mosaic(rgb16, BAYER[encoding]) >> 8).astype(np.uint8).tobytes())
+    assert np.abs(out[inner].astype(int) - high[inner]).max() <= 2
+
+
 @pytest.mark.parametrize('encoding', list(BAYER))
 def test_bayer_pattern_of_a_flat_colour(encoding):
     """A uniform orange: every other pattern name reads it with red and blue (or green) swapped."""

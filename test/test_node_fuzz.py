@@ -91,7 +91,7 @@ def _scene(rng, h, w):
 def _bad_raw(rng, stamp):
     """(name, Image, text of the node's last_bad_frame)."""
     good = rng.integers(0, 256, (MODEL_H, MODEL_W, 3), dtype=np.uint8).tobytes()
-    enc = str(rng.choice(['nv21', '16UC1', '32FC1', 'bayer_rggb16', '', 'RGB8', 'YUV422']))
+    enc = str(rng.choice(['nv21', '16UC1', '32FC1', 'bayer_rggb12', '', 'RGB8', 'YUV422']))
     cases = [
         (f'encoding {enc!r}', lambda: _raw(stamp, MODEL_H, MODEL_W, enc, good), 'is not supported'),
         ('yuv422 of odd width', lambda: _raw(stamp, MODEL_H, MODEL_W - 1, 'yuv422', good, step=(MODEL_W - 1) * 2),
@@ -236,7 +236,7 @@ def _camera_info(rng):
 
 # ---------------------------------------------------------------------------- valid frames and masks
 DRIVER_ENCODINGS = ('yuv422', 'yuv422_yuy2', 'bayer_rggb8', 'bayer_bggr8', 'bayer_gbrg8', 'bayer_grbg8',
-                    'rgb16', 'bgr16', 'rgba16', 'bgra16', 'mono16')
+                    'bayer_rggb16', 'bayer_gbrg16', 'rgb16', 'bgr16', 'rgba16', 'bgra16', 'mono16')
 
 
 def _driver_frame(rng, stamp, rgb, encoding):
@@ -247,6 +247,9 @@ def _driver_frame(rng, stamp, rgb, encoding):
     if encoding in ('yuv422', 'yuv422_yuy2'):
         return _raw(stamp, h, w, encoding, yuv422_rows(rgb, 'UYVY' if encoding == 'yuv422' else 'YUYV').tobytes(),
                     step=w * 2), None
+    if encoding.endswith('16') and encoding.startswith('bayer_'):
+        mosaic = bayer_mosaic(rgb.astype(np.uint16) * 257, BAYER[encoding.replace('16', '8')])
+        return _raw(stamp, h, w, encoding, mosaic.tobytes(), step=w * 2), None
     if encoding.startswith('bayer_'):
         return _raw(stamp, h, w, encoding, bayer_mosaic(rgb, BAYER[encoding]).tobytes(), step=w), None
     if encoding == 'mono16':

@@ -143,6 +143,8 @@ def image_msg(rgb, stamp, encoding='rgb8'):
             'yuv422': lambda a: yuv422_rows(a, 'UYVY'), 'yuv422_yuy2': lambda a: yuv422_rows(a, 'YUYV'),
             'rgb16': lambda a: a.astype(np.uint16) * 257}
     conv.update({enc: (lambda a, p=pattern: bayer_mosaic(a, p)) for enc, pattern in BAYER.items()})
+    conv.update({enc.replace('8', '16'): (lambda a, p=pattern: bayer_mosaic(a.astype(np.uint16) * 257, p))
+                 for enc, pattern in BAYER.items()})
     arr = np.ascontiguousarray(conv[encoding](rgb))
     h, w = rgb.shape[:2]
     return Image(header=Header(stamp=stamp, frame_id=FRAME), height=h, width=w, encoding=encoding,
@@ -270,7 +272,7 @@ def test_every_supported_encoding(graph, encoding):
     np.testing.assert_allclose(depth_array(out), expected_depth(60), rtol=1e-5)
 
 
-@pytest.mark.parametrize('encoding', ['yuv422_yuy2', 'yuv422', 'bayer_rggb8', 'bayer_gbrg8', 'rgb16'])
+@pytest.mark.parametrize('encoding', ['yuv422_yuy2', 'yuv422', 'bayer_rggb8', 'bayer_gbrg8', 'bayer_grbg16', 'rgb16'])
 def test_camera_driver_encodings_give_depth(graph, encoding):
     """What usb_cam / UVC (YUYV), other drivers (UYVY), industrial cameras (Bayer) and 16-bit cameras publish."""
     rgb = np.empty((128, 384, 3), np.uint8)
@@ -278,7 +280,7 @@ def test_camera_driver_encodings_give_depth(graph, encoding):
     out = send_and_wait(graph, f'{NS}/image', image_msg(rgb, next_stamp(), encoding))
     d = depth_array(out)
     assert d.shape == (128, 384)
-    # YUV: red comes back within 3 of 60 (8-bit Y/U/V rounding); Bayer and rgb16: exactly 60 (a flat colour)
+    # YUV: red comes back within 3 of 60 (8-bit Y/U/V rounding); Bayer (8 and 16 bit) and rgb16: exactly 60 (flat)
     np.testing.assert_allclose(d, expected_depth(60), atol=float(expected_depth(63) - expected_depth(60)))
 
 

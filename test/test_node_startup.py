@@ -1,5 +1,6 @@
 """Node start-up over a real ROS graph: models and engines it must refuse clearly, the TensorRT → ONNX Runtime
 fallback for a corrupt engine, and the lifecycle without autostart."""
+import signal
 import subprocess
 
 import numpy as np
@@ -9,6 +10,8 @@ rclpy = pytest.importorskip('rclpy')
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from contract_model import expected_depth, make_contract_model  # noqa: E402
@@ -166,3 +169,60 @@ def test_diagnostics_keep_coming_while_configure_builds_a_tensorrt_engine(tmp_pa
         proc.terminate()
         proc.wait(15)
         g.close()
+
+
+@pytest.mark.parametrize('executor', ['events', 'single_threaded'])
+def test_either_executor_serves_lifecycle_parameters_depth_and_exits_cleanly_on_sigint(tmp_path, executor):
+    """The `executor` parameter: lifecycle and parameter services, depth and /diagnostics work with both, the
+    diagnostics name the executor in use, and Ctrl-C ends the process with status 0 within a few seconds."""
+    model = make_contract_model(tmp_path / 'm.onnx')
+    ns, name = f'/dd_exec_{executor}', 'dd_exec'
+    log_path = tmp_path / 'node.log'
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(depth_node_cmd() + [
+            '--ros-args', '-p', f'model_path:={model}', '-p', 'autostart:=false', '-p', f'executor:={executor}',
+            '-r', f'__node:={name}', '-r', f'__ns:={ns}'], stdout=log, stderr=subprocess.STDOUT)
+    g = Graph()
+    try:
+        g.sub(DiagnosticArray, '/diagnostics')
+        cli = g.node.create_client(ChangeState, f'{ns}/{name}/change_state')
+        assert cli.wait_for_service(20), log_path.read_text()
+        for tid in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+            assert g.call(cli.call_async(ChangeState.Request(transition=Transition(id=tid)))).success, \
+                log_path.read_text()
+        params = g.node.create_client(SetParameters, f'{ns}/{name}/set_parameters')
+        assert params.wait_for_service(10)
+        req = SetParameters.Request(parameters=[Parameter('colored_max_depth', value=50.0).to_parameter_msg()])
+        assert g.call(params.call_async(req)).results[0].successful
+        g.sub(Image, f'{ns}/depth')
+        pub = g.pub(Image, f'{ns}/image')
+        assert g.wait(lambda: pub.get_subscription_count() > 0, 15)
+        for value in (40, 200):
+            out = send_and_wait(g, f'{ns}/image', image_msg(np.full((64, 192, 3), value, np.uint8), next_stamp()),
+                                out=f'{ns}/depth')
+            np.testing.assert_allclose(depth_array(out), expected_depth(value), rtol=1e-5)
+
+        def reported():
+            for arr in reversed(g.msgs('/diagnostics')):
+                for st in arr.status:
+                    if st.name == f'{name}: depth':
+                        return {kv.key: kv.value for kv in st.values}
+            return None
+        v = g.wait(lambda: (lambda r: r if r and r['state'] == 'active' else None)(reported()), 10)
+        assert v and v['executor'] == executor
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0, log_path.read_text()
+        assert 'Traceback' not in log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        g.close()
+
+
+def test_an_unknown_executor_is_refused_naming_the_choices():
+    proc = subprocess.run(depth_node_cmd() + ['--ros-args', '-p', 'executor:=multi', '-r', '__node:=dd_exec_bad'],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "executor must be one of events, single_threaded, not 'multi'" in proc.stdout + proc.stderr
+    assert 'Traceback' not in proc.stdout + proc.stderr

@@ -18,3 +18,14 @@ os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(REPO / 'config' / 'fa
 from dynadepth_ros.ros_compat import export_fastdds_profile  # noqa: E402  (Fast DDS 2.x reads another variable)
 
 export_fastdds_profile()
+
+
+def node_variant(text: str) -> tuple[str, list[str]]:
+    """A depth_node variant for a side-by-side benchmark: 'LABEL=name:=value,name:=value' (or without 'LABEL=',
+    then the parameters are the label) -> (label, ['-p', 'name:=value', ...]). An empty text is the defaults."""
+    label, sep, params = text.partition('=') if '=' in text.split(':=')[0] else ('', '', text)
+    pairs = [p.strip() for p in params.split(',') if p.strip()]
+    for p in pairs:
+        if ':=' not in p:
+            raise ValueError(f'node parameter {p!r} is not name:=value')
+    return (label or ','.join(pairs) or 'defaults'), [a for p in pairs for a in ('-p', p)]

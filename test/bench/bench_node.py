@@ -1,17 +1,18 @@
 """Benchmark: the depth node end to end over ROS vs the raw backend, same model and input, one run, CPU.
 
-    .venv/bin/python test/bench/bench_node.py [--model M.onnx] [--seconds 10] [--threads 2]
+    .venv/bin/python test/bench/bench_node.py [--model M.onnx] [--seconds 10] [--threads 2] [--variant ...]
 
 Model: a ResNet18 U-Net (training/networks/depth.py, random weights, 192x640) exported with the training
 export (torch only in this script), unless --model is given. Input: 640x192 rgb8.
 
   raw backend   ONNX Runtime CPU session run on a preprocessed [1,3,192,640] batch in a loop (frames/s, ms),
-                measured before and after the node phases (the machine is shared; both are printed).
+                measured at the start of every round (the machine is shared).
   node, flood   images published at 2x the raw rate: output frames/s at saturation (latest-frame-wins drops
-                the excess) → throughput ratio node / raw (target >= 0.90).
+                the excess) → throughput ratio node / raw (goal >= 0.95).
   node, paced   images published at 0.5x the raw rate: stamp→receive latency p50/p99 in this process (stamp
                 = publish time) and the node's own stamp→publish latency from /diagnostics; overhead = node
-                p50 - raw backend p50 (target <= 5 ms).
+                p50 - raw backend p50; the node's own part (stamp→publish - inference) goal <= 3 ms.
+  --variant     several node configurations side by side in each round (node restarted per variant).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-import bench_env  # noqa: F401  (sys.path and the ROS environment, before rclpy is imported)
+from bench_env import node_variant  # noqa: F401  (first: sys.path and the ROS environment, before rclpy)
 from test_node_graph import depth_node_cmd  # noqa: E402
 
 
@@ -153,6 +154,29 @@ class Client:
         self.rclpy.shutdown()
 
 
+def start_node(cmd: list[str], client: Client, log_path: Path):
+    """Start the depth node `cmd`, wait until it subscribes to the bench image, warm it up (5 Hz, 2 s)."""
+    log = open(log_path, 'w')
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + 60
+    while client.pub.get_subscription_count() == 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f'depth_node did not start (exit {proc.poll()}); see {log_path}')
+        time.sleep(0.05)
+    client.run(5.0, 2.0, bench_image())
+    return proc
+
+
+def stop_node(proc, client: Client) -> None:
+    proc.terminate()
+    proc.wait(15)
+    end = time.monotonic() + 10
+    while client.pub.get_subscription_count() > 0 and time.monotonic() < end:
+        time.sleep(0.05)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--model', type=Path, help='design §3 ONNX model (default: export a ResNet18 DepthNet)')
@@ -162,9 +186,14 @@ def main() -> int:
     ap.add_argument('--threads', type=int, default=2, help='ONNX Runtime threads (raw and node)')
     ap.add_argument('--spinning', choices=('on', 'off', 'default'), default='default',
                     help='ONNX Runtime thread spinning (raw and node): on, off, or the node\'s default')
+    ap.add_argument('--variant', action='append', default=[], metavar='[LABEL=]NAME:=VALUE[,NAME:=VALUE]',
+                    help='a node configuration to compare (repeatable; each round runs every variant after the raw '
+                         'backend, the node restarted per variant), e.g. --variant executor:=events '
+                         '--variant executor:=single_threaded; default: one node with its default parameters')
     args = ap.parse_args()
     work = WORK
     model = bench_model(args.model)
+    variants = [node_variant(v) for v in args.variant] or [node_variant('')]
     load = os.getloadavg()
     print(f'model {model}; input 640x192 rgb8; ONNX Runtime CPU, {args.threads} threads')
     print(f'load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores '
@@ -174,61 +203,71 @@ def main() -> int:
     spinning = {'on': True, 'off': False}.get(args.spinning, PARAMETERS['intra_op_spinning'][0])
     print(f'ONNX Runtime thread spinning: {"on" if spinning else "off"} ({args.spinning}), raw backend and node')
     raw = RawBackend(model, args.threads, spinning)
-    cmd = depth_node_cmd() + [
+    base = depth_node_cmd() + [
         '--ros-args', '-p', f'model_path:={model}', '-p', 'backend:=onnxruntime', '-p', f'intra_op_threads:={args.threads}',
         '-p', f'intra_op_spinning:={str(spinning).lower()}',
         '-r', '__node:=bench_dynadepth', '-r', 'image:=/bench/image', '-r', 'depth:=/bench/depth']
-    log = open(work / 'node.log', 'w')
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     client = Client()
-    rows = []
+    msg = bench_image()
+    rows = {label: [] for label, _ in variants}
+    raw_rows = []
+    proc = None
     try:
-        msg = bench_image()
-        deadline = time.monotonic() + 60
-        while client.pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        client.run(5.0, 2.0, msg)                                        # warm-up
+        if len(variants) == 1:                                            # one node for all rounds
+            proc = start_node(base + variants[0][1], client, work / 'node.log')
         for r in range(args.rounds):
             t_raw = np.array(raw.measure(args.seconds))
             raw_fps = 1e3 / t_raw.mean()
-            flood = client.run(2.0 * raw_fps, args.seconds, msg)
-            recv_t = np.array([a for a, _ in flood], np.float64) / 1e9
-            node_fps = (len(recv_t) - 1) / (recv_t[-1] - recv_t[0]) if len(recv_t) > 1 else 0.0
-            d_flood = dict(client.diag)
-            paced = client.run(0.5 * raw_fps, args.seconds, msg)
-            time.sleep(1.2)
-            d_paced = dict(client.diag)
-            lat = [(a - b) / 1e6 for a, b in paced]
-            rows.append(dict(raw_fps=raw_fps, raw_p50=float(np.percentile(t_raw, 50)), node_fps=node_fps, lat=lat,
-                             node_inf_p50=float(d_paced.get('inference_p50_ms', 'nan')),
-                             node_pub_p50=float(d_paced.get('latency_p50_ms', 'nan')),
-                             node_overhead_p50=float(d_paced.get('overhead_p50_ms', 'nan')),
-                             dropped=d_flood.get('dropped_frames')))
-            print(f'round {r + 1}: raw {raw_fps:.2f} frames/s (p50 {rows[-1]["raw_p50"]:.1f} ms) | node flood '
-                  f'{node_fps:.2f} frames/s (ratio {node_fps / raw_fps:.3f}, dropped so far {rows[-1]["dropped"]}) | '
-                  f'node paced stamp→receive p50 {np.percentile(lat, 50):.1f} ms, node inference p50 '
-                  f'{rows[-1]["node_inf_p50"]:.1f} ms, stamp→publish p50 {rows[-1]["node_pub_p50"]:.1f} ms, '
-                  f'per-frame overhead p50 {rows[-1]["node_overhead_p50"]:.1f} ms')
+            raw_rows.append(dict(raw_fps=raw_fps, raw_p50=float(np.percentile(t_raw, 50))))
+            print(f'round {r + 1}: raw {raw_fps:.2f} frames/s (p50 {raw_rows[-1]["raw_p50"]:.1f} ms)')
+            for label, params in variants:
+                if len(variants) > 1:
+                    proc = start_node(base + params, client, work / f'node-{len(rows[label])}.log')
+                try:
+                    flood = client.run(2.0 * raw_fps, args.seconds, msg)
+                    recv_t = np.array([a for a, _ in flood], np.float64) / 1e9
+                    node_fps = (len(recv_t) - 1) / (recv_t[-1] - recv_t[0]) if len(recv_t) > 1 else 0.0
+                    d_flood = dict(client.diag)
+                    paced = client.run(0.5 * raw_fps, args.seconds, msg)
+                    time.sleep(1.2)
+                    d_paced = dict(client.diag)
+                finally:
+                    if len(variants) > 1:
+                        stop_node(proc, client)
+                        proc = None
+                lat = [(a - b) / 1e6 for a, b in paced]
+                row = dict(raw_rows[-1], node_fps=node_fps, lat=lat,
+                           node_inf_p50=float(d_paced.get('inference_p50_ms', 'nan')),
+                           node_pub_p50=float(d_paced.get('latency_p50_ms', 'nan')),
+                           node_overhead_p50=float(d_paced.get('overhead_p50_ms', 'nan')),
+                           dropped=d_flood.get('dropped_frames'))
+                rows[label].append(row)
+                print(f'  {label}: node flood {node_fps:.2f} frames/s (ratio {node_fps / raw_fps:.3f}, dropped '
+                      f'{row["dropped"]}) | node paced stamp→receive p50 {np.percentile(lat, 50):.1f} ms, node '
+                      f'inference p50 {row["node_inf_p50"]:.1f} ms, stamp→publish p50 {row["node_pub_p50"]:.1f} ms, '
+                      f'per-frame overhead p50 {row["node_overhead_p50"]:.1f} ms')
     finally:
+        if proc is not None:
+            stop_node(proc, client)
         client.close()
-        proc.terminate()
-        proc.wait(15)
-        log.close()
         raw.est.close()
-    lat = np.concatenate([r['lat'] for r in rows])
-    raw_fps = float(np.median([r['raw_fps'] for r in rows]))
-    node_fps = float(np.median([r['node_fps'] for r in rows]))
-    raw_p50 = float(np.median([r['raw_p50'] for r in rows]))
-    node_p50, node_p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
-    inner = float(np.median([r['node_overhead_p50'] for r in rows]))
-    print(f'SUMMARY raw backend {raw_fps:.2f} frames/s (p50 {raw_p50:.1f} ms); node {node_fps:.2f} frames/s, '
-          f'stamp→receive p50 {node_p50:.1f} ms, p99 {node_p99:.1f} ms ({len(lat)} frames)')
-    per_round = ', '.join(f"{r['node_fps'] / r['raw_fps']:.3f}" for r in rows)
-    print(f'RATIO throughput node/raw = {node_fps / raw_fps:.3f} (median of rounds; per round {per_round}; '
-          f'target >= 0.90)')
-    print(f'LATENCY overhead p50: node end to end {node_p50:.1f} - raw backend {raw_p50:.1f} = {node_p50 - raw_p50:.1f} ms; '
-          f'per frame inside the node (stamp→publish - inference: transport in, decode, pre/post, publish) '
-          f'{inner:.1f} ms (median of rounds; target <= 5 ms)')
+    raw_fps = float(np.median([r['raw_fps'] for r in raw_rows]))
+    raw_p50 = float(np.median([r['raw_p50'] for r in raw_rows]))
+    print(f'SUMMARY raw backend {raw_fps:.2f} frames/s (p50 {raw_p50:.1f} ms), median of {len(raw_rows)} rounds')
+    for label, vrows in rows.items():
+        lat = np.concatenate([r['lat'] for r in vrows])
+        node_fps = float(np.median([r['node_fps'] for r in vrows]))
+        ratio = float(np.median([r['node_fps'] / r['raw_fps'] for r in vrows]))
+        node_p50, node_p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+        inner = float(np.median([r['node_overhead_p50'] for r in vrows]))
+        per_round = ', '.join(f"{r['node_fps'] / r['raw_fps']:.3f}" for r in vrows)
+        print(f'[{label}] node {node_fps:.2f} frames/s, stamp→receive p50 {node_p50:.1f} ms, p99 {node_p99:.1f} ms '
+              f'({len(lat)} frames)')
+        print(f'[{label}] RATIO throughput node/raw = {ratio:.3f} (median of rounds; per round {per_round}; '
+              f'goal >= 0.95)')
+        print(f'[{label}] LATENCY overhead p50: node end to end {node_p50:.1f} - raw backend {raw_p50:.1f} = '
+              f'{node_p50 - raw_p50:.1f} ms; per frame inside the node (stamp→publish - inference: transport in, '
+              f'decode, pre/post, publish) {inner:.1f} ms (median of rounds; goal <= 3 ms)')
     load = os.getloadavg()
     print(f'load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}')
     return 0
