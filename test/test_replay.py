@@ -36,6 +36,16 @@ def replay_cmd(*args):
     return [sys.executable, '-m', 'dynadepth_ros.recording.replay', *map(str, args)]
 
 
+def stop_node(proc):
+    """Ctrl-C a depth_node process; kill it if it has not exited 10 s later."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp('replay')
@@ -79,12 +89,7 @@ def test_live_node_recording_gives_offline_metrics(setup, capsys):
                                         '/camera/camera_info', '--summary', d / 'summary.json'),
                              capture_output=True, text=True, timeout=90)
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait()
+        stop_node(node)
         node_log.close()
     assert res.returncode == 0, res.stderr + (d / 'node.log').read_text()
     summary = json.loads((d / 'summary.json').read_text())
@@ -293,13 +298,7 @@ def test_use_sim_time_node_measures_latency_on_the_replayed_clock(setup):
                   if any(st.name == 'dd_sim: depth' for st in a.status)]
     finally:
         for proc in nodes.values():
-            proc.send_signal(signal.SIGINT)
-        for proc in nodes.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_node(proc)
         g.close()
     logs = {name: (d / f'{name}.log').read_text() for name in nodes}
     assert sim is not None and wall is not None, logs
