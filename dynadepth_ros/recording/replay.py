@@ -240,6 +240,8 @@ class Replayer:
             raise ReplayError(f'--rate must be > 0, got {rate}')
         if start_offset < 0:
             raise ReplayError(f'--start-offset must be >= 0 s, got {start_offset}')
+        if clock_hz is not None and not (math.isfinite(clock_hz) and clock_hz > 0):
+            raise ReplayError(f'--clock must be a rate in Hz > 0, got {clock_hz}')
         self.node, self.bag, self.rate, self.log = node, bag, rate, log
         have = bag.topics
         if topics:
