@@ -47,6 +47,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -87,6 +88,7 @@ ACTIVATE_PARAMS = ('image_transport', 'mask_queue_size', 'mask_slop', 'mask_max_
 THROTTLE_S = 5.0
 WATCHDOG_PERIOD_S = 0.5
 EXIT_GRACE_S = 1.0        # between the ERROR status on /diagnostics and the exit, so subscribers receive it
+STAMP_CLOCK_WARN_S = 60.0  # image stamps this far from the node's clock make the stamp→publish latency meaningless
 # QoS policies every publisher and subscription declares a `qos_overrides.<topic>.<side>.<policy>` parameter for
 OVERRIDABLE_POLICIES = (QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY, QoSPolicyKind.DURABILITY)
 
@@ -251,10 +253,14 @@ class DepthNode(LifecycleNode):
         self._fatal_at = 0.0
         self._progress: ConfigureProgress | None = None   # while on_configure runs: what it does, for /diagnostics
         self._reset_stats()
+        self._stamp_clock_warned = False
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        # on the steady clock: with use_sim_time the node's clock stands at 0 until the first /clock, then follows
+        # the bag (pauses with it, jumps back on a loop); /diagnostics and the watchdog must run regardless
+        self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
         self._diag_timer = self.create_timer(float(self.get_parameter('diagnostics_period').value),
-                                             self._publish_diagnostics)
-        self._watchdog_timer = self.create_timer(WATCHDOG_PERIOD_S, self._watch_worker)
+                                             self._publish_diagnostics, clock=self._steady_clock)
+        self._watchdog_timer = self.create_timer(WATCHDOG_PERIOD_S, self._watch_worker, clock=self._steady_clock)
 
     # ---------------------------------------------------------------- parameters
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -697,10 +703,12 @@ class DepthNode(LifecycleNode):
         pubs = cam.pubs
         pubs['depth'].publish(ros_messages.depth_to_msg(res.depth, header))
         now_ns = self.get_clock().now().nanoseconds
-        latency_ms = (now_ns - ros_messages.stamp_ns(header)) / 1e6
-        cam.latency.add(latency_ms)
+        if now_ns:                     # 0: use_sim_time and no /clock yet, nothing to measure the stamp against
+            latency_ms = (now_ns - ros_messages.stamp_ns(header)) / 1e6
+            cam.latency.add(latency_ms)
+            cam.overhead.add(latency_ms - res.inference_ms)
+            self._check_stamp_clock(latency_ms)
         cam.inference.add(res.inference_ms)
-        cam.overhead.add(latency_ms - res.inference_ms)
         cam.out_rate.add()
         cam.stats['frames_out'] += 1
         K_out = res.K                  # the camera's K, or without it the model's, at the depth size
@@ -726,6 +734,18 @@ class DepthNode(LifecycleNode):
             # only while a mask source exists: otherwise every frame would wait for nothing
             self._publish_objects(cam, cam.pairer.add_depth(ros_messages.stamp_ns(header),
                                                             _Frame(header, res.depth, K_out)))
+
+    def _check_stamp_clock(self, latency_ms: float) -> None:
+        """Warn once when image stamps are far from the node's clock (a bag replayed without sim time)."""
+        if self._stamp_clock_warned or abs(latency_ms) < STAMP_CLOCK_WARN_S * 1e3:
+            return
+        self._stamp_clock_warned = True
+        gap_s = abs(latency_ms) / 1e3
+        gap = f'{gap_s / 86400:.0f} days' if gap_s > 2 * 86400 else f'{gap_s:.0f} s'
+        side = 'behind' if latency_ms > 0 else 'ahead of'
+        self._log('warning', f'image stamps are {gap} {side} this node\'s clock, so the stamp→publish latency on '
+                             f'/diagnostics means nothing; replaying a bag? start the node with use_sim_time:=true and '
+                             f'replay with dynadepth-replay BAG --clock')
 
     def _handle_mask(self, cam: CameraStream, msg: Image) -> None:
         try:

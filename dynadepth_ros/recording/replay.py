@@ -1,11 +1,16 @@
 """`dynadepth-replay`: publish a rosbag2's messages over ROS 2 with their original timing, and record topics.
 
-    dynadepth-replay BAG [--rate 1.0] [--loop] [--start-offset S] [--topics T ...]
+    dynadepth-replay BAG [--rate 1.0] [--loop] [--start-offset S] [--topics T ...] [--clock [HZ]]
                      [--record OUT --record-topics /depth ...] [--wait-subscribers /camera/image_raw ...]
 
 Messages are published as the raw CDR bytes stored in the bag (no decoding), each at
 start + (receive time in the bag - bag start - offset) / rate on the wall clock. Header stamps are
-left as recorded; no /clock is published. Topics whose message type this rclpy install lacks
+left as recorded. With --clock, /clock (rosgraph_msgs/Clock, best effort, keep last 1: rclcpp's
+ClockQoS, as `ros2 bag play --clock` publishes it) carries the bag time of that same schedule,
+bag start + offset + wall time since the pass started x rate, at HZ (default 40) and right before
+each message whose receive time the last /clock has not reached, so nodes with use_sim_time:=true
+never see a message from their future; each --loop pass starts again at bag start + offset.
+Topics whose message type this rclpy install lacks
 (e.g. tf2_msgs/TFMessage from pip) are skipped with one warning per type and counted. Latched
 (transient-local) topics such as /tf_static are published with transient-local QoS, and before
 the start offset is applied, so late joiners and offset starts still get them.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -33,6 +39,8 @@ from dynadepth_ros.atomic_files import write_text_atomic
 from dynadepth_ros.recording.bag_reader import BagError, BagReader, cdr_header_stamp_ns
 
 TF_STATIC = '/tf_static'
+CLOCK_TOPIC = '/clock'
+DEFAULT_CLOCK_HZ = 40.0       # ros2 bag play --clock without a value
 
 
 class ReplayError(RuntimeError):
@@ -46,6 +54,72 @@ class _Stop(Exception):
 def due_offset_s(t_ns: int, origin_ns: int, rate: float) -> float:
     """Seconds after the replay start at which a message received at t_ns (bag time) is published."""
     return max(0.0, (t_ns - origin_ns) / 1e9 / rate)
+
+
+def bag_time_ns(origin_ns: int, elapsed_s: float, rate: float) -> int:
+    """Bag time at `elapsed_s` wall seconds after the replay start: the inverse of due_offset_s."""
+    return origin_ns + int(round(elapsed_s * rate * 1e9))
+
+
+def clock_hz(text: str) -> float:
+    """argparse type of --clock: a publish rate in Hz, finite and > 0."""
+    try:
+        hz = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a rate in Hz (write the bag path before --clock, '
+                                         f'or give a number: --clock 100)') from None
+    if not math.isfinite(hz) or hz <= 0:
+        raise argparse.ArgumentTypeError(f'the /clock rate must be a number of Hz > 0, got {text!r}')
+    return hz
+
+
+class ClockPublisher:
+    """/clock in bag time on the replayer's schedule (see the module docstring): a tick every 1/hz s of wall time,
+    and a message before any replayed message the last tick has not reached."""
+
+    def __init__(self, node, hz: float):
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
+
+        self._msg = Clock
+        # rclcpp::ClockQoS(), what ros2 bag play uses and rclpy/rclcpp TimeSource subscribe with
+        self.pub = node.create_publisher(Clock, CLOCK_TOPIC, QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.VOLATILE))
+        self.hz, self.period = hz, 1.0 / hz
+        self.count = 0
+        self.start, self.origin_ns, self.rate = 0.0, 0, 1.0
+        self.ticks = 0
+        self.last_ns: int | None = None
+
+    def begin(self, start: float, origin_ns: int, rate: float) -> None:
+        """A new pass starts at monotonic time `start`: bag time goes (back) to origin_ns and ticks from there."""
+        self.start, self.origin_ns, self.rate = start, origin_ns, rate
+        self.ticks, self.last_ns = 0, None
+        self.tick(start)
+
+    def next_tick(self) -> float:
+        """Monotonic time of the next scheduled tick."""
+        return self.start + self.ticks * self.period
+
+    def tick(self, now: float) -> None:
+        """Publish if a tick is due; the next one is the first scheduled after `now` (no burst after a stall)."""
+        if now >= self.next_tick():
+            self._publish(now)
+            self.ticks = int((now - self.start) / self.period) + 1
+
+    def before_message(self, now: float, t_ns: int) -> None:
+        """Called right before a message received at t_ns (bag time) is published."""
+        if self.last_ns is None or self.last_ns < t_ns:
+            self._publish(now, t_ns)
+
+    def _publish(self, now: float, at_least_ns: int = 0) -> None:
+        t = max(bag_time_ns(self.origin_ns, now - self.start, self.rate), at_least_ns, self.last_ns or 0)
+        msg = self._msg()
+        msg.clock.sec, msg.clock.nanosec = divmod(t, 1_000_000_000)
+        self.pub.publish(msg)
+        self.count += 1
+        self.last_ns = t
 
 
 def message_class(msgtype: str):
@@ -158,13 +232,16 @@ class Replayer:
     """Publishes a bag's messages with their original timing (see the module docstring)."""
 
     def __init__(self, node, bag: BagReader, topics: list[str] | None = None, rate: float = 1.0,
-                 start_offset: float = 0.0, latency_topic: str = '/camera/image_raw', log=print):
+                 start_offset: float = 0.0, latency_topic: str = '/camera/image_raw', log=print,
+                 clock_hz: float | None = None):
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
         if rate <= 0:
             raise ReplayError(f'--rate must be > 0, got {rate}')
         if start_offset < 0:
             raise ReplayError(f'--start-offset must be >= 0 s, got {start_offset}')
+        if clock_hz is not None and not (math.isfinite(clock_hz) and clock_hz > 0):
+            raise ReplayError(f'--clock must be a rate in Hz > 0, got {clock_hz}')
         self.node, self.bag, self.rate, self.log = node, bag, rate, log
         have = bag.topics
         if topics:
@@ -195,6 +272,7 @@ class Replayer:
         self.publish_times: OrderedDict[int, int] = OrderedDict()     # stamp ns → wall publish ns
         self.latencies_ms: list[float] = []
         self.loops = 0
+        self.clock = ClockPublisher(node, clock_hz) if clock_hz is not None else None
 
     def wait_for(self, executor, condition, what: str, timeout: float) -> bool:
         """Spin until condition() or timeout; warn on timeout."""
@@ -249,6 +327,9 @@ class Replayer:
                 self._publish(topic, raw)
         start = time.monotonic()
         last_poll = start
+        clock = self.clock
+        if clock is not None:
+            clock.begin(start, self.origin_ns, self.rate)
         for topic, _ty, t_ns, raw in self.bag.raw_messages(self.topics, start_ns=self.origin_ns):
             if topic not in self.publishers:
                 if count_skipped:
@@ -257,9 +338,14 @@ class Replayer:
             due = start + due_offset_s(t_ns, self.origin_ns, self.rate)
             while True:
                 now = time.monotonic()
+                if clock is not None:
+                    clock.tick(now)
                 if now >= due:
                     break
-                executor.spin_once(timeout_sec=min(due - now, 0.05))
+                wake = due if clock is None else min(due, clock.next_tick())
+                executor.spin_once(timeout_sec=min(wake - now, 0.05))
+            if clock is not None:
+                clock.before_message(now, t_ns)
             self._publish(topic, raw)
             if poll is not None and time.monotonic() - last_poll > 0.5:
                 poll()
@@ -269,7 +355,9 @@ class Replayer:
         return {'published': dict(self.published), 'skipped_types': self.skipped_types,
                 'skipped_messages': sum(v['messages'] for v in self.skipped_types.values()), 'loops': self.loops,
                 'latency_topic': self.latency_topic,
-                'latency_ms': _distribution(self.latencies_ms) if self.latencies_ms else None}
+                'latency_ms': _distribution(self.latencies_ms) if self.latencies_ms else None,
+                'clock': {'published': self.clock is not None, 'hz': self.clock.hz if self.clock else None,
+                          'messages': self.clock.count if self.clock else 0}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--loop', action='store_true', help='play again from the start until Ctrl-C')
     p.add_argument('--start-offset', type=float, default=0.0, metavar='S', help='skip the first S seconds')
     p.add_argument('--topics', nargs='+', help='topics to replay (default: all)')
+    p.add_argument('--clock', nargs='?', type=clock_hz, const=DEFAULT_CLOCK_HZ, metavar='HZ',
+                   help=f'publish /clock in bag time at HZ ({DEFAULT_CLOCK_HZ:g} without a value) and before each '
+                        f'message, like ros2 bag play --clock, for nodes with use_sim_time:=true')
     p.add_argument('--record', metavar='OUT', help='record --record-topics into this new bag')
     p.add_argument('--record-topics', nargs='+', default=['/depth'], help='topics to record')
     p.add_argument('--record-storage', choices=('mcap', 'sqlite3'), default='mcap')
@@ -331,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     status, rc = 'complete', 0
     t0 = time.monotonic()
     try:
-        replayer = Replayer(node, bag, args.topics, args.rate, args.start_offset, global_topic(args.latency_topic), log)
+        replayer = Replayer(node, bag, args.topics, args.rate, args.start_offset, global_topic(args.latency_topic), log,
+                            clock_hz=args.clock)
         if args.record:
             recorder = Recorder(node, args.record, args.record_topics, args.record_storage, log,
                                 on_message=replayer.note_received, log_time=replayer.publish_time_ns)
@@ -349,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             replayer.wait_for(executor, recorder_ready, f'record topics {recorder.pending or args.record_topics}',
                               args.wait_timeout)
         log(f'playing {args.bag} ({len(replayer.publishers)} topics) at rate {args.rate:g}'
-            + (' in a loop' if args.loop else ''))
+            + (' in a loop' if args.loop else '') + (f' with /clock at {args.clock:g} Hz' if args.clock else ''))
         poll = recorder.poll if recorder is not None else None
         while True:
             replayer.play_once(executor, poll)
@@ -393,6 +485,9 @@ def _print_summary(s: dict, log) -> None:
     if s.get('skipped_messages') or s.get('skipped_types'):
         log(f'skipped {s["skipped_messages"]} messages of unavailable types: '
             + ', '.join(f'{k} ({", ".join(v["topics"])})' for k, v in s['skipped_types'].items()))
+    clock = s.get('clock') or {}
+    log(f'/clock: {clock["messages"]} messages in bag time ({clock["hz"]:g} Hz and before messages)'
+        if clock.get('published') else '/clock: not published (--clock publishes it for use_sim_time nodes)')
     if 'recorded' in s:
         log(f'recorded {s["recorded"]} into {s["recording"]}')
     lat = s.get('latency_ms')
