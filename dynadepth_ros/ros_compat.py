@@ -90,14 +90,14 @@ def resolve_executor(kind: str) -> str:
 
 
 def spin_node(node, kind: str = 'events', *, poll_sec: float = 0.25) -> None:
-    """Run `node`'s callbacks until rclpy shuts down (Ctrl-C) or a callback raises (the exception propagates, as
-    from SingleThreadedExecutor.spin()).
+    """Run `node`'s callbacks until its context shuts down (Ctrl-C; returns) or a callback raises (the exception
+    propagates, as from SingleThreadedExecutor.spin()).
 
     kind: 'events' = rclpy.experimental.EventsExecutor (callbacks dispatched from C++), or 'single_threaded' =
     rclpy.executors.SingleThreadedExecutor, also used for 'events' where this rclpy has none (resolve_executor).
     poll_sec: longest wait of one events spin_once, i.e. how late a shutdown is noticed."""
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     events = resolve_executor(kind) == 'events'
     executor = EventsExecutor(context=node.context) if events else SingleThreadedExecutor(context=node.context)
@@ -107,5 +107,7 @@ def spin_node(node, kind: str = 'events', *, poll_sec: float = 0.25) -> None:
             executor.spin()
         while events and rclpy.ok(context=node.context):
             executor.spin_once(timeout_sec=poll_sec)
+    except ExternalShutdownException:      # the context shut down while waiting: the end of the spin
+        pass
     finally:
         executor.shutdown()

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 from pathlib import Path
@@ -96,6 +97,48 @@ def test_event_callbacks_come_from_event_handler_and_else_from_humbles_qos_event
         monkeypatch.undo()
         importlib.reload(ros_compat)
     assert ros_compat.SubscriptionEventCallbacks.__module__ == 'rclpy.event_handler'
+
+
+@pytest.mark.parametrize('has_events', [True, False], ids=['jazzy_kilted', 'humble'])
+def test_spin_node_runs_callbacks_until_shutdown_with_the_events_executor_or_humbles_fallback(monkeypatch, has_events):
+    """spin_node(node, 'events') uses rclpy.experimental.EventsExecutor where it exists (Jazzy, Kilted: asserted
+    here) and else the SingleThreadedExecutor; either way callbacks run, a Python thread beside it gets the GIL,
+    and the spin returns when the context shuts down."""
+    assert ros_compat.EventsExecutor is not None                       # both venvs the suite runs on have it
+    if not has_events:
+        monkeypatch.setattr(ros_compat, 'EventsExecutor', None)
+    assert ros_compat.resolve_executor('events') == ('events' if has_events else 'single_threaded')
+    assert ros_compat.resolve_executor('single_threaded') == 'single_threaded'
+    with pytest.raises(ValueError, match='executor must be one of events, single_threaded'):
+        ros_compat.resolve_executor('multi_threaded')
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node('dd_spin_node_test', context=ctx)
+    ticks, beside = [], []
+    stop = threading.Event()
+
+    def other_thread():
+        while not stop.is_set():
+            beside.append(1)
+            time.sleep(0.005)
+
+    def tick():
+        ticks.append(time.monotonic())
+        if len(ticks) == 5:
+            ctx.try_shutdown()
+    node.create_timer(0.05, tick)
+    thread = threading.Thread(target=other_thread, daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    try:
+        ros_compat.spin_node(node, 'events', poll_sec=0.1)
+    finally:
+        stop.set()
+        thread.join(5)
+        node.destroy_node()
+        ctx.try_shutdown()
+    assert len(ticks) == 5 and time.monotonic() - t0 < 5
+    assert len(beside) >= 10, 'the spin kept the GIL from other Python threads'
 
 
 # ---------------------------------------------------------------------------- the profile, in real processes

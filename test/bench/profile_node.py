@@ -82,16 +82,15 @@ def _work_loop(self):
     finally:
         pr.disable()
 N._work_loop = _work_loop
-from rclpy.executors import SingleThreadedExecutor
-_orig_spin = SingleThreadedExecutor.spin
-def spin(self, *a, **k):
+_orig_spin = node.spin_node
+def spin_node(*a, **k):                 # the executor thread, whichever executor (parameter `executor`)
     pr = PROF.setdefault('executor', cProfile.Profile())
     pr.enable()
     try:
-        return _orig_spin(self, *a, **k)
+        return _orig_spin(*a, **k)
     finally:
         pr.disable()
-SingleThreadedExecutor.spin = spin
+node.spin_node = spin_node
 
 def report():
     out = ['SPANS (ms per call): name | calls | mean | p50 | p99']
