@@ -268,6 +268,7 @@ class Replayer:
         self.topics = selected
         self.origin_ns = bag.start_ns + int(round(start_offset * 1e9))
         self.published: dict[str, int] = dict.fromkeys(self.publishers, 0)
+        self.unacked: list[str] = []          # topics wait_for_acks() gave up on
         self.latency_topic = latency_topic if latency_topic in self.publishers else None
         self.publish_times: OrderedDict[int, int] = OrderedDict()     # stamp ns → wall publish ns
         self.latencies_ms: list[float] = []
@@ -351,8 +352,26 @@ class Replayer:
                 poll()
                 last_poll = time.monotonic()
 
+    def wait_for_acks(self, executor, timeout_s: float) -> list[str]:
+        """Wait up to timeout_s in all for every reliable subscriber to acknowledge what was published (as
+        ros2 bag play --wait-for-all-acked): a process that exits right after its last publish can take samples
+        still in flight with it. Returns the topics not acknowledged in time (best-effort subscribers never
+        acknowledge and are not waited for). Fast DDS acknowledges on the writer's next heartbeat, so this takes
+        up to its heartbeat period (~2 s measured here) after the last message. The executor keeps spinning
+        meanwhile (a recording goes on)."""
+        from rclpy.duration import Duration
+
+        end = time.monotonic() + max(0.0, timeout_s)
+        pending = [t for t in self.publishers if self.published.get(t)]
+        while pending and time.monotonic() < end:
+            pending = [t for t in pending if not self.publishers[t].wait_for_all_acked(Duration(nanoseconds=0))]
+            if pending:
+                executor.spin_once(timeout_sec=0.05)
+        self.unacked = pending
+        return self.unacked
+
     def summary(self) -> dict:
-        return {'published': dict(self.published), 'skipped_types': self.skipped_types,
+        return {'published': dict(self.published), 'unacked_topics': list(self.unacked), 'skipped_types': self.skipped_types,
                 'skipped_messages': sum(v['messages'] for v in self.skipped_types.values()), 'loops': self.loops,
                 'latency_topic': self.latency_topic,
                 'latency_ms': _distribution(self.latencies_ms) if self.latencies_ms else None,
@@ -373,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--clock', nargs='?', type=clock_hz, const=DEFAULT_CLOCK_HZ, metavar='HZ',
                    help=f'publish /clock in bag time at HZ ({DEFAULT_CLOCK_HZ:g} without a value) and before each '
                         f'message, like ros2 bag play --clock, for nodes with use_sim_time:=true')
+    p.add_argument('--ack-timeout', type=float, default=5.0, metavar='S',
+                   help='after the last message, wait up to S seconds for reliable subscribers to acknowledge '
+                        'everything (like ros2 bag play --wait-for-all-acked) so that exiting loses nothing; 0 or less: '
+                        'exit at once')
     p.add_argument('--record', metavar='OUT', help='record --record-topics into this new bag')
     p.add_argument('--record-topics', nargs='+', default=['/depth'], help='topics to record')
     p.add_argument('--record-storage', choices=('mcap', 'sqlite3'), default='mcap')
@@ -447,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
             replayer.play_once(executor, poll)
             if not args.loop:
                 break
+        if args.ack_timeout > 0 and replayer.wait_for_acks(executor, args.ack_timeout):
+            log(f'warning: {", ".join(replayer.unacked)}: not every reliable subscriber acknowledged the last '
+                f'messages within --ack-timeout {args.ack_timeout:g} s; they may have missed some')
         end = time.monotonic() + (args.linger if recorder is not None else 0.0)
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.05)
