@@ -21,6 +21,7 @@ ROSDEP_KEYS = {
     'diagnostic_msgs': 'diagnostic_msgs',
     'lifecycle_msgs': 'lifecycle_msgs',
     'rcl_interfaces': 'rcl_interfaces',
+    'rosgraph_msgs': 'rosgraph_msgs',
     'sensor_msgs': 'sensor_msgs',
     'std_msgs': 'std_msgs',
     'visualization_msgs': 'visualization_msgs',
