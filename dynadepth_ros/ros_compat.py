@@ -36,7 +36,8 @@ except ImportError:                         # Humble
 __all__ = ['PublisherEventCallbacks', 'SubscriptionEventCallbacks', 'rclpy_major', 'fastdds_profile_variable',
            'export_fastdds_profile', 'localhost_discovery_env', 'EXECUTORS', 'resolve_executor', 'spin_node']
 
-EXECUTORS = ('events', 'single_threaded')
+EXECUTORS = ('auto', 'events', 'single_threaded')
+_FIRST_EVENTS_DEFAULT_MAJOR = 9             # Kilted: the EventsExecutor's own release line (Jazzy has a backport)
 
 PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')   # Fast DDS 3.x, 2.x
 _DISTRO_RCLPY_MAJOR = {'humble': 3, 'iron': 4, 'jazzy': 7, 'kilted': 9, 'rolling': 10}
@@ -82,19 +83,26 @@ def localhost_discovery_env(major: int | None) -> dict[str, str]:
     return {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
 
 
-def resolve_executor(kind: str) -> str:
-    """The executor spin_node() will use for `kind`: 'events' only where this rclpy has an EventsExecutor."""
+def resolve_executor(kind: str, major: int | None = None) -> str:
+    """The executor spin_node() uses for `kind`: 'events' only where this rclpy has an EventsExecutor; 'auto' is
+    'events' on Kilted and newer and 'single_threaded' on Jazzy (whose EventsExecutor is a backport: in two
+    full Jazzy suites under load the node twice missed camera_info with it, never reproduced alone) and Humble.
+    major: rclpy's major version; None = rclpy_major()."""
     if kind not in EXECUTORS:
         raise ValueError(f'executor must be one of {", ".join(EXECUTORS)}, not {kind!r}')
+    if kind == 'auto':
+        major = rclpy_major() if major is None else major
+        kind = 'events' if major is not None and major >= _FIRST_EVENTS_DEFAULT_MAJOR else 'single_threaded'
     return 'single_threaded' if kind == 'events' and EventsExecutor is None else kind
 
 
-def spin_node(node, kind: str = 'events', *, poll_sec: float = 0.25) -> None:
+def spin_node(node, kind: str = 'auto', *, poll_sec: float = 0.25) -> None:
     """Run `node`'s callbacks until its context shuts down (Ctrl-C; returns) or a callback raises (the exception
     propagates, as from SingleThreadedExecutor.spin()).
 
-    kind: 'events' = rclpy.experimental.EventsExecutor (callbacks dispatched from C++), or 'single_threaded' =
-    rclpy.executors.SingleThreadedExecutor, also used for 'events' where this rclpy has none (resolve_executor).
+    kind: 'events' = rclpy.experimental.EventsExecutor (callbacks dispatched from C++), 'single_threaded' =
+    rclpy.executors.SingleThreadedExecutor (also for 'events' where this rclpy has none), or 'auto'
+    (resolve_executor).
     poll_sec: longest wait of one events spin_once, i.e. how late a shutdown is noticed."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor

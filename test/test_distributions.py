@@ -109,7 +109,11 @@ def test_spin_node_runs_callbacks_until_shutdown_with_the_events_executor_or_hum
         monkeypatch.setattr(ros_compat, 'EventsExecutor', None)
     assert ros_compat.resolve_executor('events') == ('events' if has_events else 'single_threaded')
     assert ros_compat.resolve_executor('single_threaded') == 'single_threaded'
-    with pytest.raises(ValueError, match='executor must be one of events, single_threaded'):
+    # auto: events from Kilted (rclpy 9) on, single_threaded on Jazzy (7) and Humble (3)
+    assert [ros_compat.resolve_executor('auto', major) for major in (3, 7, 9, 10)] == \
+        ['single_threaded', 'single_threaded'] + (['events'] * 2 if has_events else ['single_threaded'] * 2)
+    assert ros_compat.resolve_executor('auto') == ros_compat.resolve_executor('auto', ros_compat.rclpy_major())
+    with pytest.raises(ValueError, match='executor must be one of auto, events, single_threaded'):
         ros_compat.resolve_executor('multi_threaded')
     ctx = rclpy.Context()
     rclpy.init(context=ctx)

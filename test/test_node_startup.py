@@ -15,6 +15,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from contract_model import expected_depth, make_contract_model  # noqa: E402
+from dynadepth_ros import ros_compat  # noqa: E402
 from dynadepth_ros.inference.estimator import BUNDLED_MODEL  # noqa: E402
 from dynadepth_ros.inference.tensorrt_backend import EngineKey, write_engine  # noqa: E402
 from test_node_graph import Graph, depth_array, depth_node_cmd, image_msg, next_stamp, send_and_wait  # noqa: E402
@@ -171,16 +172,20 @@ def test_diagnostics_keep_coming_while_configure_builds_a_tensorrt_engine(tmp_pa
         g.close()
 
 
-@pytest.mark.parametrize('executor', ['events', 'single_threaded'])
+@pytest.mark.parametrize('executor', ['events', 'single_threaded', None], ids=['events', 'single_threaded', 'default'])
 def test_either_executor_serves_lifecycle_parameters_depth_and_exits_cleanly_on_sigint(tmp_path, executor):
     """The `executor` parameter: lifecycle and parameter services, depth and /diagnostics work with both, the
-    diagnostics name the executor in use, and Ctrl-C ends the process with status 0 within a few seconds."""
+    diagnostics name the executor in use (the default: events on Kilted, single_threaded on Jazzy), and Ctrl-C ends
+    the process with status 0 within a few seconds."""
     model = make_contract_model(tmp_path / 'm.onnx')
     ns, name = f'/dd_exec_{executor}', 'dd_exec'
     log_path = tmp_path / 'node.log'
+    chosen = ['-p', f'executor:={executor}'] if executor else []
+    if executor is None:
+        executor = 'events' if ros_compat.rclpy_major() >= 9 else 'single_threaded'
     with open(log_path, 'w') as log:
         proc = subprocess.Popen(depth_node_cmd() + [
-            '--ros-args', '-p', f'model_path:={model}', '-p', 'autostart:=false', '-p', f'executor:={executor}',
+            '--ros-args', '-p', f'model_path:={model}', '-p', 'autostart:=false', *chosen,
             '-r', f'__node:={name}', '-r', f'__ns:={ns}'], stdout=log, stderr=subprocess.STDOUT)
     g = Graph()
     try:
@@ -224,5 +229,5 @@ def test_an_unknown_executor_is_refused_naming_the_choices():
     proc = subprocess.run(depth_node_cmd() + ['--ros-args', '-p', 'executor:=multi', '-r', '__node:=dd_exec_bad'],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert "executor must be one of events, single_threaded, not 'multi'" in proc.stdout + proc.stderr
+    assert "executor must be one of auto, events, single_threaded, not 'multi'" in proc.stdout + proc.stderr
     assert 'Traceback' not in proc.stdout + proc.stderr
