@@ -150,6 +150,7 @@ class Client:
 
     def close(self):
         self.executor.shutdown()
+        self.thread.join(5)       # a spin thread still running at interpreter exit aborts it ('terminate called')
         self.node.destroy_node()
         self.rclpy.shutdown()
 
