@@ -110,6 +110,8 @@ def spin_node(node, kind: str = 'auto', *, poll_sec: float = 0.25) -> None:
     events = resolve_executor(kind) == 'events'
     executor = EventsExecutor(context=node.context) if events else SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
+    # no executor.shutdown() here: the caller still stops its own threads and destroys the node after the spin,
+    # and shutting the executor down first made a Jazzy depth_node die of SIGSEGV on Ctrl-C (1 of 3 CI runs)
     try:
         if not events:
             executor.spin()
@@ -117,5 +119,3 @@ def spin_node(node, kind: str = 'auto', *, poll_sec: float = 0.25) -> None:
             executor.spin_once(timeout_sec=poll_sec)
     except ExternalShutdownException:      # the context shut down while waiting: the end of the spin
         pass
-    finally:
-        executor.shutdown()
