@@ -18,14 +18,13 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_node import WORK, bench_image, bench_model  # noqa: E402  (also sets the ROS environment, as bench_node)
+from bench_node import WORK, RosClient, bench_image, bench_model, stamp_ns  # noqa: E402  (also sets the ROS environment, as bench_node)
 from test_node_graph import depth_node_cmd  # noqa: E402
 
 CAMS = ('cam0', 'cam1')
@@ -41,37 +40,28 @@ def node_cmd(model: Path, threads: int, ns: str, name: str, cameras: tuple[str, 
     return cmd
 
 
-class Client:
+class Client(RosClient):
     """Publishes both cameras of every set-up, records (receive ns, stamp ns) per depth topic."""
 
     def __init__(self):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
-        rclpy.init()
-        self.rclpy = rclpy
-        self.node = rclpy.create_node('bench_multicam_client')
-        self.lock = threading.Lock()
+        super().__init__('bench_multicam_client')
         self.recv: dict[str, list[tuple[int, int]]] = {}
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pubs = {}
         for ns in SETUPS.values():
             for cam in CAMS:
                 topic = f'{ns}/{cam}'
-                self.pubs[topic] = self.node.create_publisher(Image, f'{topic}/image', qos)
+                self.pubs[topic] = self.node.create_publisher(Image, f'{topic}/image', self.qos)
                 self.recv[topic] = []
-                self.node.create_subscription(Image, f'{topic}/depth', lambda m, t=topic: self._on_depth(t, m), qos)
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+                self.node.create_subscription(Image, f'{topic}/depth', lambda m, t=topic: self._on_depth(t, m),
+                                              self.qos)
+        self.start()
 
     def _on_depth(self, topic, msg):
         now = time.time_ns()
         with self.lock:
-            self.recv[topic].append((now, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec))
+            self.recv[topic].append((now, stamp_ns(msg)))
 
     def connected(self) -> bool:
         return all(p.get_subscription_count() > 0 for p in self.pubs.values()) and all(
@@ -84,26 +74,10 @@ class Client:
         with self.lock:
             for t in topics:
                 self.recv[t].clear()
-        period = 1.0 / rate_hz
-        t_next = time.perf_counter()
-        end = t_next + seconds
-        while time.perf_counter() < end:
-            ns_now = time.time_ns()
-            msg.header.stamp.sec, msg.header.stamp.nanosec = ns_now // 1_000_000_000, ns_now % 1_000_000_000
-            for t in topics:
-                self.pubs[t].publish(msg)
-            t_next += period
-            delay = t_next - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+        self.publish_paced([self.pubs[t] for t in topics], msg, rate_hz, seconds)
         time.sleep(1.5)
         with self.lock:
             return {t: list(self.recv[t]) for t in topics}
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.shutdown()
 
 
 def fps(recv: list[tuple[int, int]]) -> float:

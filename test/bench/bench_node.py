@@ -97,33 +97,77 @@ class RawBackend:
         return times
 
 
-class Client:
-    def __init__(self):
+def stamp_ns(msg) -> int:
+    """The header stamp of `msg` in nanoseconds."""
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+class RosClient:
+    """The benchmarks' side of the ROS graph: one node spun in a background thread, a lock for what the callbacks
+    record, reliable keep-last-10 QoS, and publishing on a fixed schedule. Subclasses create their publishers and
+    subscriptions in __init__, then call start()."""
+
+    def __init__(self, name: str):
         import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
 
         rclpy.init()
         self.rclpy = rclpy
-        self.node = rclpy.create_node('bench_node_client')
-        self.recv: list[tuple[int, int]] = []          # (receive time ns, stamp ns)
-        self.diag: dict = {}
+        self.node = rclpy.create_node(name)
         self.lock = threading.Lock()
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub = self.node.create_publisher(Image, '/bench/image', qos)
-        self.node.create_subscription(Image, '/bench/depth', self._on_depth, qos)
-        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
+        self.qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+    def start(self) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
 
+    @staticmethod
+    def publish_paced(pubs: list, msg, rate_hz: float, seconds: float) -> None:
+        """Publish `msg` on every publisher of `pubs` at rate_hz for `seconds`, restamped with the wall time at each
+        tick (all publishers get the same stamp, like a synchronised rig)."""
+        period = 1.0 / rate_hz
+        t_next = time.perf_counter()
+        end = t_next + seconds
+        while time.perf_counter() < end:
+            ns = time.time_ns()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = ns // 1_000_000_000, ns % 1_000_000_000
+            for pub in pubs:
+                pub.publish(msg)
+            t_next += period
+            delay = t_next - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+
+    def close(self):
+        self.executor.shutdown()
+        self.thread.join(5)       # a spin thread still running at interpreter exit aborts it ('terminate called')
+        self.node.destroy_node()
+        self.rclpy.shutdown()
+
+
+class Client(RosClient):
+    """Publishes the bench image, records (receive ns, stamp ns) of every depth and the node's /diagnostics."""
+
+    def __init__(self):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import Image
+
+        super().__init__('bench_node_client')
+        self.recv: list[tuple[int, int]] = []          # (receive time ns, stamp ns)
+        self.diag: dict = {}
+        self.pub = self.node.create_publisher(Image, '/bench/image', self.qos)
+        self.node.create_subscription(Image, '/bench/depth', self._on_depth, self.qos)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
+        self.start()
+
     def _on_depth(self, msg):
         now = time.time_ns()
         with self.lock:
-            self.recv.append((now, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec))
+            self.recv.append((now, stamp_ns(msg)))
 
     def _on_diag(self, arr):
         for st in arr.status:
@@ -133,26 +177,10 @@ class Client:
     def run(self, rate_hz: float, seconds: float, msg) -> list[tuple[int, int]]:
         with self.lock:
             self.recv.clear()
-        period = 1.0 / rate_hz
-        t_next = time.perf_counter()
-        end = t_next + seconds
-        while time.perf_counter() < end:
-            ns = time.time_ns()
-            msg.header.stamp.sec, msg.header.stamp.nanosec = ns // 1_000_000_000, ns % 1_000_000_000
-            self.pub.publish(msg)
-            t_next += period
-            delay = t_next - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+        self.publish_paced([self.pub], msg, rate_hz, seconds)
         time.sleep(1.0)
         with self.lock:
             return list(self.recv)
-
-    def close(self):
-        self.executor.shutdown()
-        self.thread.join(5)       # a spin thread still running at interpreter exit aborts it ('terminate called')
-        self.node.destroy_node()
-        self.rclpy.shutdown()
 
 
 def start_node(cmd: list[str], client: Client, log_path: Path):
