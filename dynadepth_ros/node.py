@@ -940,10 +940,11 @@ def main(args=None) -> int:
     try:
         node = DepthNode()
         executor = node.get_parameter('executor').value
-        if executor not in EXECUTORS:
-            node.get_logger().fatal(f'parameter executor must be one of {", ".join(EXECUTORS)}, not {executor!r}')
+        try:
+            node.executor_kind = resolve_executor(executor)
+        except ValueError as exc:
+            node.get_logger().fatal(f'parameter {exc}')
             return 1
-        node.executor_kind = resolve_executor(executor)
         if executor == 'events' and node.executor_kind != executor:
             node.get_logger().warning(f'this rclpy has no EventsExecutor (Humble?): using {node.executor_kind}')
         if node.get_parameter('autostart').value:
@@ -953,7 +954,7 @@ def main(args=None) -> int:
             if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().fatal('activate failed, exiting')
                 return 1
-        spin_node(node, executor)
+        spin_node(node, node.executor_kind)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except WorkerFailure:                 # already logged (fatal) and reported on /diagnostics
