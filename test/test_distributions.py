@@ -4,6 +4,7 @@ ROS_DISTRO=jazzy` a Kilted one from .venv, when it exists) talking to this one o
 import importlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -146,11 +147,30 @@ def test_spin_node_runs_callbacks_until_shutdown_with_the_events_executor_or_hum
 
 
 # ---------------------------------------------------------------------------- the profile, in real processes
-def _segment_sizes(pid) -> list[int]:
+SEGMENT = re.compile(r'/dev/shm/fast(?:dds|rtps)_[0-9a-f]{16}\b')
+
+
+def _segments_on_host() -> set[str]:
+    return {str(p) for p in Path('/dev/shm').iterdir() if SEGMENT.fullmatch(str(p))}
+
+
+def _segment_sizes(pid, existing=frozenset()) -> list[int]:
     """Sizes of the Fast DDS shared-memory segments (/dev/shm/fastdds_<id>, Fast DDS 2.x: fastrtps_<id>) that
-    process `pid` has mapped."""
+    process `pid` has mapped, leaving out `existing` ones: a participant also maps the segments of the other
+    participants it discovers (a CI run saw a 32 MB one of another process next to a Jazzy probe's 0.5 MB own)."""
     maps = Path(f'/proc/{pid}/maps').read_text()
-    return [os.stat(p).st_size for p in set(re.findall(r'/dev/shm/fast(?:dds|rtps)_[0-9a-f]{16}\b', maps))]
+    return [os.stat(p).st_size for p in set(SEGMENT.findall(maps)) - set(existing)]
+
+
+def _stop(proc, ask):
+    """Stop `proc` the way that lets Fast DDS release its segment (`ask`), killing it only if that fails: a
+    killed participant leaves its segment in /dev/shm."""
+    try:
+        ask()
+        proc.wait(15)
+    except (subprocess.TimeoutExpired, OSError):
+        proc.kill()
+        proc.wait()
 
 
 def _profile_env_as_documented():
@@ -170,7 +190,9 @@ PARTICIPANT = textwrap.dedent('''
     rclpy.init()
     node = rclpy.create_node('profile_probe')
     print('ready', flush=True)
-    time.sleep(30)
+    sys.stdin.readline()        # until the test closes stdin: then a clean exit releases the segment
+    node.destroy_node()
+    rclpy.shutdown()
 ''')
 
 
@@ -178,14 +200,14 @@ PARTICIPANT = textwrap.dedent('''
 def test_a_participant_gets_the_shipped_profile_only_through_the_variable_its_fast_dds_reads(compat):
     """With FASTDDS_DEFAULT_PROFILES_FILE alone, Fast DDS 3.x (Kilted) uses the profile's 32 MB segment; Fast DDS
     2.x (Jazzy) ignores the variable and maps its default 0.5 MB one, unless export_fastdds_profile() ran first."""
+    existing = _segments_on_host()
     proc = subprocess.Popen([sys.executable, '-c', PARTICIPANT, 'compat' if compat else 'plain'],
-                            stdout=subprocess.PIPE, text=True, env=_profile_env_as_documented())
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_profile_env_as_documented())
     try:
         assert proc.stdout.readline().strip() == 'ready'
-        sizes = _segment_sizes(proc.pid)
+        sizes = _segment_sizes(proc.pid, existing)
     finally:
-        proc.kill()
-        proc.wait()
+        _stop(proc, proc.stdin.close)
     assert sizes, 'no Fast DDS shared-memory segment mapped'
     assert (max(sizes) >= SHIPPED_SEGMENT) == (compat or FASTDDS3), sizes
 
@@ -195,6 +217,7 @@ def test_depth_node_uses_the_shipped_profile_given_as_documented(tmp_path):
     README set FASTDDS_DEFAULT_PROFILES_FILE, which Jazzy's Fast DDS 2.14 does not read)."""
     model = make_contract_model(tmp_path / 'contract.onnx')
     log = tmp_path / 'node.log'
+    existing = _segments_on_host()
     with open(log, 'w') as f:
         proc = subprocess.Popen(depth_node_cmd() + ['--ros-args', '-p', f'model_path:={model}', '-r',
                                                     '__node:=dd_profile'], stdout=f, stderr=subprocess.STDOUT,
@@ -204,10 +227,9 @@ def test_depth_node_uses_the_shipped_profile_given_as_documented(tmp_path):
         while 'active:' not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert 'active:' in log.read_text(), log.read_text()
-        sizes = _segment_sizes(proc.pid)
+        sizes = _segment_sizes(proc.pid, existing)
     finally:
-        proc.kill()
-        proc.wait()
+        _stop(proc, lambda: proc.send_signal(signal.SIGINT))
     assert sizes and max(sizes) >= SHIPPED_SEGMENT, sizes
 
 
