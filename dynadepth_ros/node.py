@@ -73,7 +73,7 @@ from dynadepth_ros.mask_sync import MaskPairer, MaskWatch
 from dynadepth_ros.model_format import ModelFormatError
 from dynadepth_ros.objects import instance_depths
 from dynadepth_ros.ros_compat import (EXECUTORS, PublisherEventCallbacks, SubscriptionEventCallbacks,
-                                      export_fastdds_profile, resolve_executor, spin_node)
+                                      export_fastdds_profile, make_executor, resolve_executor, spin_node)
 
 NODE_NAME = 'dynadepth'
 TRANSPORTS = ('raw', 'compressed')
@@ -935,7 +935,7 @@ def main(args=None) -> int:
     """Entry point of `depth_node`: create, (auto)start and spin the node until shutdown."""
     export_fastdds_profile()      # the profile under the variable name this distribution's Fast DDS reads
     rclpy.init(args=args)
-    node = None
+    node = executor = None      # executor: referenced until main() returns (make_executor says why)
     code = 0
     try:
         node = DepthNode()
@@ -954,7 +954,8 @@ def main(args=None) -> int:
             if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().fatal('activate failed, exiting')
                 return 1
-        spin_node(node, node.executor_kind)
+        executor = make_executor(node, node.executor_kind)
+        spin_node(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except WorkerFailure:                 # already logged (fatal) and reported on /diagnostics

@@ -34,7 +34,8 @@ except ImportError:                         # Humble
     EventsExecutor = None
 
 __all__ = ['PublisherEventCallbacks', 'SubscriptionEventCallbacks', 'rclpy_major', 'fastdds_profile_variable',
-           'export_fastdds_profile', 'localhost_discovery_env', 'EXECUTORS', 'resolve_executor', 'spin_node']
+           'export_fastdds_profile', 'localhost_discovery_env', 'EXECUTORS', 'resolve_executor', 'make_executor',
+           'spin_node']
 
 EXECUTORS = ('auto', 'events', 'single_threaded')
 _FIRST_EVENTS_DEFAULT_MAJOR = 9             # Kilted: the EventsExecutor's own release line (Jazzy has a backport)
@@ -84,7 +85,7 @@ def localhost_discovery_env(major: int | None) -> dict[str, str]:
 
 
 def resolve_executor(kind: str, major: int | None = None) -> str:
-    """The executor spin_node() uses for `kind`: 'events' only where this rclpy has an EventsExecutor; 'auto' is
+    """The executor make_executor() makes for `kind`: 'events' only where this rclpy has an EventsExecutor; 'auto' is
     'events' on Kilted and newer and 'single_threaded' on Jazzy (whose EventsExecutor is a backport: in two
     full Jazzy suites under load the node twice missed camera_info with it, never reproduced alone) and Humble.
     major: rclpy's major version; None = rclpy_major()."""
@@ -96,22 +97,36 @@ def resolve_executor(kind: str, major: int | None = None) -> str:
     return 'single_threaded' if kind == 'events' and EventsExecutor is None else kind
 
 
-def spin_node(node, kind: str = 'auto', *, poll_sec: float = 0.25) -> None:
-    """Run `node`'s callbacks until its context shuts down (Ctrl-C; returns) or a callback raises (the exception
-    propagates, as from SingleThreadedExecutor.spin()).
+def make_executor(node, kind: str = 'auto'):
+    """The executor for `kind` with `node` added: 'events' = rclpy.experimental.EventsExecutor (callbacks
+    dispatched from C++), 'single_threaded' = rclpy.executors.SingleThreadedExecutor (also for 'events' where
+    this rclpy has none), or 'auto' (resolve_executor).
 
-    kind: 'events' = rclpy.experimental.EventsExecutor (callbacks dispatched from C++), 'single_threaded' =
-    rclpy.executors.SingleThreadedExecutor (also for 'events' where this rclpy has none), or 'auto'
-    (resolve_executor).
-    poll_sec: longest wait of one events spin_once, i.e. how late a shutdown is noticed."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    The caller keeps a reference to it until it has destroyed the node and shut rclpy down, i.e. for the life of
+    the process. Freeing an executor right after Ctrl-C can kill the process: rclpy's signal thread (rclpy 7 /
+    Jazzy) walks the list of registered signal guard conditions without a lock, and an executor's destruction
+    unregisters its guard condition and frees that list (depth_node died of SIGSEGV in rcl_trigger_guard_condition
+    in about 1 of 10 Ctrl-Cs under test when spin_node owned its executor)."""
+    from rclpy.executors import SingleThreadedExecutor
 
     events = resolve_executor(kind) == 'events'
     executor = EventsExecutor(context=node.context) if events else SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
-    # no executor.shutdown() here: the caller still stops its own threads and destroys the node after the spin,
-    # and shutting the executor down first made a Jazzy depth_node die of SIGSEGV on Ctrl-C (1 of 3 CI runs)
+    return executor
+
+
+def spin_node(node, executor, *, poll_sec: float = 0.25) -> None:
+    """Run `node`'s callbacks on `executor` (make_executor) until the node's context shuts down (Ctrl-C; returns)
+    or a callback raises (the exception propagates, as from SingleThreadedExecutor.spin()).
+
+    poll_sec: longest wait of one EventsExecutor spin_once, i.e. how late a shutdown is noticed (its spin() kept
+    the GIL here, see above)."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    events = not isinstance(executor, SingleThreadedExecutor)   # EventsExecutor is a factory function, not a class
+    # no executor.shutdown() here either: the caller still stops its own threads and destroys the node after the
+    # spin, and shutting the executor down first made a Jazzy depth_node die of SIGSEGV on Ctrl-C (see above)
     try:
         if not events:
             executor.spin()

@@ -1,6 +1,7 @@
 """What differs between ROS 2 distributions (dynadepth_ros.ros_compat), checked on the one this venv has, and
 the node of the other venv (`make test` on Kilted runs a Jazzy node from .venv-jazzy, `make test
 ROS_DISTRO=jazzy` a Kilted one from .venv, when it exists) talking to this one over DDS on the same host."""
+import gc
 import importlib
 import os
 import re
@@ -102,9 +103,9 @@ def test_event_callbacks_come_from_event_handler_and_else_from_humbles_qos_event
 
 @pytest.mark.parametrize('has_events', [True, False], ids=['jazzy_kilted', 'humble'])
 def test_spin_node_runs_callbacks_until_shutdown_with_the_events_executor_or_humbles_fallback(monkeypatch, has_events):
-    """spin_node(node, 'events') uses rclpy.experimental.EventsExecutor where it exists (Jazzy, Kilted: asserted
-    here) and else the SingleThreadedExecutor; either way callbacks run, a Python thread beside it gets the GIL,
-    and the spin returns when the context shuts down."""
+    """make_executor(node, 'events') makes an rclpy.experimental.EventsExecutor where it exists (Jazzy, Kilted:
+    asserted here) and else the SingleThreadedExecutor; spin_node on either runs callbacks, lets a Python thread
+    beside it have the GIL, and returns when the context shuts down."""
     assert ros_compat.EventsExecutor is not None                       # both venvs the suite runs on have it
     if not has_events:
         monkeypatch.setattr(ros_compat, 'EventsExecutor', None)
@@ -136,7 +137,9 @@ def test_spin_node_runs_callbacks_until_shutdown_with_the_events_executor_or_hum
     thread.start()
     t0 = time.monotonic()
     try:
-        ros_compat.spin_node(node, 'events', poll_sec=0.1)
+        executor = ros_compat.make_executor(node, 'events')
+        assert type(executor).__name__ == ('EventsExecutor' if has_events else 'SingleThreadedExecutor')
+        ros_compat.spin_node(node, executor, poll_sec=0.1)
     finally:
         stop.set()
         thread.join(5)
@@ -144,6 +147,34 @@ def test_spin_node_runs_callbacks_until_shutdown_with_the_events_executor_or_hum
         ctx.try_shutdown()
     assert len(ticks) == 5 and time.monotonic() - t0 < 5
     assert len(beside) >= 10, 'the spin kept the GIL from other Python threads'
+
+
+
+def test_depth_node_main_keeps_its_executor_until_rclpy_is_shut_down(monkeypatch):
+    """An executor freed right after Ctrl-C can crash the process (Jazzy: rclpy's signal thread may still walk the
+    guard-condition list the executor's destruction frees; depth_node died of SIGSEGV in about 1 of 10 Ctrl-Cs
+    when spin_node owned its executor). main() holds it until after rclpy.try_shutdown()."""
+    import weakref
+
+    from dynadepth_ros import node as node_module
+
+    made, alive_at_shutdown = [], []
+
+    def interrupted_spin(node, executor, **kwargs):
+        made.append(weakref.ref(executor))
+        raise KeyboardInterrupt                            # as Ctrl-C arrives in the main thread
+
+    real_shutdown = node_module.rclpy.try_shutdown
+
+    def try_shutdown(*args, **kwargs):
+        gc.collect()
+        alive_at_shutdown.append(made[0]() is not None)
+        return real_shutdown(*args, **kwargs)
+
+    monkeypatch.setattr(node_module, 'spin_node', interrupted_spin)
+    monkeypatch.setattr(node_module.rclpy, 'try_shutdown', try_shutdown)
+    assert node_module.main(['--ros-args', '-p', 'autostart:=false', '-r', '__node:=dd_main_executor']) == 0
+    assert alive_at_shutdown == [True]
 
 
 # ---------------------------------------------------------------------------- the profile, in real processes

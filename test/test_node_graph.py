@@ -71,15 +71,19 @@ class Graph:
         self.executor.add_node(self.node)
         self.got = defaultdict(list)
         self.lock = threading.Lock()
+        self._stop = threading.Event()
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
         self.pubs = {}
 
     def _spin(self):
-        try:
-            self.executor.spin()
-        except Exception:
-            pass
+        # a loop close() can end: shutting the executor down or destroying the node while another thread waits in
+        # executor.spin() crashed the test process once (SIGSEGV in the spin thread, Jazzy)
+        while not self._stop.is_set() and self.ctx.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:
+                return
 
     def sub(self, mtype, topic, qos=RELIABLE):
         def cb(msg):
@@ -111,6 +115,8 @@ class Graph:
         return future.result()
 
     def close(self):
+        self._stop.set()
+        self.thread.join(5)
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.shutdown(context=self.ctx)

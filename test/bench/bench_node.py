@@ -122,8 +122,15 @@ class RosClient:
 
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+
+    def _spin(self) -> None:
+        # close() ends this loop before it shuts the executor down (doing that while this thread waits inside
+        # executor.spin() can crash the process, seen with the tests' client on Jazzy)
+        while not self._stop.is_set() and self.rclpy.ok():
+            self.executor.spin_once(timeout_sec=0.05)
 
     @staticmethod
     def publish_paced(pubs: list, msg, rate_hz: float, seconds: float) -> None:
@@ -143,8 +150,9 @@ class RosClient:
                 time.sleep(delay)
 
     def close(self):
-        self.executor.shutdown()
+        self._stop.set()
         self.thread.join(5)       # a spin thread still running at interpreter exit aborts it ('terminate called')
+        self.executor.shutdown()
         self.node.destroy_node()
         self.rclpy.shutdown()
 
