@@ -9,7 +9,9 @@ left as recorded. With --clock, /clock (rosgraph_msgs/Clock, best effort, keep l
 ClockQoS, as `ros2 bag play --clock` publishes it) carries the bag time of that same schedule,
 bag start + offset + wall time since the pass started x rate, at HZ (default 40) and right before
 each message whose receive time the last /clock has not reached, so nodes with use_sim_time:=true
-never see a message from their future; each --loop pass starts again at bag start + offset.
+never see a message from their future. Nor does /clock run ahead of the messages: when the replayer
+falls behind its schedule (a stalled process), /clock holds at the receive time of the message it is
+about to publish, then goes on. Each --loop pass starts again at bag start + offset.
 Topics whose message type this rclpy install lacks
 (e.g. tf2_msgs/TFMessage from pip) are skipped with one warning per type and counted. Latched
 (transient-local) topics such as /tf_static are published with transient-local QoS, and before
@@ -102,19 +104,23 @@ class ClockPublisher:
         """Monotonic time of the next scheduled tick."""
         return self.start + self.ticks * self.period
 
-    def tick(self, now: float) -> None:
-        """Publish if a tick is due; the next one is the first scheduled after `now` (no burst after a stall)."""
+    def tick(self, now: float, until_ns: int | None = None) -> None:
+        """Publish if a tick is due; the next one is the first scheduled after `now` (no burst after a stall).
+        until_ns: the receive time of the next message, still unpublished: /clock does not go past it."""
         if now >= self.next_tick():
-            self._publish(now)
+            self._publish(now, until_ns=until_ns)
             self.ticks = int((now - self.start) / self.period) + 1
 
     def before_message(self, now: float, t_ns: int) -> None:
         """Called right before a message received at t_ns (bag time) is published."""
         if self.last_ns is None or self.last_ns < t_ns:
-            self._publish(now, t_ns)
+            self._publish(now, at_least_ns=t_ns, until_ns=t_ns)      # the message's own receive time
 
-    def _publish(self, now: float, at_least_ns: int = 0) -> None:
-        t = max(bag_time_ns(self.origin_ns, now - self.start, self.rate), at_least_ns, self.last_ns or 0)
+    def _publish(self, now: float, at_least_ns: int = 0, until_ns: int | None = None) -> None:
+        t = bag_time_ns(self.origin_ns, now - self.start, self.rate)
+        if until_ns is not None:
+            t = min(t, until_ns)
+        t = max(t, at_least_ns, self.last_ns or 0)
         msg = self._msg()
         msg.clock.sec, msg.clock.nanosec = divmod(t, 1_000_000_000)
         self.pub.publish(msg)
@@ -340,7 +346,7 @@ class Replayer:
             while True:
                 now = time.monotonic()
                 if clock is not None:
-                    clock.tick(now)
+                    clock.tick(now, until_ns=t_ns)
                 if now >= due:
                     break
                 wake = due if clock is None else min(due, clock.next_tick())
