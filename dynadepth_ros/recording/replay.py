@@ -409,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='before playing, wait until these replayed topics have a subscriber (e.g. the node)')
     p.add_argument('--wait-timeout', type=float, default=15.0, help='seconds to wait for subscribers / record topics')
     p.add_argument('--linger', type=float, default=1.0, help='seconds to keep recording after the last message')
+    p.add_argument('--record-settle', type=float, default=0.5, metavar='S',
+                   help='once the record topics are subscribed, wait S seconds before playing: this side matches '
+                        'the publishers at once, but a publisher (e.g. the node\'s /depth) sends nothing to a new '
+                        'subscriber until it has discovered it in turn')
     p.add_argument('--latency-topic', default='/camera/image_raw',
                    help='replayed topic whose stamps the recorded messages carry (stamp→publish latency)')
     p.add_argument('--summary', metavar='FILE', help='also write the summary as JSON')
@@ -469,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
                 return recorder.matched()
             replayer.wait_for(executor, recorder_ready, f'record topics {recorder.pending or args.record_topics}',
                               args.wait_timeout)
+            # our subscription matched their publisher (get_publisher_count) the moment it was created; their
+            # publisher matches it only once their participant has processed our announcement, and until then
+            # it does not send to it (a loaded CI run lost the first /depth of a bag that way)
+            settle_end = time.monotonic() + max(args.record_settle, 0.0)
+            while time.monotonic() < settle_end:
+                executor.spin_once(timeout_sec=0.05)
         log(f'playing {args.bag} ({len(replayer.publishers)} topics) at rate {args.rate:g}'
             + (' in a loop' if args.loop else '') + (f' with /clock at {args.clock:g} Hz' if args.clock else ''))
         poll = recorder.poll if recorder is not None else None
