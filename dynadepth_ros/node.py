@@ -73,7 +73,8 @@ from dynadepth_ros.mask_sync import MaskPairer, MaskWatch
 from dynadepth_ros.model_format import ModelFormatError
 from dynadepth_ros.objects import instance_depths
 from dynadepth_ros.ros_compat import (EXECUTORS, PublisherEventCallbacks, SubscriptionEventCallbacks,
-                                      export_fastdds_profile, make_executor, resolve_executor, spin_node)
+                                      export_fastdds_profile, make_executor, resolve_executor, spin_node,
+                                      uninstall_signal_handlers)
 
 NODE_NAME = 'dynadepth'
 TRANSPORTS = ('raw', 'compressed')
@@ -968,6 +969,7 @@ def main(args=None) -> int:
                 node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()
+        uninstall_signal_handlers()       # joins rclpy's signal thread before the executor is freed (make_executor)
     return code
 
 

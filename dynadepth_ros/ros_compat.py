@@ -33,9 +33,15 @@ try:                                        # Jazzy and newer
 except ImportError:                         # Humble
     EventsExecutor = None
 
+try:                                        # Humble and newer (the deferred signal thread came with it)
+    from rclpy.signals import uninstall_signal_handlers
+except ImportError:                         # no signal thread to stop
+    def uninstall_signal_handlers() -> None:
+        pass
+
 __all__ = ['PublisherEventCallbacks', 'SubscriptionEventCallbacks', 'rclpy_major', 'fastdds_profile_variable',
            'export_fastdds_profile', 'localhost_discovery_env', 'EXECUTORS', 'resolve_executor', 'make_executor',
-           'spin_node']
+           'spin_node', 'uninstall_signal_handlers']
 
 EXECUTORS = ('auto', 'events', 'single_threaded')
 _FIRST_EVENTS_DEFAULT_MAJOR = 9             # Kilted: the EventsExecutor's own release line (Jazzy has a backport)
@@ -102,8 +108,9 @@ def make_executor(node, kind: str = 'auto'):
     dispatched from C++), 'single_threaded' = rclpy.executors.SingleThreadedExecutor (also for 'events' where
     this rclpy has none), or 'auto' (resolve_executor).
 
-    The caller keeps a reference to it until it has destroyed the node and shut rclpy down, i.e. for the life of
-    the process. Freeing an executor right after Ctrl-C can kill the process: rclpy's signal thread (rclpy 7 /
+    The caller keeps a reference to it until it has destroyed the node, shut rclpy down and called
+    uninstall_signal_handlers() (which joins rclpy's signal thread; rclpy.try_shutdown() does not). Freeing an
+    executor right after Ctrl-C can kill the process: rclpy's signal thread (rclpy 7 /
     Jazzy) walks the list of registered signal guard conditions without a lock, and an executor's destruction
     unregisters its guard condition and frees that list (depth_node died of SIGSEGV in rcl_trigger_guard_condition
     in about 1 of 10 Ctrl-Cs under test when spin_node owned its executor)."""

@@ -171,10 +171,16 @@ def test_depth_node_main_keeps_its_executor_until_rclpy_is_shut_down(monkeypatch
         alive_at_shutdown.append(made[0]() is not None)
         return real_shutdown(*args, **kwargs)
 
+    def uninstall_signal_handlers():                      # and the signal thread is joined before it is freed
+        alive_at_shutdown.append(made[0]() is not None)
+        real_uninstall()
+
+    real_uninstall = node_module.uninstall_signal_handlers
     monkeypatch.setattr(node_module, 'spin_node', interrupted_spin)
     monkeypatch.setattr(node_module.rclpy, 'try_shutdown', try_shutdown)
+    monkeypatch.setattr(node_module, 'uninstall_signal_handlers', uninstall_signal_handlers)
     assert node_module.main(['--ros-args', '-p', 'autostart:=false', '-r', '__node:=dd_main_executor']) == 0
-    assert alive_at_shutdown == [True]
+    assert alive_at_shutdown == [True, True]
 
 
 # ---------------------------------------------------------------------------- the profile, in real processes

@@ -509,9 +509,9 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 summary['never_seen'] = missing
                 log(f'warning: {missing} never appeared in the ROS graph; nothing recorded for them')
-        executor.shutdown()
         node.destroy_node()
-        rclpy.shutdown()
+        rclpy.shutdown()        # joins rclpy's signal thread: only then is freeing the executor safe after Ctrl-C
+        executor.shutdown()     # (see ros_compat.make_executor)
         bag.close()
     _print_summary(summary, log)
     if args.summary:
