@@ -60,6 +60,20 @@ def venv_env(venv=None):
     return env
 
 
+def stop_process(proc, timeout=10.0):
+    """Ctrl-C a ROS process and wait for it; kill it only if it is still running `timeout` s later. A killed
+    process leaves its Fast DDS shared-memory segment in /dev/shm (measured: the node modules left 42 files,
+    273 MB, per run when their nodes were killed; they add up over runs until memory runs out)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Graph:
     """Test-side ROS node spinning in a background thread; received messages collected per topic."""
 
@@ -201,9 +215,7 @@ def running_node(d, image_type=Image, image_topic='image', params=(), ns=NS, nam
         proc.kill()
         pytest.fail(f'depth_node did not come up; log:\n{log_path.read_text()}')
     yield g
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
     g.close()
 
 

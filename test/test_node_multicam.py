@@ -20,7 +20,7 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from contract_model import expected_depth, make_contract_model  # noqa: E402
 from test_node_graph import (INTR, Graph, _scene, camera_info_msg, depth_array, depth_node_cmd, image_msg,  # noqa: E402
-                             label_msg, next_stamp, same_stamp, stamp_ns)
+                             label_msg, next_stamp, same_stamp, stamp_ns, stop_process)
 
 NS = '/dd_multi_ns'
 NAME = 'dd_multi'
@@ -58,12 +58,6 @@ def connect(g, proc, ns, cameras):
         pytest.fail(f'depth_node did not come up; log:\n{proc.log_path.read_text()}')
 
 
-def stop(proc):
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope='module')
 def multi(tmp_path_factory):
     d = tmp_path_factory.mktemp('multicam')
@@ -74,7 +68,7 @@ def multi(tmp_path_factory):
     g.sub(DiagnosticArray, '/diagnostics')
     connect(g, proc, NS, CAMS)
     yield g
-    stop(proc)
+    stop_process(proc)
     g.close()
 
 
@@ -357,8 +351,8 @@ def test_batched_cameras_match_a_single_camera_node_with_the_bundled_network(tmp
         assert float(be['batch_size_max']) == 2.0, f'no batch of both cameras happened: {be}'
         assert stamp_ns(sent[-1]) > 0
     finally:
-        stop(pm)
-        stop(ps)
+        stop_process(pm)
+        stop_process(ps)
         g.close()
 
 
@@ -395,5 +389,5 @@ def test_compressed_transport_per_camera(tmp_path):
             assert outs[cam].header.frame_id == f'{cam}_optical'
             np.testing.assert_allclose(depth_array(outs[cam]), expected_depth(v), rtol=1e-5)
     finally:
-        stop(proc)
+        stop_process(proc)
         g.close()

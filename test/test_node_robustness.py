@@ -24,7 +24,7 @@ from std_msgs.msg import Header  # noqa: E402
 
 from contract_model import expected_depth, make_contract_model  # noqa: E402
 from test_node_graph import (FRAME, INTR, Graph, camera_info_msg, depth_array, diag, label_msg,  # noqa: E402
-                             next_stamp, running_node, same_stamp, send_and_wait)
+                             next_stamp, running_node, same_stamp, send_and_wait, stop_process)
 
 NS, NAME = '/dd_robust_ns', 'dd_robust'
 MAX_PIXELS = 1_000_000
@@ -247,7 +247,5 @@ def test_a_dead_or_stuck_worker_turns_diagnostics_error_and_the_process_exits_no
             assert want[mode] in logs[mode].read_text()
     finally:
         for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
         g.close()

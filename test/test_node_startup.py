@@ -18,7 +18,8 @@ from contract_model import expected_depth, make_contract_model  # noqa: E402
 from dynadepth_ros import ros_compat  # noqa: E402
 from dynadepth_ros.inference.estimator import BUNDLED_MODEL  # noqa: E402
 from dynadepth_ros.inference.tensorrt_backend import EngineKey, write_engine  # noqa: E402
-from test_node_graph import Graph, depth_array, depth_node_cmd, image_msg, next_stamp, send_and_wait  # noqa: E402
+from test_node_graph import (Graph, depth_array, depth_node_cmd, image_msg, next_stamp, send_and_wait,  # noqa: E402
+                             stop_process)
 
 
 def _corrupt_engine(path):
@@ -219,9 +220,7 @@ def test_either_executor_serves_lifecycle_parameters_depth_and_exits_cleanly_on_
         assert proc.wait(10) == 0, log_path.read_text()
         assert 'Traceback' not in log_path.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
         g.close()
 
 

@@ -26,7 +26,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
-from test_node_graph import Graph, depth_node_cmd, diag, image_msg, stamp_ns  # noqa: E402
+from test_node_graph import Graph, depth_node_cmd, diag, image_msg, stamp_ns, stop_process  # noqa: E402
 
 BIN = Path(sys.executable).parent
 REGIONS = ('all', 'static', 'dynamic')
@@ -34,16 +34,6 @@ REGIONS = ('all', 'static', 'dynamic')
 
 def replay_cmd(*args):
     return [sys.executable, '-m', 'dynadepth_ros.recording.replay', *map(str, args)]
-
-
-def stop_node(proc):
-    """Ctrl-C a depth_node process; kill it if it has not exited 10 s later."""
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope='module')
@@ -119,7 +109,7 @@ def test_live_node_recording_gives_offline_metrics(setup, capsys):
                                         '/camera/camera_info', '--summary', d / 'summary.json'),
                              capture_output=True, text=True, timeout=90)
     finally:
-        stop_node(node)
+        stop_process(node)
         node_log.close()
     assert res.returncode == 0, res.stderr + (d / 'node.log').read_text()
     summary = json.loads((d / 'summary.json').read_text())
@@ -340,7 +330,7 @@ def test_use_sim_time_node_measures_latency_on_the_replayed_clock(setup):
             replay.kill()
             replay.wait()
         for proc in nodes.values():
-            stop_node(proc)
+            stop_process(proc)
         g.close()
     logs = {name: (d / f'{name}.log').read_text() for name in nodes}
     assert sim is not None and wall is not None, logs

@@ -10,6 +10,7 @@ import pytest
 rclpy = pytest.importorskip('rclpy')
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+from test_node_graph import stop_process  # noqa: E402
 
 PUBLISHER = textwrap.dedent('''
     import sys, numpy as np, rclpy
@@ -22,10 +23,15 @@ PUBLISHER = textwrap.dedent('''
     img = (np.arange(h * w * 3, dtype=np.uint32) * 2654435761 % 251).astype(np.uint8)
     msg = Image(height=h, width=w, encoding='rgb8', step=w * 3, data=img.tobytes())
     msg.header.frame_id = 'camera_optical'
-    for i in range(400):   # 20 s at 20 Hz, the test kills us once it has what it needs
-        msg.header.stamp.sec = 1000 + i
-        pub.publish(msg)
-        rclpy.spin_once(node, timeout_sec=0.05)
+    try:
+        for i in range(400):   # 20 s at 20 Hz, the test stops us (Ctrl-C) once it has what it needs
+            msg.header.stamp.sec = 1000 + i
+            pub.publish(msg)
+            rclpy.spin_once(node, timeout_sec=0.05)
+    except KeyboardInterrupt:
+        pass
+    node.destroy_node()
+    rclpy.try_shutdown()
 ''')
 
 
@@ -43,8 +49,7 @@ def test_image_crosses_process_boundary(height, width):
         while len(got) < 3 and time.monotonic() < deadline and proc.poll() is None:
             rclpy.spin_once(node, timeout_sec=0.1)
     finally:
-        proc.kill()
-        proc.wait()
+        stop_process(proc)
         node.destroy_node()
         rclpy.shutdown()
     assert len(got) >= 3, f'received {len(got)} images of {width}x{height} from the other process'
