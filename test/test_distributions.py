@@ -5,7 +5,6 @@ import gc
 import importlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,7 +24,7 @@ from visualization_msgs.msg import Marker  # noqa: E402
 
 from contract_model import expected_depth, make_contract_model  # noqa: E402
 from test_node_graph import (depth_node_cmd, image_msg, label_msg, next_stamp, out_stamp, running_node,  # noqa: E402
-                             same_stamp, venv_env)
+                             same_stamp, stop_process, venv_env)
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / 'config' / 'fastdds_large_images.xml'
@@ -149,11 +148,11 @@ def test_spin_node_runs_callbacks_until_shutdown_with_the_events_executor_or_hum
     assert len(beside) >= 10, 'the spin kept the GIL from other Python threads'
 
 
-
 def test_depth_node_main_keeps_its_executor_until_rclpy_is_shut_down(monkeypatch):
     """An executor freed right after Ctrl-C can crash the process (Jazzy: rclpy's signal thread may still walk the
     guard-condition list the executor's destruction frees; depth_node died of SIGSEGV in about 1 of 10 Ctrl-Cs
-    when spin_node owned its executor). main() holds it until after rclpy.try_shutdown()."""
+    when spin_node owned its executor). main() holds it until after rclpy.try_shutdown() and
+    uninstall_signal_handlers(), which joins that thread."""
     import weakref
 
     from dynadepth_ros import node as node_module
@@ -199,17 +198,6 @@ def _segment_sizes(pid, existing=frozenset()) -> list[int]:
     return [os.stat(p).st_size for p in set(SEGMENT.findall(maps)) - set(existing)]
 
 
-def _stop(proc, ask):
-    """Stop `proc` the way that lets Fast DDS release its segment (`ask`), killing it only if that fails: a
-    killed participant leaves its segment in /dev/shm."""
-    try:
-        ask()
-        proc.wait(15)
-    except (subprocess.TimeoutExpired, OSError):
-        proc.kill()
-        proc.wait()
-
-
 def _profile_env_as_documented():
     """The environment the README and the launch file give a process: the profile under the Fast DDS 3.x name
     only."""
@@ -244,7 +232,7 @@ def test_a_participant_gets_the_shipped_profile_only_through_the_variable_its_fa
         assert proc.stdout.readline().strip() == 'ready'
         sizes = _segment_sizes(proc.pid, existing)
     finally:
-        _stop(proc, proc.stdin.close)
+        stop_process(proc, 15, ask=proc.stdin.close)
     assert sizes, 'no Fast DDS shared-memory segment mapped'
     assert (max(sizes) >= SHIPPED_SEGMENT) == (compat or FASTDDS3), sizes
 
@@ -266,7 +254,7 @@ def test_depth_node_uses_the_shipped_profile_given_as_documented(tmp_path):
         assert 'active:' in log.read_text(), log.read_text()
         sizes = _segment_sizes(proc.pid, existing)
     finally:
-        _stop(proc, lambda: proc.send_signal(signal.SIGINT))
+        stop_process(proc, 15)
     assert sizes and max(sizes) >= SHIPPED_SEGMENT, sizes
 
 

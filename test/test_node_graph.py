@@ -60,16 +60,17 @@ def venv_env(venv=None):
     return env
 
 
-def stop_process(proc, timeout=10.0):
-    """Ctrl-C a ROS process and wait for it; kill it only if it is still running `timeout` s later. A killed
-    process leaves its Fast DDS shared-memory segment in /dev/shm (measured: the node modules left 42 files,
-    273 MB, per run when their nodes were killed; they add up over runs until memory runs out)."""
+def stop_process(proc, timeout=10.0, ask=None):
+    """Ctrl-C a ROS process (or `ask` it to end another way, e.g. by closing its stdin) and wait for it; kill it
+    only if it is still running `timeout` s later. A killed process leaves its Fast DDS shared-memory segment in
+    /dev/shm (measured: the node modules left 42 files, 273 MB, per run when their nodes were killed; they add
+    up over runs until memory runs out)."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGINT)
     try:
+        (ask or (lambda: proc.send_signal(signal.SIGINT)))()
         proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except (subprocess.TimeoutExpired, OSError):
         proc.kill()
         proc.wait()
 

@@ -56,7 +56,6 @@ def test_schedule_and_type_lookup():
     assert build_parser().parse_args(['b', '--clock', '100']).clock == 100.0
 
 
-
 def test_clock_does_not_run_ahead_of_a_message_the_replayer_is_late_with():
     """A stalled replayer (a loaded machine) wakes up past a message's due time: the tick it publishes then holds
     at that message's receive time instead of the wall-clock bag time, so no sim-time node sees /clock pass data

@@ -420,6 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _spin_for(executor, seconds: float) -> None:
+    """Run callbacks (e.g. the recorder's) for `seconds` of wall time; nothing for seconds <= 0."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        executor.spin_once(timeout_sec=0.05)
+
+
 def _write_json(path: str, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=1))
 
@@ -476,9 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             # our subscription matched their publisher (get_publisher_count) the moment it was created; their
             # publisher matches it only once their participant has processed our announcement, and until then
             # it does not send to it (a loaded CI run lost the first /depth of a bag that way)
-            settle_end = time.monotonic() + max(args.record_settle, 0.0)
-            while time.monotonic() < settle_end:
-                executor.spin_once(timeout_sec=0.05)
+            _spin_for(executor, args.record_settle)
         log(f'playing {args.bag} ({len(replayer.publishers)} topics) at rate {args.rate:g}'
             + (' in a loop' if args.loop else '') + (f' with /clock at {args.clock:g} Hz' if args.clock else ''))
         poll = recorder.poll if recorder is not None else None
@@ -489,9 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ack_timeout > 0 and replayer.wait_for_acks(executor, args.ack_timeout):
             log(f'warning: {", ".join(replayer.unacked)}: not every reliable subscriber acknowledged the last '
                 f'messages within --ack-timeout {args.ack_timeout:g} s; they may have missed some')
-        end = time.monotonic() + (args.linger if recorder is not None else 0.0)
-        while time.monotonic() < end:
-            executor.spin_once(timeout_sec=0.05)
+        _spin_for(executor, args.linger if recorder is not None else 0.0)
     except (KeyboardInterrupt, _Stop):
         status, rc = 'interrupted', 130
     except (ReplayError, BagError) as exc:
