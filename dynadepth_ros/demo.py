@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         except BackendError:
             baseline = None
     if baseline is not None:
-        from .model_comparison import comparison_table, compare_on_sequence, to_json, write_strip
+        from .model_comparison import (OBJECT_SCALE_NOTE, comparison_table, compare_on_sequence, object_scale_table,
+                                       to_json, write_strip)
         names = (read_metadata(baseline).stage or 'baseline', meta.stage or 'model')
         if names[0] == names[1]:
             names = (f'{names[0]} (baseline)', names[1])
@@ -266,12 +267,16 @@ def main(argv: list[str] | None = None) -> int:
         md = (f'# {names[0]} vs {names[1]} on {cmp["sequence"]} ({cmp["frames"]} frames, {cmp["lead_frames"]} '
               f'with a car ahead; not trained on: test split)\n\n## metric depth\n\n'
               + comparison_table(cmp, *names) + '\n\n## median-scaled\n\n'
-              + comparison_table(cmp, *names, mode='median_scaled') + '\n')
+              + comparison_table(cmp, *names, mode='median_scaled') + '\n\n## per-object scale\n\n'
+              + OBJECT_SCALE_NOTE + '\n\n' + object_scale_table(cmp, *names))
         (args.out / 'comparison.md').write_text(md)
         (args.out / 'comparison.json').write_text(json.dumps(to_json(cmp), indent=1))
         print(f'\n{names[0]} ({baseline.name}) vs {names[1]} ({model.name}), metric depth, dynamic pixels first '
               f'(lead = the car ahead in the ego lane):')
         print(comparison_table(cmp, *names))
+        print(f'\nper-object scale (median over each object of prediction / GT; moving / static = 1 when moving '
+              f'objects get the scene\'s scale):')
+        print(object_scale_table(cmp, *names), end='')
         for n in names:
             t = cmp['models'][n]['inference_ms']
             print(f'{n}: {t["p50"]:.1f} ms per frame (p50, inference core on {cmp["models"][n]["backend"]}, '

@@ -19,6 +19,7 @@ import numpy as np
 from .colorize import colorize, colorize_depth
 from .datasets.layout import Frame, Sequence
 from .metrics import MetricAccumulator, evaluate_frame
+from .object_scale import ObjectScaleAccumulator, ego_direction, object_scales, scale_table
 
 REGIONS = ('dynamic', 'lead', 'static', 'all')
 ERROR_MAX = 0.5          # AbsRel shown at full brightness in the error panels
@@ -51,17 +52,21 @@ def compare_on_sequence(seq_dir: str | Path, models: dict[str, str | Path], back
     pool = lead_idx or list(range(len(seq)))
     strip = sorted({pool[int(k)] for k in np.linspace(0, len(pool) - 1, min(strip_rows, len(pool))).round()})
     acc = {name: MetricAccumulator() for name in models}
+    objects = {name: ObjectScaleAccumulator() for name in models}
     base = MetricAccumulator()
     times = {name: [] for name in models}
     preds: dict[str, dict[int, np.ndarray]] = {name: {} for name in models}
     for i in range(len(seq)):
         f = seq.frame(i)
         regions = frame_regions(f, lead_id, lead_frames)
+        instances = [x.to_json() for x in f.instances]
+        ego = ego_direction(seq.poses, i)
         for name, est in estimators.items():
             t0 = time.perf_counter()
             depth = est.infer(f.rgb, seq.calib.K)
             times[name].append((time.perf_counter() - t0) * 1000)
             acc[name].add(evaluate_frame(f.depth, np.nan_to_num(depth, nan=0.0), regions))
+            objects[name].add(object_scales(f.depth, depth, f.mask, instances, ego))
             if i in strip:
                 preds[name][i] = depth
         base.add(evaluate_frame(f.depth, np.nan_to_num(mean_depth, nan=0.0), regions))
@@ -70,7 +75,8 @@ def compare_on_sequence(seq_dir: str | Path, models: dict[str, str | Path], back
     for name, est in estimators.items():
         t = np.asarray(times[name])
         out['models'][name] = {'path': str(models[name]), 'stage': est.metadata.stage, 'backend': est.backend_name,
-                               'summary': acc[name].summary(),
+                               'summary': acc[name].summary(), 'object_scale': objects[name].summary(),
+                               'object_records': objects[name].records,
                                'inference_ms': {'p50': float(np.median(t)), 'mean': float(t.mean())}}
         est.close()
     return out
@@ -90,6 +96,16 @@ def comparison_table(cmp: dict, a: str, b: str, mode: str = 'metric') -> str:
                      f'{mb["abs_rel"] / ma["abs_rel"]:.2f} | {ma["a1"]:.3f} | {mb["a1"]:.3f} | '
                      f'{"" if mz is None else format(mz["abs_rel"], ".3f")} |')
     return '\n'.join(lines)
+
+
+OBJECT_SCALE_NOTE = ('Per object: the median over its pixels of prediction / GT (metric; 1 = right, >1 = seen farther); '
+                     'per group the median over objects [quartiles]. Moving objects by motion against the ego and by '
+                     'distance; the last row is the moving median over the static median.')
+
+
+def object_scale_table(cmp: dict, *names: str) -> str:
+    """Markdown per-object scale table (dynadepth_ros.object_scale) of the named models."""
+    return scale_table({n: cmp['models'][n]['object_scale'] for n in names})
 
 
 def _colour_depth(depth: np.ndarray) -> np.ndarray:

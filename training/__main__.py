@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
     p.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
 
+    p = sub.add_parser('trace', help="follow a split's objects through the pipeline: labelled dynamic or missed "
+                                     "(stage 2), scale in stage 1, in the pseudo label (stage 3) and in the final "
+                                     "network (stage 4), and how much of the label it took up")
+    p.add_argument('--run-dir', type=Path, required=True)
+    p.add_argument('--split', default='val', choices=('train', 'val'), help='a split stages 2-3 ran on (default val)')
+    p.add_argument('--model', type=Path, help="an exported final model to trace instead of the run's stage 4")
+    p.add_argument('--max-frames', type=int, help='evenly spaced frames of the split (default: all)')
+
     p = sub.add_parser('build-engine', add_help=False,
                        help='build the TensorRT engine of an ONNX model ahead of time into the node\'s engine cache '
                             '(on the target GPU; same as dynadepth-build-engine, see --help)')
@@ -236,6 +244,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_trace(args) -> int:
+    from training.object_trace import trace, trace_markdown
+
+    report = trace(args.run_dir, args.split, args.model, args.max_frames)
+    print(trace_markdown(report), end='')
+    print(f'wrote {args.run_dir / "dsa" / f"object_trace_{args.split}.json"} and .md')
+    return 0
+
+
 def cmd_import_bag(args) -> int:
     from training.data.rosbag_import import import_bags
 
@@ -259,7 +276,7 @@ def cmd_bundle(args) -> int:
 
 
 COMMANDS = {'bundle': cmd_bundle, 'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'run': cmd_run, 'export': cmd_export,
-            'evaluate': cmd_evaluate, 'compare': cmd_compare, 'import-bag': cmd_import_bag, **{name: cmd_stage for name in STAGES}}
+            'evaluate': cmd_evaluate, 'compare': cmd_compare, 'trace': cmd_trace, 'import-bag': cmd_import_bag, **{name: cmd_stage for name in STAGES}}
 
 
 def main(argv: list[str] | None = None) -> int:

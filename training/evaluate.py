@@ -32,6 +32,7 @@ from tqdm import tqdm
 from dynadepth_ros.atomic_files import write_json_atomic, write_text_atomic
 from dynadepth_ros.camera import resize_nearest
 from dynadepth_ros.metrics import METRIC_NAMES, MODES, MetricAccumulator, evaluate_frame
+from dynadepth_ros.object_scale import ObjectScaleAccumulator, object_scales, scale_table
 from training.artifacts import now_iso
 from training.config import ConfigError, EvalConfig
 from training.data import build_dataset, open_split
@@ -141,6 +142,7 @@ def evaluate(run_dir: str | os.PathLike, stage: str = 'scene', split: str = 'tes
     baseline = mean_depth_baseline(cfg.data, H, W, progress) if cfg.data.split_name('train') else None
 
     model_acc, base_acc = MetricAccumulator(), MetricAccumulator()
+    objects = ObjectScaleAccumulator()
     lead_frames = 0
     gt_frames = 0
     loader = DataLoader(ds, batch_size=batch_size or ev.batch_size, shuffle=False,
@@ -159,6 +161,11 @@ def evaluate(run_dir: str | os.PathLike, stage: str = 'scene', split: str = 'tes
             if regions.get('lead') is not None and regions['lead'].any():
                 lead_frames += 1
             model_acc.add(evaluate_frame(gt, pred[j], regions, ev.min_depth, ev.max_depth))
+            instances = _frame_instances(ds.sequences[si], t)
+            if instances:
+                objects.add(object_scales(gt, pred[j], batch['mask'][j].numpy(), instances,
+                                          _ego_direction(ds.sequences[si], t, cfg.data.frame_gap),
+                                          ev.min_depth, ev.max_depth))
             if baseline is not None:
                 base_acc.add(evaluate_frame(gt, baseline, regions, ev.min_depth, ev.max_depth))
     if gt_frames == 0:
@@ -175,6 +182,7 @@ def evaluate(run_dir: str | os.PathLike, stage: str = 'scene', split: str = 'tes
                       'classes': list(ev.lead_classes)},
         'model': model_summary,
         'baseline_mean_train_depth': base_acc.summary() if baseline is not None else None,
+        'object_scale': objects.summary() if objects.records else None,
         'scale_check': {'median_gt_over_pred': scale,
                         'within_10_percent': scale is not None and abs(scale - 1.0) <= SCALE_TOLERANCE},
     }
@@ -213,6 +221,9 @@ def markdown_report(report: dict) -> str:
                      f'0.9-1.1; model is {"metric" if report["metric_model"] else "relative"}).')
     lines.append('Baseline: per-pixel mean GT depth of the training split. Lead: moving cars ahead in the ego lane '
                  'travelling with the ego.')
+    if report.get('object_scale'):
+        lines += ['', '## Per-object scale (median over each object of prediction / GT, metric)', '',
+                  scale_table({report['stage']: report['object_scale']}).rstrip()]
     return '\n'.join(lines) + '\n'
 
 
@@ -248,4 +259,12 @@ def compare_markdown(cmp: dict) -> str:
             lines.append(f'| {region} | {mode} | {ms[0]["frames"]} | ' + ' | '.join(f'{m["abs_rel"]:.3f}' for m in ms)
                          + f' | {ratio:.2f} | ' + ' | '.join(f'{m["a1"]:.3f}' for m in ms)
                          + (f' | {base["abs_rel"]:.3f} |' if base else ' | - |'))
+    scales = {s: reports[s]['object_scale'] for s in stages if reports[s].get('object_scale')}
+    if scales:
+        lines += ['', '## Per-object scale', '',
+                  'Per object: the median over its pixels of prediction / GT (metric; 1 = right, >1 = seen '
+                  'farther); per group the median over objects and the quartiles. Moving objects split by '
+                  'motion against the ego (same / oncoming / crossing) and by distance. The last row, moving '
+                  'median / static median, is 1 when moving objects get the scene\'s scale.', '',
+                  scale_table(scales).rstrip()]
     return '\n'.join(lines) + '\n'
