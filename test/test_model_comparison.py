@@ -10,7 +10,8 @@ import pytest
 
 from contract_model import make_contract_model
 from dynadepth_ros.datasets.layout import Sequence
-from dynadepth_ros.model_comparison import comparison_table, compare_on_sequence, frame_regions, write_strip
+from dynadepth_ros.model_comparison import (comparison_table, compare_on_sequence, frame_regions, object_scale_table,
+                                           write_strip)
 from dynadepth_ros.synth import generate_split
 
 H, W, FRAMES = 64, 192, 6
@@ -60,6 +61,16 @@ def test_models_side_by_side(seq_dir, tmp_path):
     rows = table.splitlines()
     assert rows[2].startswith('| dynamic |') and rows[3].startswith('| lead |')   # dynamic pixels first
     assert f'{b / a:.2f}' in rows[2]
+    # per object: the models see every object at different scales, and the records behind the medians
+    # are the frame's instances with GT in their masks
+    near_s, far_s = (cmp['models'][n]['object_scale']['groups'] for n in ('scene', 'final'))
+    assert near_s['static']['objects'] == far_s['static']['objects'] > 0
+    assert near_s['static']['median'] != far_s['static']['median']
+    records = cmp['models']['scene']['object_records']
+    assert len(records) == near_s['static']['objects'] + near_s.get('moving', {'objects': 0})['objects']
+    assert all(r['scale'] > 0 and r['pixels'] >= 20 for r in records)
+    scales = object_scale_table(cmp, 'scene', 'final')
+    assert scales.splitlines()[0].startswith('| objects | count | scene') and '| **moving / static** |' in scales
     # a model compared with itself: ratio 1.00 everywhere
     same = compare_on_sequence(seq_dir, {'x': near, 'y': near}, strip_rows=1)
     assert all('| 1.00 |' in r for r in comparison_table(same, 'x', 'y').splitlines()[2:])

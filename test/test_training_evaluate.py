@@ -77,10 +77,16 @@ def test_evaluate_matches_an_independent_computation(data_root, tmp_path, monkey
     assert np.allclose(mean_depth_baseline(cfg.data, 64, 192, progress=False), mean, rtol=1e-5)
 
     ratios, abs_rel_static, lead_seen = [], [], 0
+    object_scale = {True: [], False: []}
     for seq in list_sequences(data_root, 'test'):
         for t in range(1, len(seq) - 1):
             gt = seq.depth(t)
             moving = seq.moving_mask(t)
+            ids = seq.mask(t)
+            for inst in seq.instances(t):
+                sel = (ids == inst.id) & (gt > cfg.eval.min_depth) & (gt < cfg.eval.max_depth)
+                if sel.sum() >= 20:
+                    object_scale[bool(inst.moving)].append(np.median(c / gt[sel]))
             r = evaluate_frame(gt, np.full_like(gt, c), {'static': ~moving, 'dynamic': moving})
             ratios.append(r['scale'])
             abs_rel_static.append(r['metric']['static']['abs_rel'])
@@ -95,6 +101,14 @@ def test_evaluate_matches_an_independent_computation(data_root, tmp_path, monkey
     assert report['model']['metric']['lead']['frames'] == report['frames_with_lead_car']
     assert report['baseline_mean_train_depth']['metric']['static']['abs_rel'] < \
         report['model']['metric']['static']['abs_rel']
+    # per object: a constant depth c sees each object at median(c / GT) over its pixels
+    groups = report['object_scale']['groups']
+    assert groups['static']['objects'] == len(object_scale[False]) > 0
+    assert groups['moving']['objects'] == len(object_scale[True]) > 0
+    assert groups['static']['median'] == pytest.approx(np.median(object_scale[False]), rel=1e-5)
+    assert report['object_scale']['moving_over_static'] == pytest.approx(
+        np.median(object_scale[True]) / np.median(object_scale[False]), rel=1e-5)
+    assert '| **moving / static** |' in (tmp_path / 'scene' / 'eval_test.md').read_text()
     written = json.loads((tmp_path / 'scene' / 'eval_test.json').read_text())
     assert written['scale_check'] == report['scale_check']
     assert '| baseline | metric | lead |' in (tmp_path / 'scene' / 'eval_test.md').read_text()

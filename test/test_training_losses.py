@@ -122,3 +122,35 @@ def test_relative_pose_loss_penalises_direction_and_rotation_and_skips_unknown_r
     none = torch.full((2, 4, 4), float('nan'))
     zero = relative_pose_loss(torch.cat([T(1, [0, 0, 1.2]), junk]).requires_grad_(), none)
     assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_keep_mask_leaves_pixels_out_of_the_photometric_loss():
+    """Stage 4 with final.dynamic_photometric = false: labelled dynamic pixels get no photometric loss,
+    whatever their error, so only their pseudo labels set their depth."""
+    torch.manual_seed(0)
+    target = torch.rand(B, 3, H, W)
+    source = torch.rand(B, 3, H, W)
+    warped = target.clone()
+    warped[..., :, : W // 4] = torch.rand(B, 3, H, W // 4)      # badly warped object on the left
+    ones = torch.ones(B, 1, H, W)
+    keep = ones.clone()
+    keep[..., : W // 4 + 2] = 0                                   # the object and its SSIM border
+    with_obj, _, _ = min_reprojection_loss(target, [warped], [source], [ones])
+    without, automask, _ = min_reprojection_loss(target, [warped], [source], [ones], keep=keep)
+    assert float(automask[..., : W // 4 + 2].max()) == 0.0
+    assert float(without) < 1e-3 < float(with_obj)
+
+
+def test_final_model_skips_photometric_loss_on_labelled_dynamic_pixels_only_when_asked():
+    from training.stages.final import FinalModel
+    from training.stages.scene_model import SceneModelConfig
+
+    dynamic = torch.zeros(2, H, W, dtype=torch.bool)
+    dynamic[:, :4, :5] = True
+    batch = {'pseudo_dynamic': dynamic}
+    target = torch.rand(2, 3, H, W)
+    assert FinalModel(SceneModelConfig()).photometric_keep(batch, target) is None        # the reference
+    keep = FinalModel(SceneModelConfig(), dynamic_photometric=False).photometric_keep(batch, target)
+    assert keep.shape == (2, 1, H, W) and float(keep.sum()) == 2 * (H * W - 20)
+    assert float(keep[:, 0, :4, :5].max()) == 0.0
+    assert FinalModel(SceneModelConfig(), dynamic_photometric=False).photometric_keep({}, target) is None

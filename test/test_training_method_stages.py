@@ -152,6 +152,29 @@ def test_method_evaluation_reads_the_run(run):
     assert '| metric | dynamic |' in r.stdout
 
 
+def test_trace_follows_each_object_through_the_stages(run):
+    from training.object_trace import uptake
+
+    r = training_cmd('trace', '--run-dir', str(run['dir']), '--split', 'val')
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((run['dir'] / 'dsa' / 'object_trace_val.json').read_text())
+    assert report['final_source'].endswith('final')
+    recs = report['records']
+    assert recs and {r['label'] for r in recs} <= {'dynamic', 'static', 'unlabelled'}
+    # the pseudo label is the stage-1 depth except on objects labelled dynamic
+    same = [r for r in recs if r['label'] != 'dynamic' and r['stage1'] is not None]
+    assert same and all(r['pseudo'] == pytest.approx(r['stage1'], rel=1e-4) for r in same)
+    assert report['groups']['static']['objects'] + report['groups'].get('moving', {'objects': 0})['objects'] == len(recs)
+    assert '| objects | count | labelled dynamic | stage 1 | pseudo label | final | uptake |' in \
+        (run['dir'] / 'dsa' / 'object_trace_val.md').read_text()
+    # uptake: share of the stage-1 -> pseudo gap the final network closed
+    assert uptake(1.2, 1.0, 1.0) == pytest.approx(1.0) and uptake(1.2, 1.0, 1.2) == pytest.approx(0.0)
+    assert uptake(1.2, 1.0, 1.3) < 0 and uptake(1.0, 1.01, 0.9) is None
+    # stages 2-3 never ran on test: a clear refusal, not a crash
+    bad = training_cmd('trace', '--run-dir', str(run['dir']), '--split', 'test')
+    assert bad.returncode != 0 and "invalid choice: 'test'" in bad.stderr and 'Traceback' not in bad.stderr
+
+
 def test_changed_stage1_makes_later_stages_stale(run):
     """Retraining stage 1 (another seed) must not leave stages 2-3 built on the old stage 1 'up to date'."""
     from training.config import load_config

@@ -140,11 +140,16 @@ class FinalStageConfig:
 
     pseudo_loss: 'l1' = |D - kP| in metres (reference); 'relative' = |D - kP| / kP. With a sigmoid-
     disparity network the metres form weights a pixel's pull on the network output by depth squared,
-    so distant labels (the least certain) dominate; the relative form weights by depth."""
+    so distant labels (the least certain) dominate; the relative form weights by depth.
+
+    dynamic_photometric: False leaves the pixels labelled dynamic out of the photometric loss, so only
+    their pseudo labels set their depth (True, the reference, keeps the stage-1 losses everywhere;
+    there the residual motion lets the photometric loss hold them at their stage-1 depth)."""
 
     pseudo_weight: float = 0.1
     pseudo_loss: str = 'l1'
     static_weight: float = 0.0
+    dynamic_photometric: bool = True
     loop: LoopConfig = field(default_factory=LoopConfig)
     phases: list[PhaseConfig] = field(default_factory=lambda: _phases({'name': 'joint', 'steps': 1000, 'lr': 2e-5}))
 

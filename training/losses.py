@@ -41,12 +41,14 @@ def photometric_error(pred: torch.Tensor, target: torch.Tensor, ssim_weight: flo
 
 def min_reprojection_loss(target: torch.Tensor, warped: list[torch.Tensor], sources: list[torch.Tensor],
                           valid: list[torch.Tensor], ssim_weight: float = 0.85,
-                          identity_noise: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          identity_noise: float = 1e-5, keep: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pixel minimum photometric error over the sources, with monodepth2 auto-masking.
 
     target: float32 [B,3,H,W] the reference frame; warped: per source, the source warped into the
     reference view [B,3,H,W]; sources: the unwarped source frames [B,3,H,W]; valid: per source,
-    [B,1,H,W] 1 where the warped sample is inside the source image.
+    [B,1,H,W] 1 where the warped sample is inside the source image. keep: optional [B,1,H,W], 0 where a
+    pixel must not count whatever its error (stage 4 leaves labelled dynamic objects to their labels).
     A pixel counts (automask = 1) when the best warped error beats the best *unwarped* error
     (identity error + tiny noise to break ties): pixels that move with the camera, and pixels whose
     warps all fall out of view, are excluded.
@@ -65,6 +67,8 @@ def min_reprojection_loss(target: torch.Tensor, warped: list[torch.Tensor], sour
         if identity_noise > 0:
             identity = identity + identity_noise * torch.randn_like(identity)
         automask = (min_error.detach() < identity.min(1, keepdim=True).values).to(target.dtype)
+        if keep is not None:
+            automask = automask * (keep > 0.5).to(target.dtype)
     counted = automask.sum()
     loss = torch.where(automask > 0, min_error, torch.zeros_like(min_error)).sum() / counted.clamp(min=1.0)
     return loss, automask, min_error

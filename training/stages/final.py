@@ -93,11 +93,21 @@ def static_anchor_loss(depths: dict[int, torch.Tensor], label: torch.Tensor, dyn
 class FinalModel(SceneModel):
     """The stage-1 model with the pseudo-label term (batches carry pseudo_depth and pseudo_dynamic)."""
 
-    def __init__(self, config, pseudo_weight: float = 0.1, pseudo_loss: str = 'l1', static_weight: float = 0.0):
+    def __init__(self, config, pseudo_weight: float = 0.1, pseudo_loss: str = 'l1', static_weight: float = 0.0,
+                 dynamic_photometric: bool = True):
         super().__init__(config)
         self.pseudo_weight = float(pseudo_weight)
         self.pseudo_loss = pseudo_loss
         self.static_weight = float(static_weight)
+        self.dynamic_photometric = bool(dynamic_photometric)
+
+    def photometric_keep(self, batch, target):
+        dynamic = batch.get('pseudo_dynamic')
+        if self.dynamic_photometric or dynamic is None:
+            return None
+        if dynamic.dim() == 3:
+            dynamic = dynamic[:, None]
+        return (~dynamic.to(target.device).bool()).to(target.dtype)
 
     def extra_loss(self, batch, depths):
         label, dynamic = batch.get('pseudo_depth'), batch.get('pseudo_dynamic')
@@ -133,7 +143,7 @@ def execute(ctx: StageContext) -> dict | None:
     cfg, dist, stage_dir = ctx.cfg, ctx.dist, ctx.stage_dir
     fc = cfg.final
     ckpt_io.seed_everything(fc.loop.seed)
-    model = FinalModel(cfg.scene.model, fc.pseudo_weight, fc.pseudo_loss, fc.static_weight)
+    model = FinalModel(cfg.scene.model, fc.pseudo_weight, fc.pseudo_loss, fc.static_weight, fc.dynamic_photometric)
     scene_model, _, scene_manifest = scene_stage.load_model(ctx.upstream_dir('scene'))
     model.load_state_dict(scene_model.state_dict())
     del scene_model
@@ -167,7 +177,8 @@ def execute(ctx: StageContext) -> dict | None:
                      'batch_size': fc.loop.batch_size, 'world_size': dist.world_size,
                      'resumed_from': result.resumed_from, 'steps_this_run': result.trained_steps,
                      'seconds_per_step': result.seconds_per_step, 'pseudo_weight': fc.pseudo_weight,
-                     'pseudo_loss': fc.pseudo_loss, 'static_weight': fc.static_weight},
+                     'pseudo_loss': fc.pseudo_loss, 'static_weight': fc.static_weight,
+                     'dynamic_photometric': fc.dynamic_photometric},
         'model_selection': 'last checkpoint (label-free)',
         'metric': metric, 'intrinsics': list(intrinsics),
         'files': {'checkpoint': file_entry(stage_dir, MODEL_FILE), 'onnx': file_entry(stage_dir, ONNX_FILE)},

@@ -238,13 +238,14 @@ class SceneModel(nn.Module):
         sources = [raw[:, off + 1] for off in OFFSETS]
         photometric = []
         warped0 = automask0 = None
+        keep = self.photometric_keep(batch, target)
         for s in sorted(depths):
             warped, valid = [], []
             for off in OFFSETS:
                 img, ok = warp(raw[:, off + 1], depths[s], K, inv_K, poses[off][0], flows[off])
                 warped.append(img)
                 valid.append(ok)
-            loss_s, automask, _ = min_reprojection_loss(target, warped, sources, valid, cfg.ssim_weight)
+            loss_s, automask, _ = min_reprojection_loss(target, warped, sources, valid, cfg.ssim_weight, keep=keep)
             photometric.append(loss_s)
             if s == 0:
                 warped0, automask0 = warped, automask
@@ -286,6 +287,11 @@ class SceneModel(nn.Module):
         logs.update(extra_logs)
         previews = self._previews(target, disps[0], depths[0], warped0, automask0, flows)
         return total, logs, previews
+
+    def photometric_keep(self, batch: dict, target: torch.Tensor) -> torch.Tensor | None:
+        """[B,1,H,W] 0 on pixels the photometric loss must skip, or None for all (stage 1; the final
+        stage may leave the labelled dynamic objects to their pseudo labels)."""
+        return None
 
     def extra_loss(self, batch: dict, depths: dict[int, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Further loss terms on the full-resolution depths {scale: [B,1,H,W]} (none in stage 1; the final
