@@ -70,6 +70,27 @@ def test_anchor_puts_the_object_where_it_stands_on_the_ground(bottom):
     assert np.array_equal(inp.image[:3], sc[0]) and np.array_equal(inp.image[4], inp.norm_depth)
 
 
+def test_upright_anchor_ignores_the_object_depth_in_its_lowest_rows():
+    """Stage 2's object depth is least right in the object's lowest rows, next to the road (there it bends
+    towards the nearer road). 'contact' divides the contact depth by that bent depth and puts the object
+    too far; 'upright' uses the object's median depth and keeps it where it stands."""
+    sc = make_scene(bottom=49)
+    rgb, depth, inst, obj, z0 = sc
+    bent = obj.copy()
+    rows = np.flatnonzero(inst.any(1))
+    bent[rows[-2]:rows[-1] + 1][inst[rows[-2]:rows[-1] + 1] == 1] *= 0.7     # the lowest two rows 30 % nearer
+    contact = dsa_inputs(rgb, depth, inst, 1, bent, K, MARGIN, MAX_DEPTH)
+    upright = dsa_inputs(rgb, depth, inst, 1, bent, K, MARGIN, MAX_DEPTH, anchor='upright')
+    m = inst == 1
+    med = lambda inp: float(np.median(math.exp(inp.log_anchor) * inp.norm_depth[m]))
+    assert med(contact) > 1.3 * z0                      # the object pushed back by the bent rows
+    assert med(upright) == pytest.approx(z0, rel=0.03)
+    # on an object network with the right shape the two agree
+    assert math.exp(inputs(sc, anchor='upright').log_anchor) == pytest.approx(math.exp(inputs(sc).log_anchor), rel=1e-6)
+    with pytest.raises(ValueError, match='dsa.model.anchor'):
+        DsaModelConfig(anchor='lowest')
+
+
 def test_untrained_net_returns_the_anchor():
     """The zero-initialised last layer makes the untrained network the geometric estimate, β = exp(log β₀) > 0."""
     torch.manual_seed(0)

@@ -74,7 +74,7 @@ def object_inputs(cfg: PipelineConfig, item: dict, oid: int, object_depth: np.nd
     return dsa_inputs(item[image_key][1].numpy(), item['scene_depth'].numpy(), without_road(item['mask'].numpy(), roads),
                       oid, object_depth, item['K'].numpy().astype(np.float64), dc.box_margin_px,
                       dc.model.max_depth, dc.ground_angle_deg, dc.ground_step_px, ground=ground,
-                      use_anchor=dc.model.use_anchor)
+                      use_anchor=dc.model.use_anchor, anchor=dc.model.anchor)
 
 
 def _tensors(inp, scene_depth: np.ndarray) -> dict:

@@ -16,6 +16,10 @@ depth normalised to mean 1 inside the object's mask) is the object's depth in th
   at those pixels (median over columns): the scale at which the object stands on the ground. It
   uses only the hidden-box context, like the image channels. Only the object's lowest pixels count
   (training.ground.contact_pixels): between a car's wheels the ray passes under the body.
+  `dsa.model.anchor: upright` reads the object depth over the whole object instead of at those pixels:
+  β₀ = median ground depth at the contact pixels / median of D̃ (the object stands upright where it
+  touches the ground). The object network's depth is least right in its lowest rows, next to the road,
+  and 'contact' carries that error into β₀ (measured in the README, "Moving objects at the scene's scale").
 
 β = exp(log β₀ + f(image features, scalars)), with f's last layer initialised to zero: the untrained
 network is the geometric estimate, training on static objects learns the corrections (where the
@@ -36,6 +40,7 @@ from training.ground import contact_pixels, ground_mask, ground_plane
 from training.networks.resnet import ResNetEncoder
 
 N_SCALARS = 8
+ANCHORS = ('contact', 'upright')
 
 
 @dataclass
@@ -47,12 +52,15 @@ class DsaModelConfig:
     hidden: int = 128
     max_depth: float = 100.0
     use_anchor: bool = True     # false: log β₀ = 0 (the network alone, the reference's formulation)
+    anchor: str = 'contact'     # contact | upright: how β₀ reads the object depth (dsa_inputs)
 
     def __post_init__(self):
         if self.width_mult <= 0:
             raise ValueError(f'dsa.model.width_mult must be > 0, got {self.width_mult}')
         if self.max_depth <= 1:
             raise ValueError(f'dsa.model.max_depth must be > 1 m, got {self.max_depth}')
+        if self.anchor not in ANCHORS:
+            raise ValueError(f'dsa.model.anchor must be one of {", ".join(ANCHORS)}, got {self.anchor!r}')
 
 
 def object_box(mask: np.ndarray, margin: int) -> np.ndarray:
@@ -80,12 +88,16 @@ class DsaInput:
 def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, object_id: int,
                object_depth: np.ndarray, K: np.ndarray, box_margin: int, max_depth: float,
                ground_angle_deg: float = 15.0, ground_step: int = 2, ground: np.ndarray | None = None,
-               use_anchor: bool = True) -> DsaInput | None:
+               use_anchor: bool = True, anchor: str = 'contact') -> DsaInput | None:
     """The DSA input of one object (module docstring); None when the object has no depth in its mask.
 
     rgb float32 [3,H,W] in [0,1]; scene_depth float32 [H,W]; instances int [H,W] ids (0 none);
     object_depth float32 [H,W] (the object network's depth, >0 inside the mask); K [3,3] at H x W.
     ground: the frame's ground mask if already computed (instances excluded).
+    anchor: 'contact' divides each contact pixel's ground depth by D̃ at that pixel; 'upright' divides the
+    median ground depth at the contact pixels by the median of D̃ over the whole object (the object stands
+    upright where it touches the ground), so the anchor does not depend on the shape of the object
+    network's depth in the object's lowest rows, which stage 2 gets wrong near the road (module docstring).
     """
     if box_margin < ground_step:
         raise ValueError(f'box_margin ({box_margin}) must be >= ground_step ({ground_step}): ground normals come from '
@@ -114,7 +126,10 @@ def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, 
             dn = norm[v, u]
             ok = np.isfinite(zg) & (zg > 0) & (zg < 10 * max_depth) & (dn > 0)
             if ok.sum() >= max(1, 0.5 * len(u)):
-                log_anchor = float(np.log(np.median(zg[ok] / dn[ok])))
+                if anchor == 'upright':
+                    log_anchor = float(np.log(np.median(zg[ok]) / float(np.median(norm[m]))))
+                else:
+                    log_anchor = float(np.log(np.median(zg[ok] / dn[ok])))
                 anchor_ok = True
         if not anchor_ok:
             ref = scene_depth[context] if context.any() else scene_depth[~box & (scene_depth > 0)]
