@@ -24,7 +24,13 @@ setup(
         share('config', '*'),
     ],
     install_requires=['setuptools'],
-    extras_require={'test': ['pytest']},
+    extras_require={
+        'test': ['pytest'],
+        # the TensorRT backend's Python side (TensorRT itself comes from JetPack or NVIDIA's wheels): cuda-python
+        # for the CUDA 12 TensorRT wheels and JetPack 6 (cuda-python 13 needs a CUDA 13 driver), and the fp16
+        # model converter strongly typed TensorRT (10.12+, 11) builds fp16 engines from
+        'tensorrt': ['cuda-python>=12.6,<13', 'onnxconverter-common>=1.16,<2'],
+    },
     zip_safe=False,
     maintainer='dynadepth_ros developers',
     maintainer_email='dev@dynadepth.invalid',

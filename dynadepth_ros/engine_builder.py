@@ -12,7 +12,8 @@ input and compared with ONNX Runtime CPU under the node's trt_tolerance, so an e
 refuse is reported here. The node runs batch 1, hence --max-batch 1 by default.
 
 Exit status: 0 built or already cached, 2 the model is not a valid dynadepth model, 3 TensorRT cannot
-run here (not installed, no GPU), 4 the engine disagrees with ONNX Runtime, 1 other errors.
+run here (not installed, cannot start, no GPU, wrong CUDA), 4 the engine disagrees with ONNX Runtime, 1 other
+errors; each with one line on stderr naming the cause.
 NOT RUN ON A GPU: see tensorrt_backend's module docstring.
 """
 from __future__ import annotations
@@ -22,11 +23,12 @@ import sys
 from pathlib import Path
 
 from dynadepth_ros.inference.backend import BackendError
-from dynadepth_ros.inference.tensorrt_backend import (DEFAULT_WORKSPACE_BYTES, EngineError, TensorRTRuntime,
-                                                      TensorRTUnavailable, default_engine_cache_dir, ensure_engine)
+from dynadepth_ros.inference.tensorrt_backend import (DEFAULT_WORKSPACE_BYTES, EngineError, TensorRTBackend,
+                                                      TensorRTRuntime, TensorRTUnavailable, default_engine_cache_dir,
+                                                      ensure_engine)
 from dynadepth_ros.model_format import ModelFormatError, read_metadata
 
-NODE_MAX_BATCH = 1          # the node's depth worker runs one frame at a time
+NODE_MAX_BATCH = 1          # a single-camera node runs batch 1; a node with `cameras` runs len(cameras)
 NODE_TRT_TOLERANCE = 0.02   # the node's trt_tolerance default
 
 
@@ -39,28 +41,34 @@ def build_engine(model: str | Path, precision: str = 'fp16', max_batch: int = NO
                  rebuild: bool = False, verify: bool = True, tolerance: float = NODE_TRT_TOLERANCE,
                  runtime=None, log=print) -> dict:
     """Build (or find) the engine; returns {'engine', 'built', 'key', 'check'}. Raises ModelFormatError
-    (invalid model), BackendError (TensorRT unavailable, build failed, or verification failed)."""
-    model = Path(model)
+    (invalid model), BackendError (TensorRT unavailable, build failed, or verification failed); any other
+    failure inside TensorRT comes as a BackendError naming it."""
+    try:
+        return _build_engine(Path(model), precision, max_batch, cache_dir, workspace_bytes, rebuild, verify,
+                             tolerance, runtime, log)
+    except (ModelFormatError, BackendError):
+        raise
+    except Exception as exc:
+        raise BackendError(f'TensorRT engine build failed: {type(exc).__name__}: {exc}') from exc
+
+
+def _build_engine(model: Path, precision: str, max_batch: int, cache_dir, workspace_bytes: int, rebuild: bool,
+                  verify: bool, tolerance: float, runtime, log) -> dict:
     if not model.is_file():
         raise ModelFormatError(f'{model} does not exist')
     meta = read_metadata(model)
     runtime = runtime if runtime is not None else TensorRTRuntime()
     path, blob, key, built = ensure_engine(model, meta, runtime, precision, max_batch, cache_dir,
-                                           workspace_bytes=workspace_bytes, rebuild=rebuild, log=log)
+                                           workspace_bytes=workspace_bytes, rebuild=rebuild, any_batch=False,
+                                           log=log)
     check = None
     if verify:
         from dynadepth_ros.inference.backend_selection import verify_backend
         from dynadepth_ros.inference.onnxruntime_backend import CPU_EP, OnnxRuntimeBackend
 
-        class _Engine:
-            name = f'tensorrt[{precision}]'
-
-            def __init__(self):
-                self.max_batch = key.max_batch
-                self.run = runtime.load(blob, key.max_batch)
-
         try:
-            engine = _Engine()
+            engine = TensorRTBackend(model, meta, precision, engine_path=path, max_batch=key.max_batch,
+                                     runtime=runtime, log=log)
         except EngineError as exc:
             raise EngineError(f'the engine at {path} does not load: {exc}') from exc
         reference = OnnxRuntimeBackend(model, meta, CPU_EP)
@@ -69,10 +77,10 @@ def build_engine(model: str | Path, precision: str = 'fp16', max_batch: int = NO
         except BackendError as exc:
             raise VerificationError(f'{exc}. The engine stays cached at {path}; the node would refuse it '
                                     f'with trt_tolerance {tolerance}') from exc
+        finally:
+            engine.close()
+            reference.close()
         log(f'engine agrees with ONNX Runtime CPU: {check.describe()}')
-        free = getattr(engine.run, 'free', None)
-        if free is not None:
-            free()
     return {'engine': str(path), 'built': built, 'key': key.to_json(),
             'check': None if check is None else check.describe()}
 
@@ -83,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('model', type=Path, help='dynadepth ONNX model (design §3 format)')
     ap.add_argument('--precision', default='fp16', choices=('fp16', 'fp32'),
                     help='must match the node parameter `precision` (jetson/desktop_gpu presets: fp16)')
-    ap.add_argument('--max-batch', type=int, default=NODE_MAX_BATCH, help='optimisation profile 1..N (node: 1)')
+    ap.add_argument('--max-batch', '--cameras', dest='max_batch', type=int, default=NODE_MAX_BATCH, metavar='N',
+                    help='number of cameras the node serves (its `cameras` parameter; 1 without it): the batch '
+                         'profile covers 1..N, optimised for N')
     ap.add_argument('--cache-dir', type=Path,
                     help=f'engine cache (node parameter engine_cache_dir); default {default_engine_cache_dir()}')
     ap.add_argument('--workspace-mb', type=int, default=DEFAULT_WORKSPACE_BYTES >> 20,
@@ -110,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     except BackendError as exc:
         print(f'error: {exc}', file=sys.stderr)
+        return 1
+    except Exception as exc:      # never a traceback: one line naming the cause
+        print(f'error: {type(exc).__name__}: {exc}', file=sys.stderr)
         return 1
     print(f"{'built' if out['built'] else 'already cached'}: {out['engine']}")
     print(f"the node uses it with precision:={args.precision}"

@@ -342,6 +342,8 @@ class DepthNode(LifecycleNode):
                     progress=self._progress.stage)
         except (ModelFormatError, BackendError, ValueError, OSError) as exc:
             return self._configure_failed(f'cannot load the model: {exc}')
+        except Exception as exc:       # never 'configure failed: see above' with nothing above
+            return self._configure_failed(f'cannot load the model: {type(exc).__name__}: {exc}')
         finally:
             self._progress, self._phase = None, 'unconfigured'
         if not est.metadata.metric and not self._p('allow_relative_model'):
@@ -826,6 +828,7 @@ class DepthNode(LifecycleNode):
             'qos_incompatible_events': self._stats['qos_incompatible'],
             'errors': self._stats['errors'],
             'backend_notes': ' | '.join(est.notes) if est else '',
+            'backend_reason': est.selection.fallback_reason if est else '',
         }
 
     def _camera_values(self, cam: CameraStream, mask_problem: str) -> dict:
@@ -905,7 +908,7 @@ class DepthNode(LifecycleNode):
                 level, message = DiagnosticStatus.WARN, f'masks never pair: {mask_problem}'
             else:
                 level, message = DiagnosticStatus.OK, (f'{values["output_rate_hz"]:.1f} Hz, latency p50 '
-                                                       f'{values["latency_p50_ms"]:.1f} ms on {backend["backend"]}')
+                                                       f'{values["latency_p50_ms"]:.1f} ms on {_serving(backend)}')
             cam.errors_window = st['errors']
             if single:
                 values = {**backend, **values}
@@ -925,11 +928,18 @@ class DepthNode(LifecycleNode):
             else:
                 level, message = DiagnosticStatus.OK, (
                     f'{len(self._streams)} cameras on {backend["backend"]}, batch p50 {backend["batch_size_p50"]:.3g}, '
-                    f'inference p50 {backend["batch_inference_p50_ms"]:.1f} ms')
+                    f'inference p50 {backend["batch_inference_p50_ms"]:.1f} ms' + _serving(backend, only_reason=True))
             statuses.append(ros_messages.diagnostic_status(f'{self.get_name()}: backend', level, message, hw, backend))
         arr = DiagnosticArray(status=statuses)
         arr.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(arr)
+
+
+def _serving(backend: dict, only_reason: bool = False) -> str:
+    """'<backend>' for a /diagnostics message, followed by why a preferred backend does not serve, if one failed
+    (e.g. 'onnxruntime[CPUExecutionProvider] (fallback: TensorRT backend not used: ...)')."""
+    reason = f' (fallback: {backend["backend_reason"]})' if backend['backend_reason'] else ''
+    return reason if only_reason else backend['backend'] + reason
 
 
 def main(args=None) -> int:

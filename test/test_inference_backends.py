@@ -28,7 +28,7 @@ class SubstituteRuntime:
         self.distort, self.fail_build = distort, fail_build
         self.builds = 0
 
-    def build(self, onnx_path, precision, input_hw, max_batch, workspace_bytes=0):
+    def build(self, onnx_path, precision, input_hw, max_batch, workspace_bytes=0, log=None):
         if self.fail_build:
             raise BackendError(self.fail_build)
         self.builds += 1

@@ -230,3 +230,95 @@ def test_an_unknown_executor_is_refused_naming_the_choices():
     assert proc.returncode == 1
     assert "executor must be one of auto, events, single_threaded, not 'multi'" in proc.stdout + proc.stderr
     assert 'Traceback' not in proc.stdout + proc.stderr
+
+
+def _fake_trt_node(tmp_path, name, ns, fake, params):
+    """depth_node (test/trt_substitute.py) whose `tensorrt` and cuda-python are the FakeGPU stand-in `fake`."""
+    import json
+    import os
+
+    import trt_substitute
+    log_path = tmp_path / f'{name}.log'
+    env = dict(os.environ, DYNADEPTH_TEST_FAKE_TRT=json.dumps(fake))
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(trt_substitute.command() + [
+            '--ros-args', *[a for p in params for a in ('-p', p)], '-p', 'intra_op_threads:=1',
+            '-r', f'__node:={name}', '-r', f'__ns:={ns}'], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc.log_path = log_path
+    return proc
+
+
+def test_auto_backend_serves_onnxruntime_and_says_why_when_tensorrt_cannot_start(tmp_path):
+    """A TensorRT that is installed but cannot start (trt.Builder: TypeError 'factory function returned nullptr',
+    as with a wheel for another CUDA than the driver's): backend:=auto keeps the node up on ONNX Runtime, and the
+    /diagnostics status and the log say which backend serves and why."""
+    model = make_contract_model(tmp_path / 'm.onnx')
+    ns, name = '/dd_trt_broken_ns', 'dd_trt_broken'
+    proc = _fake_trt_node(tmp_path, name, ns, {'version': '10.13.0', 'fail': ['Builder']},
+                          [f'model_path:={model}', 'backend:=auto', 'precision:=fp16',
+                           f'engine_cache_dir:={tmp_path / "engines"}', 'diagnostics_period:=0.5'])
+    g = Graph()
+    try:
+        g.sub(DiagnosticArray, '/diagnostics')
+        g.sub(Image, f'{ns}/depth')
+        pub = g.pub(Image, f'{ns}/image')
+        assert g.wait(lambda: pub.get_subscription_count() > 0, 30), proc.log_path.read_text()
+        out = send_and_wait(g, f'{ns}/image', image_msg(np.full((64, 192, 3), 120, np.uint8), next_stamp()),
+                            out=f'{ns}/depth')
+        np.testing.assert_allclose(depth_array(out), expected_depth(120), rtol=1e-5)
+
+        def ok_status():
+            for arr in reversed(g.msgs('/diagnostics')):
+                for st in arr.status:
+                    if st.name == f'{name}: depth' and st.level == DiagnosticStatus.OK:
+                        return st, {kv.key: kv.value for kv in st.values}
+            return None
+        found = g.wait(ok_status, 15)
+        assert found, f'no OK status; log:\n{proc.log_path.read_text()}'
+        st, v = found
+        assert v['backend'] == 'onnxruntime[CPUExecutionProvider]'
+        assert 'on onnxruntime[CPUExecutionProvider] (fallback: TensorRT backend not used: TensorRT 10.13.0 ' \
+               'cannot create trt.Builder' in st.message, st.message
+        assert 'factory function returned nullptr' in v['backend_reason']
+        log = proc.log_path.read_text()
+        assert 'trt.Builder' in log and 'CUDA initialization failure' in log
+        assert 'Traceback' not in log and 'see above' not in log
+    finally:
+        stop_process(proc)
+        g.close()
+
+
+def test_two_camera_node_starts_on_the_engine_build_engine_made_for_one(tmp_path, monkeypatch):
+    """`dynadepth-build-engine` (default: one camera) then a node with cameras:=[a, b]: the node loads that
+    engine (no build at start-up, which takes minutes on a Jetson), runs both cameras, and says how to get an
+    engine batched for both."""
+    from dynadepth_ros.engine_builder import build_engine
+    from trt_substitute import FakeGPU
+
+    model = make_contract_model(tmp_path / 'm.onnx')
+    fake = {'version': '10.3.0'}
+    gpu = FakeGPU(**fake).install(monkeypatch)
+    build_engine(model, 'fp16', cache_dir=tmp_path / 'engines', log=lambda m: None)
+    assert len(gpu.builds) == 1
+    ns, name = '/dd_trt_cams_ns', 'dd_trt_cams'
+    proc = _fake_trt_node(tmp_path, name, ns, fake,
+                          [f'model_path:={model}', 'backend:=tensorrt', 'precision:=fp16', 'fallback:=false',
+                           f'engine_cache_dir:={tmp_path / "engines"}', 'cameras:=[a, b]'])
+    g = Graph()
+    try:
+        pubs = {}
+        for cam in ('a', 'b'):
+            g.sub(Image, f'{ns}/{cam}/depth')
+            pubs[cam] = g.pub(Image, f'{ns}/{cam}/image')
+        assert g.wait(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 30), \
+            proc.log_path.read_text()
+        for cam, value in (('a', 40), ('b', 200)):
+            out = send_and_wait(g, f'{ns}/{cam}/image', image_msg(np.full((64, 192, 3), value, np.uint8),
+                                                                   next_stamp()), out=f'{ns}/{cam}/depth')
+            np.testing.assert_allclose(depth_array(out), expected_depth(value), rtol=2e-3)
+        log = proc.log_path.read_text()
+        assert 'loaded cached TensorRT engine' in log and 'building TensorRT engine' not in log, log
+        assert '--max-batch 2' in log and 'on tensorrt[fp16]' in log
+    finally:
+        stop_process(proc)
+        g.close()

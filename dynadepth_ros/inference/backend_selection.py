@@ -105,6 +105,13 @@ class Selection:
     backend: Backend
     notes: list[str] = field(default_factory=list)        # skipped/failed choices and precision remarks, in order
     verification: ToleranceReport | None = None           # None for ONNX Runtime CPU (the reference itself)
+    failures: list[str] = field(default_factory=list)     # the notes of backends that were tried and failed
+
+    @property
+    def fallback_reason(self) -> str:
+        """Why a preferred backend does not serve ('' when none failed): the first failure, e.g. 'TensorRT
+        backend not used: TensorRT 10.13.0 cannot create trt.Builder: ...'."""
+        return self.failures[0] if self.failures else ''
 
 
 def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str = 'auto', precision: str = 'fp32',
@@ -133,6 +140,7 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
     if not trt_tolerance > 0:
         raise BackendError(f'trt_tolerance must be > 0, got {trt_tolerance}')
     notes: list[str] = []
+    failures: list[str] = []
     reference: list[OnnxRuntimeBackend] = []
 
     def get_reference() -> OnnxRuntimeBackend:
@@ -151,11 +159,13 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
             release_reference()
             raise BackendError(f'{what} failed and fallback is disabled: {exc}') from exc
         notes.append(f'{what} not used: {exc}')
+        failures.append(notes[-1])
         log(f'{what} not used: {exc}; trying the next backend')
 
     def verified(what: str, make: Callable[[], Backend]) -> Selection | None:
         """make() a GPU candidate and check it against the ONNX Runtime CPU reference: the Selection when it
-        passes, None (after `failed`) when building or verifying raises BackendError."""
+        passes, None (after `failed`) when building or verifying raises (any exception: a GPU backend that
+        breaks in an unforeseen way must not take the node down when ONNX Runtime CPU can serve)."""
         stage('loading the ONNX Runtime CPU reference')
         ref = get_reference()   # validates the ONNX file first: a corrupt model fails here, clearly
         try:
@@ -170,8 +180,11 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
         except BackendError as exc:
             failed(what, exc)
             return None
+        except Exception as exc:
+            failed(what, BackendError(f'{type(exc).__name__}: {exc}'))
+            return None
         release_reference()
-        return Selection(cand, notes, report)
+        return Selection(cand, notes, report, failures)
 
     if backend in ('auto', 'tensorrt'):
         if backend == 'auto' and tensorrt_factory is None and not tensorrt_installed():
@@ -201,4 +214,4 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
     cpu = get_reference()
     if precision == 'fp16':
         notes.append('precision fp16 applies to TensorRT only; ONNX Runtime CPU runs fp32')
-    return Selection(cpu, notes, None)
+    return Selection(cpu, notes, None, failures)
