@@ -196,3 +196,23 @@ def test_a_failed_second_allocation_frees_the_first_and_names_the_cuda_error(mod
 def test_fallback_reason_is_empty_when_nothing_failed(model, tmp_path, monkeypatch):
     FakeGPU('10.3.0').install(monkeypatch)
     assert estimator(model, tmp_path, backend='auto').selection.fallback_reason == ''
+
+
+def test_the_prepared_gpu_script_runs_end_to_end_on_the_stand_in(tmp_path):
+    """test/bench/gpu_tensorrt.py is what a GPU session runs; on the stand-in it must build, check and time
+    every case and write its results (the numbers themselves mean nothing here)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / 'bench' / 'gpu_tensorrt.py'
+    res = subprocess.run([sys.executable, str(script), '--stand-in', '11.4.0', '--rounds', '1', '--cpu-rounds', '1',
+                          '--out', str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    cases = json.loads((tmp_path / 'results.json').read_text())['cases']
+    assert [(c['model'], c['precision']) for c in cases] == [
+        ('bundled 96x320', 'fp32'), ('bundled 96x320', 'fp16'),
+        ('bundled net at 192x640', 'fp32'), ('bundled net at 192x640', 'fp16')]
+    assert all('non-finite 0' in c['check'] and 'trt_ms_b2' in c for c in cases)
+    assert 'strongly typed' in cases[1]['route']
