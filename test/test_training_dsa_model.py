@@ -79,14 +79,15 @@ def test_upright_anchor_ignores_the_object_depth_in_its_lowest_rows():
     bent = obj.copy()
     rows = np.flatnonzero(inst.any(1))
     bent[rows[-2]:rows[-1] + 1][inst[rows[-2]:rows[-1] + 1] == 1] *= 0.7     # the lowest two rows 30 % nearer
-    contact = dsa_inputs(rgb, depth, inst, 1, bent, K, MARGIN, MAX_DEPTH)
-    upright = dsa_inputs(rgb, depth, inst, 1, bent, K, MARGIN, MAX_DEPTH, anchor='upright')
+    contact = dsa_inputs(rgb, depth, inst, 1, bent, K, MARGIN, MAX_DEPTH, anchor='contact')
+    upright = dsa_inputs(rgb, depth, inst, 1, bent, K, MARGIN, MAX_DEPTH)       # the default
     m = inst == 1
     med = lambda inp: float(np.median(math.exp(inp.log_anchor) * inp.norm_depth[m]))
     assert med(contact) > 1.3 * z0                      # the object pushed back by the bent rows
     assert med(upright) == pytest.approx(z0, rel=0.03)
     # on an object network with the right shape the two agree
-    assert math.exp(inputs(sc, anchor='upright').log_anchor) == pytest.approx(math.exp(inputs(sc).log_anchor), rel=1e-6)
+    assert math.exp(inputs(sc).log_anchor) == pytest.approx(math.exp(inputs(sc, anchor='contact').log_anchor), rel=1e-6)
+    assert DsaModelConfig().anchor == 'upright'
     with pytest.raises(ValueError, match='dsa.model.anchor'):
         DsaModelConfig(anchor='lowest')
 

@@ -1,4 +1,5 @@
 """Self-supervised losses: photometric error, auto-masking, smoothness, sparsity, odometry scale."""
+import pytest
 import torch
 
 from training.losses import (INVALID_ERROR, edge_aware_smoothness, min_reprojection_loss, motion_sparsity,
@@ -154,3 +155,36 @@ def test_final_model_skips_photometric_loss_on_labelled_dynamic_pixels_only_when
     assert keep.shape == (2, 1, H, W) and float(keep.sum()) == 2 * (H * W - 20)
     assert float(keep[:, 0, :4, :5].max()) == 0.0
     assert FinalModel(SceneModelConfig(), dynamic_photometric=False).photometric_keep({}, target) is None
+
+
+@pytest.mark.parametrize('mode', ['l1', 'relative'])
+def test_pseudo_label_loss_without_alignment_holds_the_labels_scale(mode):
+    """A network that has drifted 20 % nearer everywhere: with align='static' k follows it (k = 0.8) and the
+    pseudo-label term is content (the scene may drift); with align='none' the term pulls the dynamic
+    pixels back to their labels in metres. A network at the label's scale is content either way."""
+    from training.stages.final import pseudo_label_loss
+
+    torch.manual_seed(0)
+    label = 5 + 20 * torch.rand(2, 1, 8, 12)
+    dynamic = torch.zeros(2, 1, 8, 12, dtype=torch.bool)
+    dynamic[:, :, 2:5, 3:7] = True
+    drifted = {0: (0.8 * label).requires_grad_()}
+    aligned, n = pseudo_label_loss(drifted, label, dynamic, mode, align='static')
+    fixed, n2 = pseudo_label_loss(drifted, label, dynamic, mode, align='none')
+    assert n == n2 == 24
+    assert float(aligned) == pytest.approx(0.0, abs=1e-5)
+    expected = 0.2 * (label[dynamic].mean() if mode == 'l1' else 1.0)
+    assert float(fixed) == pytest.approx(float(expected), rel=1e-4)
+    fixed.backward()
+    assert (drifted[0].grad[dynamic] < 0).all()            # gradient descent moves them farther, to the labels
+    assert not drifted[0].grad[~dynamic].any()
+    for align in ('static', 'none'):
+        assert float(pseudo_label_loss({0: label.clone()}, label, dynamic, mode, align=align)[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pseudo_align_is_checked():
+    from training.config import FinalStageConfig
+
+    assert FinalStageConfig().pseudo_align == 'static'          # the reference
+    with pytest.raises(ValueError, match='final.pseudo_align'):
+        FinalStageConfig(pseudo_align='median')

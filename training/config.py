@@ -144,12 +144,19 @@ class FinalStageConfig:
 
     dynamic_photometric: False leaves the pixels labelled dynamic out of the photometric loss, so only
     their pseudo labels set their depth (True, the reference, keeps the stage-1 losses everywhere;
-    there the residual motion lets the photometric loss hold them at their stage-1 depth)."""
+    there the residual motion lets the photometric loss hold them at their stage-1 depth).
+
+    pseudo_align: 'static' scales the label by k = median(D / P) over its static pixels each step (the
+    reference aligns by a median too); 'none' uses the label as it is (k = 1: stage 4 starts from the
+    stage-1 network whose scale the labels have, metric or not). k follows the network's own scale, so
+    with 'static' a network that pulls every car nearer while it learns the labels lowers k and its
+    own targets with it, and nothing in the pseudo-label term holds the scene's scale."""
 
     pseudo_weight: float = 0.1
     pseudo_loss: str = 'l1'
     static_weight: float = 0.0
     dynamic_photometric: bool = True
+    pseudo_align: str = 'static'
     loop: LoopConfig = field(default_factory=LoopConfig)
     phases: list[PhaseConfig] = field(default_factory=lambda: _phases({'name': 'joint', 'steps': 1000, 'lr': 2e-5}))
 
@@ -160,6 +167,8 @@ class FinalStageConfig:
             raise ValueError(f'final.static_weight must be >= 0, got {self.static_weight}')
         if self.pseudo_loss not in ('l1', 'relative'):
             raise ValueError(f"final.pseudo_loss must be 'l1' or 'relative', got {self.pseudo_loss!r}")
+        if self.pseudo_align not in ('static', 'none'):
+            raise ValueError(f"final.pseudo_align must be 'static' or 'none', got {self.pseudo_align!r}")
 
 
 @dataclass

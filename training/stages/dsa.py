@@ -294,7 +294,8 @@ def execute(ctx: StageContext) -> dict | None:
                 val_set = None
     phases = [Phase(p.name, p.steps, ('net',), p.lr, tuple(p.lr_decay_at), p.lr_decay) for p in dc.phases]
     ctx.log(f'{len(train_set)} static training objects' + (f', {len(val_set)} static val objects' if val_set else '')
-            + f'; {sum(p.steps for p in phases)} steps of batch {dc.loop.batch_size}')
+            + (f'; {sum(p.steps for p in phases)} steps of batch {dc.loop.batch_size}' if sum(p.steps for p in phases)
+               else '; no DSA training (0 steps): beta is the geometric anchor'))
     result = train(module, lambda m, b, p: dsa_loss(m, b, p), train_set, phases, dc.loop, stage_dir,
                    config_hash=ctx.hashes.train, dist=dist, val_set=val_set, val_fn=_val,
                    num_workers=cfg.runtime.num_workers, progress=cfg.runtime.progress, desc='dsa')

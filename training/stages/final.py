@@ -20,7 +20,9 @@ Two options depart from the reference (config final.*; defaults = the reference)
 'relative' divides each pixel's error by its label (the metres form, through the sigmoid-disparity
 output, weights a pixel's pull by depth squared, so the least certain, distant labels dominate), and
 static_weight > 0 adds the relative L1 to the label on the static pixels (the stage-1 depth there),
-which holds the static scene where stage 1 had it. What cpu-small uses and why is in its preset.
+which holds the static scene where stage 1 had it; pseudo_align 'none' drops k (k = 1: the labels
+have the scale of the stage-1 network stage 4 starts from, and a k that follows the network lets the
+whole scene drift nearer with the dynamic pixels). What cpu-small uses and why is in its preset.
 """
 from __future__ import annotations
 
@@ -58,10 +60,11 @@ def run(cfg: PipelineConfig, run_dir, dist=None, *, restart: bool = False):
 
 
 def pseudo_label_loss(depths: dict[int, torch.Tensor], label: torch.Tensor, dynamic: torch.Tensor,
-                      mode: str = 'l1') -> tuple[torch.Tensor, float]:
+                      mode: str = 'l1', align: str = 'static') -> tuple[torch.Tensor, float]:
     """Mean over scales of the aligned L1 on dynamic pixels (module docstring); mode 'relative' divides
-    each pixel's error by its aligned label. depths {s: [B,1,H,W]}; label [B,1,H,W] metres (0 = none);
-    dynamic bool [B,1,H,W]. Returns (loss, pixels counted)."""
+    each pixel's error by its aligned label; align 'none' takes the label as it is (k = 1, metric runs).
+    depths {s: [B,1,H,W]}; label [B,1,H,W] metres (0 = none); dynamic bool [B,1,H,W].
+    Returns (loss, pixels counted)."""
     dyn = dynamic.bool() & (label > 0)
     static = (~dynamic.bool()) & (label > 0)
     if not dyn.any():
@@ -70,7 +73,7 @@ def pseudo_label_loss(depths: dict[int, torch.Tensor], label: torch.Tensor, dyna
     for d in depths.values():
         with torch.no_grad():
             k = torch.ones(d.shape[0], 1, 1, 1, device=d.device, dtype=d.dtype)
-            for b in range(d.shape[0]):
+            for b in range(d.shape[0] if align == 'static' else 0):
                 if static[b].sum() >= 10:
                     k[b] = torch.median(d[b][static[b]] / label[b][static[b]])
         target = k * label
@@ -94,8 +97,9 @@ class FinalModel(SceneModel):
     """The stage-1 model with the pseudo-label term (batches carry pseudo_depth and pseudo_dynamic)."""
 
     def __init__(self, config, pseudo_weight: float = 0.1, pseudo_loss: str = 'l1', static_weight: float = 0.0,
-                 dynamic_photometric: bool = True):
+                 dynamic_photometric: bool = True, pseudo_align: str = 'static'):
         super().__init__(config)
+        self.pseudo_align = pseudo_align
         self.pseudo_weight = float(pseudo_weight)
         self.pseudo_loss = pseudo_loss
         self.static_weight = float(static_weight)
@@ -116,7 +120,7 @@ class FinalModel(SceneModel):
         if label.dim() == 3:
             label, dynamic = label[:, None], dynamic[:, None]
         label = label.to(depths[0].dtype)
-        loss, n = pseudo_label_loss(depths, label, dynamic, self.pseudo_loss)
+        loss, n = pseudo_label_loss(depths, label, dynamic, self.pseudo_loss, self.pseudo_align)
         total = self.pseudo_weight * loss
         logs = {'pseudo_loss': loss.item(), 'pseudo_pixels': n}
         if self.static_weight > 0:
@@ -143,7 +147,8 @@ def execute(ctx: StageContext) -> dict | None:
     cfg, dist, stage_dir = ctx.cfg, ctx.dist, ctx.stage_dir
     fc = cfg.final
     ckpt_io.seed_everything(fc.loop.seed)
-    model = FinalModel(cfg.scene.model, fc.pseudo_weight, fc.pseudo_loss, fc.static_weight, fc.dynamic_photometric)
+    model = FinalModel(cfg.scene.model, fc.pseudo_weight, fc.pseudo_loss, fc.static_weight, fc.dynamic_photometric,
+                       fc.pseudo_align)
     scene_model, _, scene_manifest = scene_stage.load_model(ctx.upstream_dir('scene'))
     model.load_state_dict(scene_model.state_dict())
     del scene_model
@@ -178,7 +183,7 @@ def execute(ctx: StageContext) -> dict | None:
                      'resumed_from': result.resumed_from, 'steps_this_run': result.trained_steps,
                      'seconds_per_step': result.seconds_per_step, 'pseudo_weight': fc.pseudo_weight,
                      'pseudo_loss': fc.pseudo_loss, 'static_weight': fc.static_weight,
-                     'dynamic_photometric': fc.dynamic_photometric},
+                     'dynamic_photometric': fc.dynamic_photometric, 'pseudo_align': fc.pseudo_align},
         'model_selection': 'last checkpoint (label-free)',
         'metric': metric, 'intrinsics': list(intrinsics),
         'files': {'checkpoint': file_entry(stage_dir, MODEL_FILE), 'onnx': file_entry(stage_dir, ONNX_FILE)},
