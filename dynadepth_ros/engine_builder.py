@@ -4,6 +4,8 @@ cache under exactly the name the node looks for, so the node starts without a mu
 
     dynadepth-build-engine dynadepth_ros/models/dynadepth_final.onnx --precision fp16
     dynadepth-build-engine model.onnx --precision fp32 --cache-dir /var/cache/dynadepth --rebuild
+    dynadepth-build-engine final_int8_trt.onnx --precision int8     # an INT8 (QDQ) model from
+                                          # `python -m training quantize final.onnx --calib DATA --target tensorrt`
 
 The build goes through the same function the node uses (tensorrt_backend.ensure_engine): same cache
 key (ONNX sha256, TensorRT version, GPU compute capability, precision, input shape, max batch), same
@@ -23,9 +25,9 @@ import sys
 from pathlib import Path
 
 from dynadepth_ros.inference.backend import BackendError
-from dynadepth_ros.inference.tensorrt_backend import (DEFAULT_WORKSPACE_BYTES, EngineError, TensorRTBackend,
-                                                      TensorRTRuntime, TensorRTUnavailable, default_engine_cache_dir,
-                                                      ensure_engine)
+from dynadepth_ros.inference.tensorrt_backend import (DEFAULT_WORKSPACE_BYTES, ENGINE_PRECISIONS, EngineError,
+                                                      TensorRTBackend, TensorRTRuntime, TensorRTUnavailable,
+                                                      default_engine_cache_dir, engine_precision, ensure_engine)
 from dynadepth_ros.model_format import ModelFormatError, read_metadata
 
 NODE_MAX_BATCH = 1          # a single-camera node runs batch 1; a node with `cameras` runs len(cameras)
@@ -57,6 +59,7 @@ def _build_engine(model: Path, precision: str, max_batch: int, cache_dir, worksp
     if not model.is_file():
         raise ModelFormatError(f'{model} does not exist')
     meta = read_metadata(model)
+    precision = engine_precision(model, meta, precision, log)
     runtime = runtime if runtime is not None else TensorRTRuntime()
     path, blob, key, built = ensure_engine(model, meta, runtime, precision, max_batch, cache_dir,
                                            workspace_bytes=workspace_bytes, rebuild=rebuild, any_batch=False,
@@ -81,7 +84,7 @@ def _build_engine(model: Path, precision: str, max_batch: int, cache_dir, worksp
             engine.close()
             reference.close()
         log(f'engine agrees with ONNX Runtime CPU: {check.describe()}')
-    return {'engine': str(path), 'built': built, 'key': key.to_json(),
+    return {'engine': str(path), 'built': built, 'key': key.to_json(), 'precision': precision,
             'check': None if check is None else check.describe()}
 
 
@@ -89,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog='dynadepth-build-engine', description=__doc__.split('\n\n')[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('model', type=Path, help='dynadepth ONNX model (design §3 format)')
-    ap.add_argument('--precision', default='fp16', choices=('fp16', 'fp32'),
-                    help='must match the node parameter `precision` (jetson/desktop_gpu presets: fp16)')
+    ap.add_argument('--precision', default='fp16', choices=ENGINE_PRECISIONS,
+                    help='must match the node parameter `precision` (jetson/desktop_gpu presets: fp16); int8 needs '
+                         'an INT8 model (`python -m training quantize ... --target tensorrt`), whose engine is int8 '
+                         'whatever is asked')
     ap.add_argument('--max-batch', '--cameras', dest='max_batch', type=int, default=NODE_MAX_BATCH, metavar='N',
                     help='number of cameras the node serves (its `cameras` parameter; 1 without it): the batch '
                          'profile covers 1..N, optimised for N')
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {type(exc).__name__}: {exc}', file=sys.stderr)
         return 1
     print(f"{'built' if out['built'] else 'already cached'}: {out['engine']}")
-    print(f"the node uses it with precision:={args.precision}"
+    print(f"the node uses it with precision:={out['precision']}"
           + (f" engine_cache_dir:={args.cache_dir}" if args.cache_dir else '')
           + ' (or engine_path:=<that file>)')
     return 0

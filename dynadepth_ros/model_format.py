@@ -3,6 +3,12 @@
 ONNX file, opset >= 17; input `image` float32 [N,3,H,W] RGB in [0,1]; output `depth` float32
 [N,1,H,W] (metres when metric). `metadata_props` carry the keys below, all strings.
 Uses only the `onnx` package (no torch), so the node and the tools can read it.
+
+Optional keys (absent in a plain export): `dynadepth.precision` — `int8` for a model quantized by
+`python -m training quantize` (Q/DQ nodes, weights int8 per channel; absent = `fp32`) — and
+`dynadepth.quantization` — a JSON string saying how it was made (target, calibration source and frames,
+excluded nodes, the check against the float model). `graph_precision` tells from the graph itself whether a
+model is quantized and for which runtime its Q/DQ nodes are laid out.
 """
 from __future__ import annotations
 
@@ -15,6 +21,12 @@ PREFIX = 'dynadepth.'
 REQUIRED_KEYS = ('format', 'input_height', 'input_width', 'min_depth', 'max_depth', 'metric',
                  'intrinsics', 'stage', 'dataset', 'config_hash', 'version')
 STAGES = ('scene', 'final')
+MODEL_PRECISIONS = ('fp32', 'int8')  # dynadepth.precision (optional; absent = fp32)
+OPTIONAL_KEYS = ('precision', 'quantization')
+# operators only a quantized graph holds (QDQ: QuantizeLinear / DequantizeLinear; QOperator: the QLinear* family
+# and the *Integer operators)
+QUANTIZED_OPS = ('QuantizeLinear', 'DequantizeLinear', 'DynamicQuantizeLinear', 'QLinearConv', 'QLinearMatMul',
+                 'ConvInteger', 'MatMulInteger', 'QLinearAdd', 'QLinearMul', 'QLinearConcat')
 INPUT_NAME = 'image'
 OUTPUT_NAME = 'depth'
 MIN_OPSET = 17
@@ -39,9 +51,11 @@ class ModelMetadata:
     config_hash: str
     version: str
     format: str = FORMAT_VERSION
+    precision: str = 'fp32'    # 'int8' for a quantized (Q/DQ) model; written only when not fp32
+    quantization: str = ''     # JSON: how the int8 model was made (training/quantize.py); '' for float models
 
     def to_props(self) -> dict[str, str]:
-        """metadata_props as {key: string value} with the `dynadepth.` prefix."""
+        """metadata_props as {key: string value} with the `dynadepth.` prefix (the optional keys only when set)."""
         vals = {
             'format': self.format, 'input_height': str(int(self.input_height)),
             'input_width': str(int(self.input_width)), 'min_depth': repr(float(self.min_depth)),
@@ -49,6 +63,10 @@ class ModelMetadata:
             'intrinsics': ','.join(repr(float(v)) for v in self.intrinsics), 'stage': self.stage,
             'dataset': self.dataset, 'config_hash': self.config_hash, 'version': self.version,
         }
+        if self.precision != 'fp32':
+            vals['precision'] = self.precision
+        if self.quantization:
+            vals['quantization'] = self.quantization
         return {PREFIX + k: v for k, v in vals.items()}
 
     @classmethod
@@ -74,12 +92,16 @@ class ModelMetadata:
         intr = _intrinsics(g['intrinsics'], problems)
         if g['stage'] not in STAGES:
             problems.append(f'dynadepth.stage must be one of {STAGES}, got {g["stage"]!r}')
+        precision = props.get(PREFIX + 'precision', 'fp32')
+        if precision not in MODEL_PRECISIONS:
+            problems.append(f'dynadepth.precision must be one of {MODEL_PRECISIONS}, got {precision!r}')
         if problems:
             raise ModelFormatError(f'{source}: invalid dynadepth metadata: ' + '; '.join(problems) + '. Re-export '
                                    'the model, or fix the key with `dynadepth-model-info MODEL --set KEY=VALUE`')
         return cls(input_height=h, input_width=w, min_depth=dmin, max_depth=dmax, metric=g['metric'] == 'true',
                    intrinsics=intr, stage=g['stage'], dataset=g['dataset'], config_hash=g['config_hash'],
-                   version=g['version'], format=g['format'])
+                   version=g['version'], format=g['format'], precision=precision,
+                   quantization=props.get(PREFIX + 'quantization', ''))
 
 
 def _number(key: str, text: str, problems: list[str]) -> float | None:
@@ -156,6 +178,32 @@ def read_metadata(path: str | Path) -> ModelMetadata:
         raise ModelFormatError(f'{path}: expects input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, '
                                f'found inputs {inputs} and outputs {outputs}')
     return meta
+
+
+def graph_precision(model) -> tuple[str, str]:
+    """(precision, layout) of an onnx.ModelProto from its operators: ('fp32', '') for a float graph, else
+    ('int8', layout) with layout 'qdq-symmetric' (QuantizeLinear outputs int8 with zero point 0 everywhere: what
+    TensorRT's explicit quantization accepts), 'qdq' (other Q/DQ, e.g. uint8 activations with zero points, ONNX
+    Runtime's CPU fast path) or 'qoperator' (QLinearConv & co: ONNX Runtime only)."""
+    from onnx import TensorProto, numpy_helper
+
+    ops = {n.op_type for n in model.graph.node}
+    if not ops & set(QUANTIZED_OPS):
+        return 'fp32', ''
+    if ops & (set(QUANTIZED_OPS) - {'QuantizeLinear', 'DequantizeLinear'}):
+        return 'int8', 'qoperator'
+    inits = {t.name: t for t in model.graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in model.graph.node
+              if n.op_type == 'Constant' and n.attribute and n.attribute[0].name == 'value'}
+    symmetric = True
+    for n in model.graph.node:
+        if n.op_type != 'QuantizeLinear':
+            continue
+        zp = inits.get(n.input[2]) or consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is None or zp.data_type != TensorProto.INT8 or numpy_helper.to_array(zp).any():
+            symmetric = False
+            break
+    return 'int8', 'qdq-symmetric' if symmetric else 'qdq'
 
 
 def write_metadata(path: str | Path, meta: ModelMetadata) -> None:

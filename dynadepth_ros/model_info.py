@@ -122,7 +122,18 @@ def main(argv: list[str] | None = None) -> int:
         f'  dataset        {m.dataset}',
         f'  config hash    {m.config_hash}',
         f'  version        {m.version}',
+        f'  precision      {m.precision}',
     ]
+    if m.quantization:
+        try:
+            q = json.loads(m.quantization)
+            c = q.get('check', {})
+            lines.append(f'  quantization   {q.get("format")} for {q.get("target")}, {q.get("calibration")} on '
+                         f'{q.get("calibration_frames")} frames of {q.get("source")}; vs fp32 on '
+                         f'{q.get("holdout_frames")} held-out frames: mean rel {c.get("abs_rel_vs_fp32", float("nan")):.4f}, '
+                         f'max {c.get("max_abs_diff_m", float("nan")):.3g} m')
+        except (ValueError, AttributeError):
+            lines.append(f'  quantization   {m.quantization}')
     if 'probe' in info:
         p = info['probe']
         lines.append(f'  probe run      {p["backend"]}: output {p["output_min"]}..{p["output_max"]}, '

@@ -136,7 +136,8 @@ PARAMETERS = {
     'model_path': ('', _desc('ONNX model (design §3 contract); empty = the bundled model', constraints=_WHEN_CONF)),
     'backend': ('auto', _desc('inference backend: auto picks TensorRT > ORT TensorRT EP > ORT CUDA EP > ORT CPU',
                               constraints='one of ' + ', '.join(BACKENDS) + '; ' + _WHEN_CONF)),
-    'precision': ('fp32', _desc('TensorRT precision (ONNX Runtime CPU always runs fp32)',
+    'precision': ('fp32', _desc('TensorRT precision; int8 needs an INT8 model (`python -m training quantize`), '
+                                'which every backend runs in int8 (ONNX Runtime CPU runs the model as it is)',
                                 constraints='one of ' + ', '.join(PRECISIONS) + '; ' + _WHEN_CONF)),
     'fallback': (True, _desc('fall back to ONNX Runtime when the requested GPU backend fails (else refuse to start)',
                              constraints=_WHEN_CONF)),
@@ -358,7 +359,8 @@ class DepthNode(LifecycleNode):
         m = est.metadata
         self.get_logger().info(
             f'model {est.model_path} (stage {m.stage}, {"metric" if m.metric else "RELATIVE"}, input '
-            f'{m.input_width}x{m.input_height}, depth {m.min_depth:g}..{m.max_depth:g} m) on {est.backend_name}')
+            f'{m.input_width}x{m.input_height}, {m.precision}, depth {m.min_depth:g}..{m.max_depth:g} m) on '
+            f'{est.backend_name}')
         depth_topic, info_topic = OUTPUT_LAYOUTS[self._p('output_layout')]
         self._streams = [CameraStream(name) for name in cameras] or [CameraStream()]
         self._next_camera = 0
@@ -818,6 +820,8 @@ class DepthNode(LifecycleNode):
             'model_stage': est.metadata.stage if est else '',
             'model_metric': str(est.metadata.metric).lower() if est else '',
             'model_input': f'{est.metadata.input_width}x{est.metadata.input_height}' if est else '',
+            'model_precision': est.metadata.precision if est else '',
+            'precision': getattr(est.selection.backend, 'precision', '') if est else '',
             'cameras': ','.join(c.name for c in self._streams if c.name),
             'executor': self.executor_kind,
             'batches': self._stats['batches'],

@@ -210,10 +210,17 @@ class FakeGPU:
 
             def parse_from_file(self, path):
                 import onnx
+
+                from dynadepth_ros.model_format import graph_precision
                 try:
-                    onnx.load(path)
+                    model = onnx.load(path)
                 except Exception as exc:
                     self.errors.append(f'ModelImporter: {exc}')
+                    return False
+                layout = graph_precision(model)[1]
+                if layout and layout != 'qdq-symmetric':    # TensorRT's Q/DQ: int8, zero point 0, no QLinear ops
+                    self.errors.append(f'ModelImporter: unsupported quantization ({layout}): TensorRT only supports '
+                                       f'symmetric INT8 QuantizeLinear/DequantizeLinear (zero point 0)')
                     return False
                 with open(path, 'rb') as f:
                     self.network.onnx = f.read()
@@ -269,8 +276,14 @@ class FakeGPU:
                     return None
                 model = onnx.load_from_string(network.onnx)
                 fp16_types = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-                record = {'strongly_typed': network.strongly_typed, 'fp16_flag': fp16_flag,
-                          'computes': 'fp16' if fp16_flag or (network.strongly_typed and fp16_types) else 'fp32',
+                int8_flag = BuilderFlag['INT8'] in config.flags
+                qdq = any(n.op_type == 'QuantizeLinear' for n in model.graph.node)
+                # explicit quantization: Q/DQ layers run int8 on a strongly typed network, on a weakly typed one
+                # only with BuilderFlag.INT8 (the stand-in then computes them as the ONNX says, like the others)
+                computes = ('int8' if qdq and (network.strongly_typed or int8_flag) else
+                            'fp16' if fp16_flag or (network.strongly_typed and fp16_types) else 'fp32')
+                record = {'strongly_typed': network.strongly_typed, 'fp16_flag': fp16_flag, 'int8_flag': int8_flag,
+                          'computes': computes,
                           'deprecated_weak_typing': deprecated_weak and not network.strongly_typed,
                           'profile': config.profiles[0].shapes['image'], 'version': gpu.version}
                 gpu.builds.append(record)

@@ -12,6 +12,7 @@
     python -m training export --run-dir runs/cpu-small --stage scene --out scene.onnx
     python -m training bundle --run-dir runs/cpu-small      # install final + stage-1 ONNX as the node's models
     python -m training build-engine runs/cpu-small/final/final.onnx --precision fp16   # on the Jetson
+    python -m training quantize runs/cpu-small/final/final.onnx --calib data/synthetic/cpu-small --out int8.onnx
     python -m training evaluate --run-dir runs/cpu-small --stage scene --split test
     python -m training import-bag run1/ run2.mcap --out data/robot --image-topic /camera/image_raw \\
         --camera-info-topic /camera/camera_info [--odom-topic /odom] [--mask-topic ...]
@@ -106,6 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--run-dir', type=Path, required=True)
     p.add_argument('--dest', type=Path, help='write there instead of dynadepth_ros/models/')
     p.add_argument('--made-with', default='', help='the command that made the run (quoted in the report)')
+
+    p = sub.add_parser('quantize', help='static INT8 (QDQ) copy of an exported model, calibrated on frames of a '
+                                        'dataset folder or a rosbag2 and checked against the float model')
+    p.add_argument('model', type=Path, help='design §3 ONNX model (float)')
+    p.add_argument('--calib', type=Path, required=True, help='dataset folder (fixed layout) or rosbag2 (dir, .mcap, .db3)')
+    p.add_argument('--out', type=Path, help='INT8 model to write (default <model>_int8.onnx beside it)')
+    p.add_argument('--image-topic', help='camera topic of a rosbag2 source (Image or CompressedImage)')
+    p.add_argument('--layout', default='synthetic', choices=('synthetic', 'kitti', 'cityscapes'),
+                   help='dataset folder layout')
+    p.add_argument('--split', default='train', help='dataset split (synthetic: train|val|test; kitti/cityscapes: a '
+                                                    'split name or file)')
+    p.add_argument('--target', default='cpu', choices=('cpu', 'tensorrt'),
+                   help='cpu: uint8 activations, ONNX Runtime CPU fast path; tensorrt: symmetric int8 (TensorRT)')
+    p.add_argument('--calibration', default='minmax', choices=('minmax', 'entropy', 'percentile'),
+                   help='activation range method')
+    p.add_argument('--per-tensor', action='store_true', help='one weight scale per tensor (default per channel)')
+    p.add_argument('--exclude', action='append', default=[], metavar='NODE|OP|first-conv|head',
+                   help='keep these nodes in float (repeatable)')
+    p.add_argument('--frames', type=int, default=64, help='calibration frames (evenly spaced over the source)')
+    p.add_argument('--holdout', type=int, default=16, help='held-out frames for the check against FP32')
+    p.add_argument('--aspect-tolerance', type=float, default=0.05,
+                   help="the node's aspect_tolerance (preprocessing: resize within it, else centre crop)")
+    p.add_argument('--max-abs-rel', type=float, default=0.03,
+                   help='largest mean |int8 - fp32| / fp32 on the held-out frames at which the model is written')
+    p.add_argument('--force', action='store_true', help='write the model even when the check fails')
 
     p = sub.add_parser('import-bag', help='convert rosbag2 recordings into the dataset layout for training')
     p.add_argument('bags', nargs='+', type=Path, help='rosbag2 directories or .mcap/.db3 files')
@@ -267,6 +293,28 @@ def cmd_import_bag(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from training.quantize import QuantizeError, check_float_model, describe_check, int8_path, open_calibration, \
+        quantize_model
+
+    if args.frames < 1 or args.holdout < 1 or not args.max_abs_rel > 0:
+        raise QuantizeError('--frames and --holdout must be >= 1 and --max-abs-rel > 0')
+    meta = check_float_model(args.model)
+    out = args.out or int8_path(args.model)
+    frames = open_calibration(args.calib, meta.input_height, meta.input_width, image_topic=args.image_topic,
+                              layout=args.layout, split=args.split, frames=args.frames, holdout=args.holdout,
+                              aspect_tolerance=args.aspect_tolerance)
+    report = quantize_model(args.model, out, frames, target=args.target, method=args.calibration,
+                            per_channel=not args.per_tensor, exclude=args.exclude, max_abs_rel=args.max_abs_rel,
+                            force=args.force)
+    check = report['check']
+    print(f'check on {check["frames"]} held-out frames: {describe_check(check)}'
+          + ('' if check['passed'] else f' -- OVER --max-abs-rel {args.max_abs_rel:g}, written because of --force'))
+    print(f'wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB, int8 {args.target}); the node runs it with '
+          f'model_path:={out}' + (' backend:=tensorrt precision:=int8' if args.target == 'tensorrt' else ''))
+    return 0
+
+
 def cmd_bundle(args) -> int:
     from training.bundle import bundle
 
@@ -275,7 +323,7 @@ def cmd_bundle(args) -> int:
     return 0
 
 
-COMMANDS = {'bundle': cmd_bundle, 'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'run': cmd_run, 'export': cmd_export,
+COMMANDS = {'bundle': cmd_bundle, 'quantize': cmd_quantize, 'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'run': cmd_run, 'export': cmd_export,
             'evaluate': cmd_evaluate, 'compare': cmd_compare, 'trace': cmd_trace, 'import-bag': cmd_import_bag, **{name: cmd_stage for name in STAGES}}
 
 
@@ -299,9 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     from dynadepth_ros.model_format import ModelFormatError
 
     from dynadepth_ros.atomic_files import DiskFullError
+    from training.quantize import QuantizeError
 
     known = (ConfigError, DatasetError, CheckpointError, ExportError, FileNotFoundError, BagError,
-             RosbagImportError, StageError, BundleError, ModelFormatError)
+             RosbagImportError, StageError, BundleError, ModelFormatError, QuantizeError)
     try:
         return COMMANDS[args.command](args)
     except Exception as exc:

@@ -18,7 +18,7 @@ class BackendError(RuntimeError):
 @runtime_checkable
 class Backend(Protocol):
     name: str          # e.g. 'onnxruntime[CPUExecutionProvider]' or 'tensorrt[fp16]'
-    precision: str     # effective precision: 'fp32' or 'fp16'
+    precision: str     # effective precision: 'fp32', 'fp16' or 'int8' (an INT8 QDQ model)
     max_batch: int     # largest N run() accepts in one call
 
     def run(self, batch: np.ndarray) -> np.ndarray:

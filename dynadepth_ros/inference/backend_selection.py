@@ -12,6 +12,12 @@ Verification (every non-CPU backend, before it goes live): the backend and ONNX 
 fixed probe input (`probe_input`); the candidate passes when it produces no non-finite value where the
 reference is finite and its mean relative depth error |c - r| / max(|r|, min_depth) is <= the tolerance.
 This catches fp16 overflow (inf/NaN, black output) and engines that silently compute something else.
+
+INT8: a model quantized by `python -m training quantize` (dynadepth.precision=int8, Q/DQ nodes) runs in int8 on
+every backend: ONNX Runtime CPU runs the QDQ graph as it is (and is the reference), TensorRT builds an
+explicitly quantized engine from it (`precision:=int8`; an int8 model asked for fp32/fp16 is still built int8,
+with a note). `precision:=int8` with a float model is refused by TensorRT (fallback with the reason) and noted
+for ONNX Runtime, which runs the float model.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from dynadepth_ros.inference.onnxruntime_backend import (CPU_EP, CUDA_EP, TENSOR
 from dynadepth_ros.model_format import ModelMetadata
 
 BACKENDS = ('auto', 'tensorrt', 'onnxruntime')
-PRECISIONS = ('fp32', 'fp16')
+PRECISIONS = ('fp32', 'fp16', 'int8')
 DEFAULT_TOLERANCE = 0.02
 
 
@@ -212,6 +218,27 @@ def select_backend(model_path: str | Path, metadata: ModelMetadata, backend: str
             return chosen
     stage('loading ONNX Runtime CPU')
     cpu = get_reference()
-    if precision == 'fp16':
-        notes.append('precision fp16 applies to TensorRT only; ONNX Runtime CPU runs fp32')
+    notes.extend(cpu_precision_notes(model_path, metadata, precision))
     return Selection(cpu, notes, None, failures)
+
+
+def cpu_precision_notes(model_path: str | Path, metadata: ModelMetadata, precision: str) -> list[str]:
+    """What a user who asked for `precision` should know when ONNX Runtime CPU runs the model."""
+    if metadata.precision == 'int8':
+        from dynadepth_ros.model_format import graph_precision
+        import onnx
+
+        notes = []
+        if graph_precision(onnx.load(str(model_path), load_external_data=False))[1] == 'qdq-symmetric':
+            notes.append('this INT8 model is quantized for TensorRT (symmetric int8 activations), which ONNX Runtime '
+                         'CPU runs slower than the float model; for CPU use one made with `python -m training '
+                         'quantize ... --target cpu`')
+        if precision == 'fp16':
+            notes.append('precision fp16 applies to TensorRT only; ONNX Runtime CPU runs this INT8 model in int8')
+        return notes
+    if precision == 'fp16':
+        return ['precision fp16 applies to TensorRT only; ONNX Runtime CPU runs fp32']
+    if precision == 'int8':
+        return [f'precision int8 needs an INT8 model (`python -m training quantize {Path(model_path).name} --calib '
+                f'DATA`); this model is fp32 and runs fp32']
+    return []

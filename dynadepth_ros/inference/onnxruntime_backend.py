@@ -51,10 +51,15 @@ class OnnxRuntimeBackend:
                                f'(available: {ort.get_available_providers()}); install onnxruntime-gpu for GPU providers')
         self.metadata = metadata
         self.max_batch = int(max_batch)
-        self.precision = precision if provider == TENSORRT_EP else 'fp32'
+        # an INT8 (QDQ) model runs in int8 on every provider; otherwise only the TensorRT EP honours `precision`
+        if getattr(metadata, 'precision', 'fp32') == 'int8':
+            self.precision = 'int8'
+        else:
+            self.precision = precision if provider == TENSORRT_EP and precision != 'int8' else 'fp32'
         chain: list = []
         if provider == TENSORRT_EP:
-            opts = {'device_id': device_id, 'trt_fp16_enable': precision == 'fp16', 'trt_timing_cache_enable': True}
+            opts = {'device_id': device_id, 'trt_fp16_enable': precision == 'fp16',
+                    'trt_int8_enable': self.precision == 'int8', 'trt_timing_cache_enable': True}
             if engine_cache_dir is not None:
                 Path(engine_cache_dir).mkdir(parents=True, exist_ok=True)
                 opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(engine_cache_dir))
@@ -77,7 +82,7 @@ class OnnxRuntimeBackend:
             raise BackendError(f'ONNX Runtime cannot load {model_path} ({type(exc).__name__}: {str(exc).strip()}); '
                                f'the file may be truncated or not an ONNX model: re-export or re-copy it') from exc
         self.provider = self.session.get_providers()[0]
-        suffix = f'/{self.precision}' if self.provider == TENSORRT_EP else ''
+        suffix = f'/{self.precision}' if self.provider == TENSORRT_EP or self.precision == 'int8' else ''
         self.name = f'onnxruntime[{self.provider}{suffix}]'
         self._check_interface(model_path)
 

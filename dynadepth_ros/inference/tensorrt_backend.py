@@ -7,7 +7,10 @@ the only mode since 10.x; NetworkDefinitionCreationFlag.STRONGLY_TYPED from 10.1
 deprecated, and always strongly typed in 11.x), trt.OnnxParser.parse_from_file, create_builder_config,
 set_memory_pool_limit(MemoryPoolType.WORKSPACE), fp16 either through BuilderFlag.FP16 on a weakly typed network
 (TensorRT 10.0-10.11) or through an fp16 copy of the ONNX (fp16_model.py) on a strongly typed one (10.12+ and
-11.x, which removed BuilderFlag.FP16 and Builder.platform_has_fast_fp16), create_optimization_profile/set_shape
+11.x, which removed BuilderFlag.FP16 and Builder.platform_has_fast_fp16), int8 from an INT8 QDQ model (explicit
+quantization, no calibrator: BuilderFlag.INT8 on a weakly typed network (10.0-10.11), the Q/DQ nodes' types on
+a strongly typed one (10.12+, 11.x); TensorRT takes only symmetric int8 Q/DQ, `python -m training quantize
+--target tensorrt`), create_optimization_profile/set_shape
 for the dynamic batch, build_serialized_network, trt.Runtime.deserialize_cuda_engine,
 engine.num_io_tensors/get_tensor_name/get_tensor_mode/get_tensor_shape, IExecutionContext.set_input_shape/
 set_tensor_address/execute_async_v3, and cuda-python's runtime API (cudaMalloc, cudaMemcpyAsync,
@@ -45,6 +48,7 @@ from dynadepth_ros.model_format import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
 SIDECAR_FORMAT = 1
 DEFAULT_WORKSPACE_BYTES = 1 << 30
+ENGINE_PRECISIONS = ('fp32', 'fp16', 'int8')
 STRONGLY_TYPED_FROM = (10, 12)      # TensorRT 10.12 deprecated weak typing (BuilderFlag.FP16); 11.0 removed it
 CUDA_PYTHON_REQUIREMENT = 'cuda-python>=12.6,<13'    # the CUDA-12 TensorRT wheels and JetPack 6
 CUDA_ERROR_INSUFFICIENT_DRIVER = 35
@@ -84,7 +88,7 @@ class EngineKey:
     onnx_sha256: str
     tensorrt_version: str
     compute_capability: tuple[int, int]
-    precision: str                  # 'fp32' | 'fp16'
+    precision: str                  # 'fp32' | 'fp16' | 'int8'
     input_hw: tuple[int, int]       # model input H, W
     max_batch: int                  # optimisation profile: batch 1..max_batch, optimum max_batch
 
@@ -374,6 +378,9 @@ class TensorRTRuntime:
             if not builder.platform_has_fast_fp16:
                 raise BackendError('precision fp16 requested but this GPU has no fast fp16; use precision:=fp32')
             config.set_flag(trt.BuilderFlag.FP16)
+        if precision == 'int8' and not strongly:
+            # explicit quantization on a weakly typed network: the Q/DQ scales are used, INT8 must be allowed
+            config.set_flag(trt.BuilderFlag.INT8)
         h, w = input_hw
         profile = builder.create_optimization_profile()
         profile.set_shape(INPUT_NAME, (1, 3, h, w), (max_batch, 3, h, w), (max_batch, 3, h, w))
@@ -460,6 +467,33 @@ class TensorRTRuntime:
         return run
 
 
+def engine_precision(model_path: str | Path, metadata: ModelMetadata, precision: str,
+                     log: Callable[[str], None] = print) -> str:
+    """The precision of the engine built from this model when `precision` is asked for: an INT8 (QDQ) model
+    always gives an int8 engine (its Q/DQ nodes fix the precision; asked otherwise, a note is logged), and
+    `int8` needs such a model. BackendError for a float model asked for int8, or an INT8 model whose Q/DQ
+    nodes TensorRT does not accept (not symmetric int8)."""
+    if precision not in ENGINE_PRECISIONS:
+        raise BackendError(f'precision {precision!r} is not one of {", ".join(ENGINE_PRECISIONS)}')
+    if getattr(metadata, 'precision', 'fp32') != 'int8':
+        if precision == 'int8':
+            raise BackendError(f'precision int8 needs an INT8 model; {Path(model_path).name} is fp32: make one with '
+                               f'`python -m training quantize {model_path} --calib DATA --target tensorrt`')
+        return precision
+    import onnx
+
+    from dynadepth_ros.model_format import graph_precision
+    layout = graph_precision(onnx.load(str(model_path), load_external_data=False))[1]
+    if layout != 'qdq-symmetric':
+        raise BackendError(f'{Path(model_path).name} is an INT8 model laid out for ONNX Runtime CPU ({layout}: '
+                           f'uint8 activations with zero points or QLinear operators); TensorRT takes only '
+                           f'symmetric int8 Q/DQ: quantize the float model with `--target tensorrt`')
+    if precision != 'int8':
+        log(f'{Path(model_path).name} is an INT8 (QDQ) model: TensorRT builds an int8 engine (precision:={precision} '
+            f'does not apply; set precision:=int8)')
+    return 'int8'
+
+
 def engine_key(model_path: str | Path, metadata: ModelMetadata, runtime, precision: str, max_batch: int) -> EngineKey:
     """The cache key of `model_path` on this runtime's TensorRT version and GPU."""
     return EngineKey(onnx_sha256=file_sha256(model_path), tensorrt_version=runtime.version,
@@ -480,8 +514,11 @@ def ensure_engine(model_path: str | Path, metadata: ModelMetadata, runtime, prec
     use the same file.
     progress: told 'building TensorRT engine' when a build starts and 'loading TensorRT engine' after it (the
     node reports it on /diagnostics during the minutes a build takes)."""
-    if precision not in ('fp32', 'fp16'):
-        raise BackendError(f'precision {precision!r} is not one of fp32, fp16')
+    if precision not in ENGINE_PRECISIONS:
+        raise BackendError(f'precision {precision!r} is not one of {", ".join(ENGINE_PRECISIONS)}')
+    if (precision == 'int8') != (getattr(metadata, 'precision', 'fp32') == 'int8'):
+        raise BackendError(f'precision {precision} does not fit {Path(model_path).name} (dynadepth.precision='
+                           f'{getattr(metadata, "precision", "fp32")}); engine_precision() says which one does')
     if int(max_batch) < 1:
         raise BackendError(f'max_batch must be >= 1, got {max_batch}')
     model_path = Path(model_path)
@@ -538,11 +575,10 @@ class TensorRTBackend:
                  max_batch: int = 4, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                  runtime: TensorRTRuntime | None = None, log: Callable[[str], None] = print,
                  progress: Callable[[str], None] | None = None):
-        if precision not in ('fp32', 'fp16'):
-            raise BackendError(f'precision {precision!r} is not one of fp32, fp16')
-        self.precision, self.max_batch = precision, int(max_batch)
-        self.name = f'tensorrt[{precision}]'
         self._run = None
+        self.precision = engine_precision(model_path, metadata, precision, log)
+        self.max_batch = int(max_batch)
+        self.name = f'tensorrt[{self.precision}]'
         try:
             self._open(Path(model_path), metadata, engine_cache_dir, engine_path, workspace_bytes, runtime, log,
                        progress)
