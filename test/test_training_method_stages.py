@@ -229,6 +229,32 @@ def test_final_model_is_exported_as_stage_final(run):
     assert 'pseudo_loss' in rows[0]
 
 
+def test_export_int8_ends_the_run_without_retraining_and_bundle_ships_it(run, tmp_path):
+    """export.int8: true on a finished run retrains and re-exports nothing (not in any stage's config hash),
+    writes final/final_int8.onnx calibrated on the run's train split, is up to date the second time, and
+    `bundle --int8` ships it beside the final model."""
+    from dynadepth_ros.model_format import read_metadata
+
+    before = {p.name: p.stat().st_mtime_ns for p in (run['dir'] / 'final').glob('*.onnx')}
+    args = ('run', *run['common'], '--no-evaluate', '--set', 'export.int8=true', '--set', 'export.int8_max_abs_rel=0.5')
+    r = training_cmd(*args)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count('up to date') >= 4 and 'int8: wrote' in r.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (run['dir'] / 'final').glob('*.onnx') if p.name in before} == before
+    int8 = run['dir'] / 'final' / 'final_int8.onnx'
+    meta = read_metadata(int8)
+    info = json.loads(meta.quantization)
+    assert meta.precision == 'int8' and meta.stage == 'final' and 'train split' in info['source']
+    again = training_cmd(*args)
+    assert again.returncode == 0 and 'int8: up to date' in again.stdout
+    dest = tmp_path / 'models'
+    r = training_cmd('bundle', '--run-dir', str(run['dir']), '--dest', str(dest), '--int8')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_metadata(dest / 'dynadepth_int8.onnx').precision == 'int8'
+    assert (dest / 'dynadepth_int8.onnx').read_bytes() == int8.read_bytes()
+    assert 'INT8 copy' in (dest / 'training_report.md').read_text()
+
+
 def test_bundle_installs_final_and_stage1_with_a_report(run, tmp_path):
     from dynadepth_ros.model_format import read_metadata
 

@@ -6,6 +6,7 @@
     python -m training objects --preset cpu-small --run-dir runs/cpu-small     # stage 2 (needs scene)
     python -m training dsa --preset cpu-small --run-dir runs/cpu-small         # stage 3 (needs objects)
     python -m training run --preset cpu-small --run-dir runs/cpu-small         # every stage, resuming/skipping
+                                         # (--set export.int8=true: then final/final_int8.onnx, training/quantize.py)
     python -m training evaluate --run-dir runs/cpu-small --stage dsa --split val  # labels, DSA, pseudo labels
     python -m training final --preset cpu-small --run-dir runs/cpu-small       # stage 4 (needs dsa)
     python -m training compare --run-dir runs/cpu-small --split test           # stage 1 vs final, side by side
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--run-dir', type=Path, required=True)
     p.add_argument('--dest', type=Path, help='write there instead of dynadepth_ros/models/')
     p.add_argument('--made-with', default='', help='the command that made the run (quoted in the report)')
+    p.add_argument('--int8', action='store_true', help="also ship the run's final/final_int8.onnx (export.int8 or "
+                                                       "`quantize`) beside the final model")
 
     p = sub.add_parser('quantize', help='static INT8 (QDQ) copy of an exported model, calibrated on frames of a '
                                         'dataset folder or a rosbag2 and checked against the float model')
@@ -185,6 +188,9 @@ def _run_stages(args, names: list[str] | None) -> int:
         if names is None:
             run_pipeline(cfg, run_dir, dist, until=args.until, restart_from=args.restart_from,
                          evaluate=not args.no_evaluate, device=str(dist.device))
+            if cfg.export.int8 and args.until in (None, 'final') and dist.is_main:
+                from training.quantize import quantize_run
+                quantize_run(cfg, run_dir, log=lambda text: print(f'pipeline: {text}', flush=True))
         else:
             for name in names:
                 run_stage(name, cfg, run_dir, dist, restart=args.restart)
@@ -318,8 +324,9 @@ def cmd_quantize(args) -> int:
 def cmd_bundle(args) -> int:
     from training.bundle import bundle
 
-    out = bundle(args.run_dir, args.dest, args.made_with)
-    print(f"bundled {out['model']} and {out['baseline']} ({out['bytes'] / 1e6:.1f} MB); report {out['report']}")
+    out = bundle(args.run_dir, args.dest, args.made_with, int8=args.int8)
+    print(f"bundled {out['model']} and {out['baseline']}" + (f" and {out['int8']}" if 'int8' in out else '')
+          + f" ({out['bytes'] / 1e6:.1f} MB); report {out['report']}")
     return 0
 
 

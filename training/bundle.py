@@ -4,6 +4,9 @@ bundled models (what the node uses when model_path is empty) with their training
     dynadepth_ros/models/dynadepth.onnx          the final network (stage 4): the node's default
     dynadepth_ros/models/dynadepth_stage1.onnx   its stage-1 network: the baseline `make demo` compares
     dynadepth_ros/models/training_report.md/json  how they were made and what they measured
+    dynadepth_ros/models/dynadepth_int8.onnx     with --int8: the INT8 copy of the final network (the run's
+                                                 final/final_int8.onnx: `export.int8: true` or `python -m
+                                                 training quantize`), checked to be made from that final model
 
 Both ONNX files are validated (design §3 metadata, stages 'final' and 'scene', the same input size)
 and the final one must come from that stage-1 model (its manifest's upstream hash). Files are
@@ -18,7 +21,8 @@ import time
 from pathlib import Path
 
 from dynadepth_ros.atomic_files import atomic_path, write_json_atomic, write_text_atomic
-from dynadepth_ros.inference.estimator import BUNDLED_BASELINE, BUNDLED_MODEL
+from dynadepth_ros.atomic_files import file_sha256
+from dynadepth_ros.inference.estimator import BUNDLED_BASELINE, BUNDLED_INT8, BUNDLED_MODEL
 from dynadepth_ros.model_format import read_metadata
 
 MAX_BUNDLE_BYTES = 32 * 1024 * 1024
@@ -36,8 +40,27 @@ def _manifest(run_dir: Path, stage: str) -> dict:
                           f'`python -m training run --run-dir {run_dir} ...` first') from exc
 
 
-def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '') -> dict:
-    """Copy the run's final and stage-1 ONNX models into the package (or `dest`) with a report."""
+def _int8_model(run_dir: Path, final_onnx: Path) -> tuple[Path, dict]:
+    """The run's final/final_int8.onnx and its quantization record, checked to be the INT8 copy of final_onnx."""
+    int8 = run_dir / 'final' / 'final_int8.onnx'
+    if not int8.is_file():
+        raise BundleError(f'--int8: {int8} does not exist; make it with `python -m training run ... --set '
+                          f'export.int8=true` or `python -m training quantize {final_onnx} --calib DATA --out {int8}`')
+    meta = read_metadata(int8)
+    try:
+        info = json.loads(meta.quantization)
+    except ValueError:
+        info = {}
+    if meta.precision != 'int8' or info.get('float_model_sha256') != file_sha256(final_onnx):
+        raise BundleError(f'--int8: {int8} is not the INT8 copy of {final_onnx} (precision {meta.precision}, made from '
+                          f'{str(info.get("float_model_sha256"))[:16]}); quantize this final model again')
+    return int8, {'metadata': {k: v for k, v in meta.to_props().items() if k != 'dynadepth.quantization'},
+                  'quantization': info}
+
+
+def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '', int8: bool = False) -> dict:
+    """Copy the run's final and stage-1 ONNX models (and with `int8` the final model's INT8 copy) into the package
+    (or `dest`) with a report."""
     run_dir = Path(run_dir)
     final_m, scene_m = _manifest(run_dir, 'final'), _manifest(run_dir, 'scene')
     if final_m.get('upstream', {}).get('scene') != scene_m.get('config_hash'):
@@ -49,13 +72,15 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '') -> 
         raise BundleError(f'expected stages final and scene, got {fm.stage!r} and {sm.stage!r}')
     if (fm.input_height, fm.input_width) != (sm.input_height, sm.input_width):
         raise BundleError('the final and stage-1 models have different input sizes')
-    size = final_onnx.stat().st_size + scene_onnx.stat().st_size
+    int8_src, int8_info = _int8_model(run_dir, final_onnx) if int8 else (None, None)
+    size = final_onnx.stat().st_size + scene_onnx.stat().st_size + (int8_src.stat().st_size if int8 else 0)
     if size > MAX_BUNDLE_BYTES:
-        raise BundleError(f'the two models take {size / 2**20:.1f} MiB; the package bundles at most '
+        raise BundleError(f'the {"three" if int8 else "two"} models take {size / 2**20:.1f} MiB; the package bundles at most '
                           f'{MAX_BUNDLE_BYTES / 2**20:.0f} MiB (use a smaller width_mult)')
     model, baseline = (dest / BUNDLED_MODEL.name, dest / BUNDLED_BASELINE.name) if dest else (BUNDLED_MODEL, BUNDLED_BASELINE)
     model.parent.mkdir(parents=True, exist_ok=True)
-    for src, dst in ((final_onnx, model), (scene_onnx, baseline)):
+    int8_dst = (dest / BUNDLED_INT8.name if dest else BUNDLED_INT8) if int8 else None
+    for src, dst in ((final_onnx, model), (scene_onnx, baseline)) + (((int8_src, int8_dst),) if int8 else ()):
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
     report = {
@@ -67,6 +92,9 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '') -> 
                                    'config_hash': scene_m.get('config_hash'), 'training': scene_m.get('training'),
                                    'export_check': (scene_m.get('onnx') or {}).get('check')}},
     }
+    if int8:
+        report['models'][int8_dst.name] = {'stage': 'final', 'precision': 'int8', 'bytes': int8_dst.stat().st_size,
+                                           **int8_info}
     tables = {}
     for name, rel in (('stage 1 vs final, test split', 'compare_test.md'),
                       ('the method on the val split', 'dsa/method_eval_val.md')):
@@ -80,6 +108,14 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '') -> 
              f'config {final_m.get("config_hash")}',
              f'- `{baseline.name}`: its stage-1 network (the baseline), {baseline.stat().st_size / 1e6:.1f} MB, config '
              f'{scene_m.get("config_hash")}', '']
+    if int8:
+        chk = int8_info['quantization'].get('check') or {}
+        lines.insert(-1, f'- `{int8_dst.name}`: its INT8 copy ({int8_info["quantization"].get("target")} layout, '
+                         f'{int8_dst.stat().st_size / 1e6:.1f} MB), calibrated on '
+                         f'{int8_info["quantization"].get("calibration_frames")} frames of '
+                         f'{int8_info["quantization"].get("source")}; against the final model on '
+                         f'{chk.get("frames")} held-out frames: mean relative difference '
+                         f'{chk.get("abs_rel_vs_fp32", float("nan")):.4f}, largest {chk.get("max_abs_diff_m", float("nan")):.3g} m')
     if command:
         lines += ['Made with:', '', '```', command, f'python -m training bundle --run-dir {run_dir}', '```', '']
     for key, m in (('final', final_m), ('stage 1', scene_m)):
@@ -93,5 +129,8 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '') -> 
     write_json_atomic(model.parent / 'training_report.json', report, indent=1)
     for name in ('training_report.md', 'training_report.json'):      # package data: readable by every user
         (model.parent / name).chmod(0o644)
-    return {'model': str(model), 'baseline': str(baseline), 'report': str(model.parent / 'training_report.md'),
-            'bytes': size}
+    out = {'model': str(model), 'baseline': str(baseline), 'report': str(model.parent / 'training_report.md'),
+           'bytes': size}
+    if int8:
+        out['int8'] = str(int8_dst)
+    return out

@@ -6,7 +6,8 @@ Every value has one home:
     data:    DataConfig        where the frames come from (training/data/config.py)
     scene:   SceneStageConfig  stage 1: model (SceneModelConfig), loop settings, phase schedule
     eval:    EvalConfig        depth range and lead-car rule of `python -m training evaluate`
-    export:  ExportConfig      ONNX export settings and the torch-vs-ONNX Runtime tolerance
+    export:  ExportConfig      ONNX export settings and the torch-vs-ONNX Runtime tolerance; export.int8:
+                               `python -m training run` ends with the INT8 copy of the final model
     runtime: RuntimeConfig     device, threads, loader workers, progress bars; never changes results,
                                so it is left out of the config hash
 
@@ -32,6 +33,7 @@ from training.stages.labelling import LabellingConfig
 from training.stages.scene_model import SceneModelConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / 'presets'
+HASHED = 'hashed'     # dataclass field metadata key: False = not part of any stage's config hash (see to_dict)
 
 
 class ConfigError(ValueError):
@@ -196,6 +198,16 @@ class ExportConfig:
     opset: int = 18
     max_batch: int = 16
     tolerance: float = 1e-4
+    # after the last stage, `python -m training run` writes final/final_int8.onnx (training/quantize.py) calibrated
+    # on the run's train split, for int8_target cpu (ONNX Runtime) or tensorrt; made after the stages, with its
+    # own up-to-date check, so these are not in any stage's config hash (turning them on retrains nothing)
+    int8: bool = field(default=False, metadata={HASHED: False})
+    int8_target: str = field(default='cpu', metadata={HASHED: False})
+    int8_max_abs_rel: float = field(default=0.03, metadata={HASHED: False})
+
+    def __post_init__(self):
+        if self.int8_target not in ('cpu', 'tensorrt'):
+            raise ValueError(f"export.int8_target must be 'cpu' or 'tensorrt', got {self.int8_target!r}")
 
 
 @dataclass
@@ -232,14 +244,16 @@ class PipelineConfig:
 # dict <-> dataclass
 
 
-def to_dict(obj) -> typing.Any:
-    """Plain YAML/JSON-able structure of a (nested) dataclass: dicts, lists, scalars."""
+def to_dict(obj, all_fields: bool = False) -> typing.Any:
+    """Plain YAML/JSON-able structure of a (nested) dataclass: dicts, lists, scalars. What stages hash: fields
+    marked `metadata={HASHED: False}` (settings used after the stages) are left out unless all_fields."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name), all_fields) for f in dataclasses.fields(obj)
+                if all_fields or f.metadata.get(HASHED, True)}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, all_fields) for v in obj]
     if isinstance(obj, dict):
-        return {str(k): to_dict(v) for k, v in obj.items()}
+        return {str(k): to_dict(v, all_fields) for k, v in obj.items()}
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -436,7 +450,7 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
     tree = _load_yaml_tree(path)
     cfg = from_dict(PipelineConfig, tree, where=path.name)
     if overrides:
-        full = to_dict(cfg)
+        full = to_dict(cfg, all_fields=True)
         for text in overrides:
             apply_override(full, *parse_override(text))
         cfg = from_dict(PipelineConfig, full, where='config after --set')
@@ -467,7 +481,7 @@ def validate(cfg: PipelineConfig) -> None:
 
 def dump_yaml(cfg) -> str:
     """The resolved configuration as YAML (loadable with --config)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, width=110)
+    return yaml.safe_dump(to_dict(cfg, all_fields=True), sort_keys=False, default_flow_style=None, width=110)
 
 
 def preset_description(name: str) -> str:

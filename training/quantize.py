@@ -387,3 +387,34 @@ def int8_path(model: str | Path) -> Path:
     """Where the INT8 copy of a model goes by default: <stem>_int8.onnx beside it."""
     model = Path(model)
     return model.with_name(f'{model.stem}_int8.onnx')
+
+
+RUN_INT8_FILE = 'final_int8.onnx'
+
+
+def quantize_run(cfg, run_dir: str | Path, log=print) -> dict | None:
+    """`export.int8: true` at the end of `python -m training run`: <run_dir>/final/final_int8.onnx, the INT8 copy
+    of the run's final model calibrated on the run's own train split (export.int8_target, export.int8_max_abs_rel).
+    Skipped (None) when the file is there and was made from this final.onnx for this target and tolerance."""
+    from training.data import open_split
+
+    final = Path(run_dir) / 'final' / 'final.onnx'
+    out = final.with_name(RUN_INT8_FILE)
+    if not final.is_file():
+        raise QuantizeError(f'export.int8: {final} does not exist; the final stage has not finished')
+    target, tol = cfg.export.int8_target, float(cfg.export.int8_max_abs_rel)
+    if out.is_file():
+        try:
+            done = json.loads(read_metadata(out).quantization)
+        except (ModelFormatError, ValueError):
+            done = {}
+        if (done.get('float_model_sha256') == file_sha256(final) and done.get('target') == target
+                and (done.get('check') or {}).get('max_abs_rel') == tol):
+            log(f'int8: up to date ({out})')
+            return None
+    meta = check_float_model(final)
+    frames = frames_from_source(open_split(cfg.data, 'train'), meta.input_height, meta.input_width,
+                                name=f'{cfg.data.root} (train split of the run)')
+    report = quantize_model(final, out, frames, target=target, max_abs_rel=tol, log=log)
+    log(f'int8: wrote {out}; {describe_check(report["check"])}')
+    return report

@@ -27,6 +27,8 @@ from dynadepth_ros.model_format import ModelMetadata, read_metadata
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / 'models' / 'dynadepth.onnx'
 # the stage-1 (scene) model the bundled final model was trained from: the method's baseline
 BUNDLED_BASELINE = Path(__file__).resolve().parents[1] / 'models' / 'dynadepth_stage1.onnx'
+# the INT8 copy of the bundled final model (ONNX Runtime CPU layout), shipped by `python -m training bundle --int8`
+BUNDLED_INT8 = BUNDLED_MODEL.with_name(f'{BUNDLED_MODEL.stem}_int8.onnx')
 
 _log = logging.getLogger('dynadepth_ros.inference')
 
