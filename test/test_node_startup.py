@@ -322,3 +322,51 @@ def test_two_camera_node_starts_on_the_engine_build_engine_made_for_one(tmp_path
     finally:
         stop_process(proc)
         g.close()
+
+
+@pytest.mark.parametrize('target, backend, served', [
+    ('cpu', 'onnxruntime', 'onnxruntime[CPUExecutionProvider/int8]'),
+    ('tensorrt', 'tensorrt', 'tensorrt[int8]'),
+])
+def test_an_int8_model_is_served_in_int8_and_the_diagnostics_say_so(tmp_path, target, backend, served):
+    """Issue 19: an INT8 (QDQ) model from `python -m training quantize` runs on ONNX Runtime CPU as it is, and as a
+    TensorRT int8 engine with precision:=int8 (the FakeGPU stand-in: TensorRT has not run here); the depth is the
+    INT8 model's (ONNX Runtime CPU on the same file) and /diagnostics says int8."""
+    from dynadepth_ros.inference import DepthEstimator
+    from test_quantize import make_conv_model, write_dataset
+    from training.quantize import open_calibration, quantize_model
+
+    fp32 = make_conv_model(tmp_path / 'tiny.onnx')
+    frames = open_calibration(write_dataset(tmp_path / 'data'), 32, 96, frames=16, holdout=4)
+    model = tmp_path / f'tiny_int8_{target}.onnx'
+    quantize_model(fp32, model, frames, target=target, max_abs_rel=0.5, log=lambda *_: None)
+    rgb = np.random.default_rng(3).integers(0, 256, (64, 192, 3), dtype=np.uint8)
+    expected = DepthEstimator(model, backend='onnxruntime').infer(rgb)
+    ns, name = f'/dd_int8_{target}', f'dd_int8_{target}'
+    proc = _fake_trt_node(tmp_path, name, ns, {'version': '10.13.0'},
+                          [f'model_path:={model}', f'backend:={backend}', 'precision:=int8', 'fallback:=false',
+                           f'engine_cache_dir:={tmp_path / "engines"}', 'diagnostics_period:=0.5'])
+    g = Graph()
+    try:
+        g.sub(DiagnosticArray, '/diagnostics')
+        g.sub(Image, f'{ns}/depth')
+        pub = g.pub(Image, f'{ns}/image')
+        assert g.wait(lambda: pub.get_subscription_count() > 0, 30), proc.log_path.read_text()
+        out = send_and_wait(g, f'{ns}/image', image_msg(rgb, next_stamp()), out=f'{ns}/depth')
+        np.testing.assert_allclose(depth_array(out), expected, rtol=1e-4)
+
+        def ok_status():
+            for arr in reversed(g.msgs('/diagnostics')):
+                for st in arr.status:
+                    if st.name == f'{name}: depth' and st.level == DiagnosticStatus.OK:
+                        return st, {kv.key: kv.value for kv in st.values}
+            return None
+        found = g.wait(ok_status, 15)
+        assert found, f'no OK status; log:\n{proc.log_path.read_text()}'
+        st, v = found
+        assert v['backend'] == served and served in st.message
+        assert v['precision'] == 'int8' and v['model_precision'] == 'int8'
+        assert 'int8' in proc.log_path.read_text()
+    finally:
+        stop_process(proc)
+        g.close()
