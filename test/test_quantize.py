@@ -96,6 +96,8 @@ def test_quantize_a_dataset_folder_keeps_the_contract_and_stays_near_fp32(files,
         == src.to_props()
     info = json.loads(meta.quantization)
     assert info['target'] == 'cpu' and info['calibration_frames'] + info['holdout_frames'] == 24
+    # by default the disparity -> depth conversion after the last convolution stays float (the output is metres)
+    assert info['excluded_nodes'] == ['sigmoid', 'mul', 'add', 'div']
     assert info['check']['passed'] and info['check']['abs_rel_vs_fp32'] <= 0.03
     model = onnx.load(str(out))
     assert graph_precision(model) == ('int8', 'qdq')
@@ -168,6 +170,16 @@ def test_tolerance_refuses_a_model_that_departs_from_fp32_and_force_writes_it(fi
     assert run_cli(files['model'], '--calib', files['data'], '--out', out, '--max-abs-rel', '1e-9', '--force') == 0
     assert 'written because of --force' in capsys.readouterr().out
     assert not json.loads(read_metadata(out).quantization)['check']['passed']
+
+
+def test_qoperator_format_for_onnx_runtime_only(files, tmp_path, capsys):
+    out = tmp_path / 'qop.onnx'
+    assert run_cli(files['model'], '--calib', files['data'], '--out', out, '--format', 'qoperator') == 0
+    assert graph_precision(onnx.load(str(out))) == ('int8', 'qoperator')
+    assert DepthEstimator(out, backend='onnxruntime').backend_name == 'onnxruntime[CPUExecutionProvider/int8]'
+    assert run_cli(files['model'], '--calib', files['data'], '--out', tmp_path / 'x.onnx', '--format', 'qoperator',
+                   '--target', 'tensorrt') == 2
+    assert 'TensorRT takes QDQ' in capsys.readouterr().err and not (tmp_path / 'x.onnx').exists()
 
 
 def test_exclude_keeps_the_named_nodes_in_float(files, tmp_path):

@@ -123,11 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                     'split name or file)')
     p.add_argument('--target', default='cpu', choices=('cpu', 'tensorrt'),
                    help='cpu: uint8 activations, ONNX Runtime CPU fast path; tensorrt: symmetric int8 (TensorRT)')
+    p.add_argument('--format', default='qdq', choices=('qdq', 'qoperator'),
+                   help='qdq (ONNX Runtime and TensorRT) or qoperator (ONNX Runtime CPU only, faster there)')
     p.add_argument('--calibration', default='minmax', choices=('minmax', 'entropy', 'percentile'),
                    help='activation range method')
     p.add_argument('--per-tensor', action='store_true', help='one weight scale per tensor (default per channel)')
-    p.add_argument('--exclude', action='append', default=[], metavar='NODE|OP|first-conv|head',
-                   help='keep these nodes in float (repeatable)')
+    p.add_argument('--exclude', action='append', default=[], metavar='NODE|OP|ALIAS',
+                   help='also keep these nodes in float (repeatable); aliases first-conv, head, depth-out, input-norm')
+    p.add_argument('--no-default-exclude', action='store_true',
+                   help='quantize the depth conversion after the last convolution too (kept float by default)')
     p.add_argument('--frames', type=int, default=64, help='calibration frames (evenly spaced over the source)')
     p.add_argument('--holdout', type=int, default=16, help='held-out frames for the check against FP32')
     p.add_argument('--aspect-tolerance', type=float, default=0.05,
@@ -300,8 +304,8 @@ def cmd_import_bag(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from training.quantize import QuantizeError, check_float_model, describe_check, int8_path, open_calibration, \
-        quantize_model
+    from training.quantize import DEFAULT_EXCLUDE, QuantizeError, check_float_model, describe_check, int8_path, \
+        open_calibration, quantize_model
 
     if args.frames < 1 or args.holdout < 1 or not args.max_abs_rel > 0:
         raise QuantizeError('--frames and --holdout must be >= 1 and --max-abs-rel > 0')
@@ -311,8 +315,9 @@ def cmd_quantize(args) -> int:
                               layout=args.layout, split=args.split, frames=args.frames, holdout=args.holdout,
                               aspect_tolerance=args.aspect_tolerance)
     report = quantize_model(args.model, out, frames, target=args.target, method=args.calibration,
-                            per_channel=not args.per_tensor, exclude=args.exclude, max_abs_rel=args.max_abs_rel,
-                            force=args.force)
+                            per_channel=not args.per_tensor,
+                            exclude=[*(() if args.no_default_exclude else DEFAULT_EXCLUDE), *args.exclude], max_abs_rel=args.max_abs_rel,
+                            force=args.force, fmt=args.format)
     check = report['check']
     print(f'check on {check["frames"]} held-out frames: {describe_check(check)}'
           + ('' if check['passed'] else f' -- OVER --max-abs-rel {args.max_abs_rel:g}, written because of --force'))

@@ -15,6 +15,10 @@ activation types, so --target picks one:
     tensorrt  int8 activations and weights, symmetric (zero point 0): TensorRT accepts only that; ONNX Runtime
               CPU runs it too, but slower than the float model (measured: README, "INT8 models")
 
+--format qoperator (with --target cpu only) writes ONNX Runtime's QOperator form instead (QLinearConv & co):
+faster on ONNX Runtime CPU than QDQ (measured 1.43-1.57x the float model against QDQ's 1.30-1.38x on the bundled
+model), but TensorRT cannot build it, and the node's TensorRT backend refuses it with that reason.
+
 Calibration frames: a dataset folder in the fixed layout (dynadepth_ros.datasets: synthetic / kitti /
 cityscapes, --layout, --split) or a rosbag2 (--image-topic; read with dynadepth_ros.recording.bag_reader,
 decoded with the node's image codec). Every frame is preprocessed by the node's own functions
@@ -34,11 +38,16 @@ Refused with one line, nothing written: a model without the design §3 metadata,
 source with too few frames (MIN_CALIBRATION_FRAMES to calibrate + MIN_HOLDOUT_FRAMES held out), frames of
 different sizes in one source.
 
-Nodes left in float: none by default, decided by measurement (README "INT8 models"): on the bundled model,
-keeping the first convolution and the depth head in float made it slower (each float island adds a
-DequantizeLinear/QuantizeLinear pair and a float kernel) without lowering the difference to FP32. --exclude
-takes node names, operator types, or the aliases `first-conv` and `head` (the last convolution and what
-follows it), for measuring other choices.
+Nodes left in float, decided by measurement on the bundled final model (README "INT8 models", issue 19 note):
+by default `depth-out`, the elementwise sigmoid-disparity -> depth conversion after the last convolution. Its
+output is metres over 0.1..100 m: one uint8 scale for that range is ~0.4 m a step, and quantizing it doubled the
+difference to FP32 (mean 0.020 -> 0.012, largest 9.8 m -> 2.2 m) while costing no measurable time (four
+elementwise nodes on one channel). Kept int8, because float there cost time for no accuracy: the first
+convolution (1.10x instead of 1.36x, the difference to FP32 unchanged) and the input normalisation. The last
+convolution (`head`) in float lowers the difference a little further (0.0098) but was slower in two of three
+runs. --exclude adds node names, operator types or the aliases `first-conv`, `head` (the last convolution and
+what follows), `depth-out`, `input-norm` (what precedes the first convolution); --no-default-exclude quantizes
+the depth conversion too.
 """
 from __future__ import annotations
 
@@ -58,6 +67,7 @@ from dynadepth_ros.model_format import (INPUT_NAME, OUTPUT_NAME, ModelFormatErro
                                         read_metadata)
 
 TARGETS = ('cpu', 'tensorrt')
+FORMATS = ('qdq', 'qoperator')
 METHODS = ('minmax', 'entropy', 'percentile')
 DEFAULT_FRAMES = 64
 DEFAULT_HOLDOUT = 16
@@ -65,7 +75,8 @@ MIN_CALIBRATION_FRAMES = 16
 MIN_HOLDOUT_FRAMES = 4
 DEFAULT_MAX_ABS_REL = 0.03
 NODE_ASPECT_TOLERANCE = 0.05     # the node parameter aspect_tolerance's default
-EXCLUDE_ALIASES = ('first-conv', 'head')
+EXCLUDE_ALIASES = ('first-conv', 'head', 'depth-out', 'input-norm')
+DEFAULT_EXCLUDE = ('depth-out',)
 
 
 class QuantizeError(ValueError):
@@ -216,7 +227,9 @@ def open_calibration(path: str | Path, height: int, width: int, *, image_topic: 
 
 def resolve_excludes(model, names) -> list[str]:
     """Node names for --exclude entries: a node name, an operator type (all its nodes), or an alias: `first-conv`
-    (the first Conv in graph order), `head` (the last Conv and every node after it). QuantizeError for others."""
+    (the first Conv in graph order), `head` (the last Conv and every node after it), `depth-out` (every node after
+    the last Conv: the sigmoid disparity -> depth conversion), `input-norm` (every node before the first Conv: the
+    input normalisation). QuantizeError for others."""
     nodes = list(model.graph.node)
     convs = [i for i, n in enumerate(nodes) if n.op_type == 'Conv']
     out: list[str] = []
@@ -225,6 +238,10 @@ def resolve_excludes(model, names) -> list[str]:
             out.append(nodes[convs[0]].name)
         elif name == 'head' and convs:
             out += [n.name for n in nodes[convs[-1]:]]
+        elif name == 'depth-out' and convs:
+            out += [n.name for n in nodes[convs[-1] + 1:]]
+        elif name == 'input-norm' and convs:
+            out += [n.name for n in nodes[:convs[0]]]
         elif any(n.name == name for n in nodes):
             out.append(name)
         elif any(n.op_type == name for n in nodes):
@@ -274,7 +291,7 @@ def compare_depth(fp32: np.ndarray, int8: np.ndarray, gts: list, min_depth: floa
 
 
 def _quantize_graph(src: Path, tmp: Path, frames: CalibrationFrames, target: str, method: str,
-                    per_channel: bool, exclude: list[str]) -> tuple[object, list[str]]:
+                    per_channel: bool, exclude: list[str], fmt: str = 'qdq') -> tuple[object, list[str]]:
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -294,7 +311,8 @@ def _quantize_graph(src: Path, tmp: Path, frames: CalibrationFrames, target: str
 
     symmetric = target == 'tensorrt'
     out = tmp / 'int8.onnx'
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+    quantize_static(str(pre), str(out), Reader(),
+                    quant_format=QuantFormat.QOperator if fmt == 'qoperator' else QuantFormat.QDQ, per_channel=per_channel,
                     calibrate_method={'minmax': CalibrationMethod.MinMax, 'entropy': CalibrationMethod.Entropy,
                                       'percentile': CalibrationMethod.Percentile}[method],
                     activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
@@ -304,8 +322,9 @@ def _quantize_graph(src: Path, tmp: Path, frames: CalibrationFrames, target: str
 
 
 def quantize_model(model: str | Path, out: str | Path, frames: CalibrationFrames, *, target: str = 'cpu',
-                   method: str = 'minmax', per_channel: bool = True, exclude=(),
-                   max_abs_rel: float = DEFAULT_MAX_ABS_REL, force: bool = False, log=print) -> dict:
+                   method: str = 'minmax', per_channel: bool = True, exclude=DEFAULT_EXCLUDE,
+                   max_abs_rel: float = DEFAULT_MAX_ABS_REL, force: bool = False, fmt: str = 'qdq',
+                   log=print) -> dict:
     """Write the INT8 model of `model` to `out` (atomically) when it passes the check; returns the report
     {'out', 'written', 'check', 'quantization', 'seconds'}. QuantizeError (nothing written) for a model without
     design §3 metadata, an already quantized model, frames of another input size, or a failed check (unless
@@ -315,6 +334,8 @@ def quantize_model(model: str | Path, out: str | Path, frames: CalibrationFrames
     model, out = Path(model), Path(out)
     if target not in TARGETS:
         raise QuantizeError(f'target {target!r} is not one of {TARGETS}')
+    if fmt not in FORMATS or (fmt == 'qoperator' and target != 'cpu'):
+        raise QuantizeError(f'format {fmt!r} is not one of {FORMATS} (qoperator only with target cpu: TensorRT takes QDQ)')
     if method not in METHODS:
         raise QuantizeError(f'calibration method {method!r} is not one of {METHODS}')
     meta = check_float_model(model)
@@ -324,8 +345,8 @@ def quantize_model(model: str | Path, out: str | Path, frames: CalibrationFrames
             raise QuantizeError(f'{name} frames are {list(x.shape)}, the model takes [N, 3, {h}, {w}]')
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix='dynadepth-quantize-') as tmp:
-        q, excluded = _quantize_graph(model, Path(tmp), frames, target, method, per_channel, list(exclude))
-    log(f'quantized {model.name} ({target}, {method}, per-channel {per_channel}, {len(excluded)} node(s) kept '
+        q, excluded = _quantize_graph(model, Path(tmp), frames, target, method, per_channel, list(exclude), fmt)
+    log(f'quantized {model.name} ({target}, {fmt}, {method}, per-channel {per_channel}, {len(excluded)} node(s) kept '
         f'float) on {frames.describe()} in {time.perf_counter() - t0:.1f} s')
     ref, cand = _session(onnx.load(str(model))), _session(q)
     fp32 = np.concatenate([ref.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0] for x in frames.holdout])
@@ -333,7 +354,7 @@ def quantize_model(model: str | Path, out: str | Path, frames: CalibrationFrames
     check = compare_depth(fp32, int8, frames.holdout_gt, meta.min_depth)
     check['max_abs_rel'] = float(max_abs_rel)
     check['passed'] = check['nonfinite'] == 0 and check['abs_rel_vs_fp32'] <= max_abs_rel
-    info = {'target': target, 'format': 'qdq', 'activations': 'int8 symmetric' if target == 'tensorrt' else
+    info = {'target': target, 'format': fmt, 'activations': 'int8 symmetric' if target == 'tensorrt' else
             'uint8 asymmetric', 'weights': 'int8 symmetric ' + ('per channel' if per_channel else 'per tensor'),
             'calibration': method, 'source': frames.source, 'frame_size': list(frames.frame_size),
             'calibration_frames': int(len(frames.calib)), 'holdout_frames': int(len(frames.holdout)),

@@ -31,17 +31,17 @@ from bench_node import WORK, Client, bench_image, bench_model, start_node, stop_
 from test_node_graph import depth_node_cmd  # noqa: E402
 
 
-def quantized(model: Path, calib: Path, frames: int) -> Path:
-    """The INT8 (cpu) copy of `model` in the bench work folder, made once per model file."""
+def quantized(model: Path, calib: Path, frames: int, fmt: str = 'qdq') -> Path:
+    """The INT8 (cpu target, format `fmt`) copy of `model` in the bench work folder, made once per model file."""
     from dynadepth_ros.atomic_files import file_sha256
     from training.quantize import describe_check, open_calibration, quantize_model
 
     from dynadepth_ros.model_format import read_metadata
-    out = WORK / f'{model.stem}-{file_sha256(model)[:12]}_int8.onnx'
+    out = WORK / f'{model.stem}-{file_sha256(model)[:12]}_int8_{fmt}.onnx'
     if not out.exists():
         meta = read_metadata(model)
         cal = open_calibration(calib, meta.input_height, meta.input_width, split='train', frames=frames)
-        rep = quantize_model(model, out, cal, log=print)
+        rep = quantize_model(model, out, cal, fmt=fmt, log=print)
         print(f'  check: {describe_check(rep["check"])}')
     return out
 
@@ -108,6 +108,8 @@ def main() -> int:
     ap.add_argument('--calib', type=Path, default=REPO / 'data' / 'synthetic' / 'cpu-small')
     ap.add_argument('--frames', type=int, default=64, help='calibration frames')
     ap.add_argument('--no-node', action='store_true', help='raw ONNX Runtime only')
+    ap.add_argument('--formats', default='qdq,qoperator',
+                    help='INT8 formats made here for each model (qdq: ONNX Runtime and TensorRT; qoperator: ONNX Runtime)')
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     models: dict[str, tuple[Path, Path | None]] = {}
@@ -117,14 +119,15 @@ def main() -> int:
         models[name] = (Path(fp32), Path(int8) if int8 else None)
     if not models:
         models = {'bundled final': (BUNDLED_MODEL, None), 'resnet18 192x640': (bench_model(None), None)}
-    pairs = {name: {'fp32': fp32, 'int8': int8 or quantized(fp32, args.calib, args.frames)}
+    formats = [f for f in args.formats.split(',') if f]
+    pairs = {name: {'fp32': fp32, **({'int8': int8} if int8 else
+                                     {f'int8-{f}': quantized(fp32, args.calib, args.frames, f) for f in formats})}
              for name, (fp32, int8) in models.items()}
     load = os.getloadavg()
     print(f'{args.rounds} interleaved rounds of {args.seconds:g} s per phase, ONNX Runtime CPU {args.threads} threads; '
           f'load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores')
     for name, p in pairs.items():
-        print(f'  {name}: fp32 {p["fp32"]} ({p["fp32"].stat().st_size / 1e6:.1f} MB), int8 {p["int8"]} '
-              f'({p["int8"].stat().st_size / 1e6:.1f} MB)')
+        print(f'  {name}: ' + ', '.join(f'{k} {path} ({path.stat().st_size / 1e6:.1f} MB)' for k, path in p.items()))
     raws = {(n, k): Raw(path, args.threads) for n, p in pairs.items() for k, path in p.items()}
     for (n, k), r in raws.items():
         print(f'  raw {n} {k}: {r.est.backend_name}')
@@ -155,14 +158,18 @@ def main() -> int:
         for r in raws.values():
             r.est.close()
     print('SUMMARY (median over rounds; frames/s, INT8 / FP32 of the same run)')
-    for n in pairs:
+    for n, p in pairs.items():
         for kind in ('raw', 'node'):
-            f, q = (res[(n, k)][kind] for k in ('fp32', 'int8'))
+            f = res[(n, 'fp32')][kind]
             if not f:
                 continue
-            ratios = [b / a for a, b in zip(f, q)]
-            print(f'  {n:18s} {kind:4s} fp32 {np.median(f):7.2f}  int8 {np.median(q):7.2f}  int8/fp32 '
-                  f'{np.median(q) / np.median(f):.2f}x (per round {", ".join(f"{r:.2f}" for r in ratios)})')
+            for k in p:
+                if k == 'fp32':
+                    continue
+                q = res[(n, k)][kind]
+                ratios = [b / a for a, b in zip(f, q)]
+                print(f'  {n:18s} {kind:4s} fp32 {np.median(f):7.2f}  {k:14s} {np.median(q):7.2f}  /fp32 '
+                      f'{np.median(q) / np.median(f):.2f}x (per round {", ".join(f"{r:.2f}" for r in ratios)})')
     load = os.getloadavg()
     print(f'load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}')
     return 0
