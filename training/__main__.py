@@ -17,6 +17,8 @@
     python -m training evaluate --run-dir runs/cpu-small --stage scene --split test
     python -m training import-bag run1/ run2.mcap --out data/robot --image-topic /camera/image_raw \\
         --camera-info-topic /camera/camera_info [--odom-topic /odom] [--mask-topic ...]
+    python -m training run --bags run1/ run2/ run3/ --preset cpu-small --run-dir runs/robot   # recordings → model
+    python -m training init --bags run1/ run2/ --preset cpu-small --run-dir runs/robot        # only write its config
 
 Multi-GPU: `torchrun --nproc_per_node N -m training scene --preset kitti`.
 """
@@ -35,6 +37,21 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--config', type=Path, help='YAML config file (same schema as a preset; may `extends:` one)')
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                    help='override one value, e.g. --set scene.loop.batch_size=4 --set scene.phases.0.steps=100')
+
+
+def _recording_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """`--bags` and the topic choices of a run on recordings (training/recordings/)."""
+    g = p.add_argument_group('recordings (one command from rosbag2 recordings to a deployable model)')
+    g.add_argument('--bags', nargs='+', type=Path, required=required, metavar='BAG',
+                   help='rosbag2 recordings (directories or .mcap/.db3): topics picked when unambiguous, imported '
+                        'once into <run-dir>/data, split into train/val/test by time')
+    for flag, what in (('--image-topic', 'camera Image or CompressedImage'), ('--camera-info-topic', 'its CameraInfo'),
+                       ('--odom-topic', 'nav_msgs/Odometry (metric scale)'),
+                       ('--mask-topic', 'instance-id label Image (stages 2-4)'),
+                       ('--depth-topic', 'GT depth Image (evaluation)'), ('--lidar-topic', 'PointCloud2 (evaluation)')):
+        g.add_argument(flag, help=f'{what}; needed only when the recordings leave a choice')
+    g.add_argument('--no-odom', action='store_true', help='train without odometry (relative depth)')
+    g.add_argument('--no-mask', action='store_true', help='ignore instance masks (stage 1 only)')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete this stage's and every later stage's outputs first")
     p.add_argument('--no-evaluate', action='store_true',
                    help='skip the evaluation after the last stage (method on val, stage 1 vs final on test)')
+    _recording_args(p)
+    p.add_argument('--dry-run', action='store_true', help='with --bags: check the recordings, write '
+                                                           '<run-dir>/recordings.yaml and stop (as `init`)')
+
+    p = sub.add_parser('init', help='check recordings, pick their topics, split them by time and write the config '
+                                    '`run --bags` would use (<run-dir>/recordings.yaml) without importing or training')
+    p.add_argument('--preset', required=True, help='the training budget (python -m training presets lists them)')
+    p.add_argument('--run-dir', type=Path, help='run directory (default runs/<first recording\'s name>)')
+    p.add_argument('--out', type=Path, help='write the config there (default <run-dir>/recordings.yaml)')
+    _recording_args(p, required=True)
 
     p = sub.add_parser('export', help="export a finished stage's depth network to ONNX (design §3 format)")
     p.add_argument('--run-dir', type=Path, required=True)
@@ -208,7 +235,19 @@ def cmd_stage(args) -> int:
 
 
 def cmd_run(args) -> int:
+    if args.bags:
+        if args.config is not None:
+            from training.config import ConfigError
+            raise ConfigError('--bags takes --preset (the budget); a config file written by `init` already names '
+                              'its recordings: run it with --config alone')
+        from training.recordings.bag_run import run_bags
+        return run_bags(args, lambda a: _run_stages(a, None))
     return _run_stages(args, None)
+
+
+def cmd_init(args) -> int:
+    from training.recordings.bag_run import cmd_init as init
+    return init(args)
 
 
 def cmd_export(args) -> int:
@@ -335,7 +374,7 @@ def cmd_bundle(args) -> int:
     return 0
 
 
-COMMANDS = {'bundle': cmd_bundle, 'quantize': cmd_quantize, 'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'run': cmd_run, 'export': cmd_export,
+COMMANDS = {'init': cmd_init, 'bundle': cmd_bundle, 'quantize': cmd_quantize, 'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'run': cmd_run, 'export': cmd_export,
             'evaluate': cmd_evaluate, 'compare': cmd_compare, 'trace': cmd_trace, 'import-bag': cmd_import_bag, **{name: cmd_stage for name in STAGES}}
 
 
@@ -361,8 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     from dynadepth_ros.atomic_files import DiskFullError
     from training.quantize import QuantizeError
 
+    from training.recordings import RecordingError
+
     known = (ConfigError, DatasetError, CheckpointError, ExportError, FileNotFoundError, BagError,
-             RosbagImportError, StageError, BundleError, ModelFormatError, QuantizeError)
+             RosbagImportError, StageError, BundleError, ModelFormatError, QuantizeError, RecordingError)
     try:
         return COMMANDS[args.command](args)
     except Exception as exc:

@@ -58,7 +58,9 @@ class SyntheticConfig:
 class RosbagConfig:
     """Recordings to import (training/data/rosbag_import.py) into `data.root` before training.
 
-    bags: rosbag2 paths per split (directories or .mcap/.db3 files). Topics name the camera image
+    bags: rosbag2 paths per split (directories or .mcap/.db3 files); `path@START-END` is the stretch of a
+    recording from START up to END seconds after its first camera frame (either end may be left out), so
+    one recording can feed several splits by time. Topics name the camera image
     (Image or CompressedImage), its camera_info, and optionally an instance-mask label image,
     nav_msgs/Odometry (for metric scale) and a GT depth image (for evaluation). every_nth keeps
     every n-th camera frame.

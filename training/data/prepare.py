@@ -108,7 +108,7 @@ def prepare_data(cfg: DataConfig) -> Path:
                 if n > 0:
                     _prepare_synthetic_split(cfg, root, split)
     elif cfg.source == 'rosbag':
-        from training.data.rosbag_import import import_bags
+        from training.data.rosbag_import import import_bags, parse_bag_entry
 
         rb = cfg.rosbag
         if not any(rb.bags.values()):
@@ -116,10 +116,14 @@ def prepare_data(cfg: DataConfig) -> Path:
                                'rosbag: {bags: {train: [path/to/bag]}}')
         with _locked(root):
             for split, bags in rb.bags.items():
-                if bags:
-                    import_bags([Path(b) for b in bags], root, rb.image_topic, rb.camera_info_topic,
+                if bags:   # an entry is a recording, or a stretch of one: `path@START-END` (seconds)
+                    try:
+                        entries = [parse_bag_entry(b) for b in bags]
+                    except ValueError as exc:
+                        raise DatasetError(f'data.rosbag.bags.{split}: {exc}') from None
+                    import_bags([p for p, _ in entries], root, rb.image_topic, rb.camera_info_topic,
                                 mask_topic=rb.mask_topic, odom_topic=rb.odom_topic, every_nth=rb.every_nth,
-                                depth_topic=rb.depth_topic, split=split)
+                                depth_topic=rb.depth_topic, split=split, windows=[w for _, w in entries])
     elif not root.is_dir():
         raise DatasetError(f'data.root {root} does not exist; {cfg.source} data cannot be downloaded here, '
                            f'point data.root at your copy')

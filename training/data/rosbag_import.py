@@ -127,6 +127,37 @@ def _signature(bag: Path, options: dict) -> str:
     return h.hexdigest()[:16]
 
 
+_WINDOW = re.compile(r'^(?P<start>\d+(?:\.\d*)?)?-(?P<end>\d+(?:\.\d*)?)?$')
+
+
+def parse_bag_entry(entry: str) -> tuple[Path, tuple[float | None, float | None] | None]:
+    """`run1/bag` → (path, None): the whole recording; `run1/bag@12.5-60` → (path, (12.5, 60.0)): the frames
+    from 12.5 s up to (not including) 60 s after its first camera frame; `@-60` and `@12.5-` leave one end open.
+    A suffix that is not such a window is part of the path."""
+    text = str(entry)
+    head, sep, tail = text.rpartition('@')
+    m = _WINDOW.match(tail) if sep else None
+    if not m or not (m['start'] or m['end']):
+        return Path(text), None
+    start = float(m['start']) if m['start'] else None
+    end = float(m['end']) if m['end'] else None
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f'{entry}: the window ends ({end:g} s) before it starts ({start:g} s)')
+    return Path(head), (start, end)
+
+
+def format_window(window: tuple[float | None, float | None]) -> str:
+    """(12.5, 60.0) → '12.5-60' (the form parse_bag_entry reads after '@')."""
+    def num(v):
+        return '' if v is None else f'{v:.4f}'.rstrip('0').rstrip('.')
+    return f'{num(window[0])}-{num(window[1])}'
+
+
+def bag_entry(path: str | Path, window: tuple[float | None, float | None] | None = None) -> str:
+    """The config entry of a recording or of a stretch of it (inverse of parse_bag_entry)."""
+    return str(path) if window is None else f'{path}@{format_window(window)}'
+
+
 # ---- pass 1: stamps, calibration, odometry --------------------------------------------------
 def _check_types(reader: BagReader, topics: dict[str, tuple[str, tuple[str, ...]]]) -> None:
     have = reader.topics
@@ -193,7 +224,8 @@ def _pair(kept: list[int], stamps: np.ndarray, other: _Topic, tol_ns: int, what:
     return {kept[ia]: ib for ia, ib in pairing.pairs}
 
 
-def _plan(scan: _Scan, every_nth: int, name: str, pair_tolerance_s: float | None, bag: Path) -> list[_Segment]:
+def _plan(scan: _Scan, every_nth: int, name: str, pair_tolerance_s: float | None, bag: Path,
+          window: tuple[float | None, float | None] | None = None) -> list[_Segment]:
     stamps = np.asarray(scan.image.stamps, dtype=np.int64)
     order = np.argsort(stamps, kind='stable')
     unique: list[int] = []
@@ -208,6 +240,15 @@ def _plan(scan: _Scan, every_nth: int, name: str, pair_tolerance_s: float | None
         raise RosbagImportError(f'bag {bag}: only {len(unique)} camera frames; at least {MIN_SEQUENCE_FRAMES} '
                                 f'are needed for one training triplet')
     raw_period = float(np.median(np.diff(stamps[unique])))
+    if window is not None:  # seconds after the recording's first camera frame, [start, end)
+        rel = (stamps[unique] - stamps[unique[0]]) * 1e-9
+        start, end = window
+        inside = (rel >= (start if start is not None else -np.inf)) & (rel < (end if end is not None else np.inf))
+        unique = [o for o, ok in zip(unique, inside) if ok]
+        if len(unique) < MIN_SEQUENCE_FRAMES:
+            raise RosbagImportError(f'bag {bag}: only {len(unique)} camera frames between {format_window(window)} '
+                                    f's after its first frame; at least {MIN_SEQUENCE_FRAMES} are needed for one '
+                                    f'training triplet')
     tol_ns = int(pair_tolerance_s * 1e9) if pair_tolerance_s is not None else max(int(0.25 * raw_period), 1_000_000)
     masks = _pair(unique, stamps, scan.mask, tol_ns, 'instance mask', bag) if scan.mask is not None else None
     depths = _pair(unique, stamps, scan.depth, tol_ns, 'depth image', bag) if scan.depth is not None else None
@@ -365,8 +406,9 @@ def _write_segments(reader: BagReader, scan: _Scan, segments: list[_Segment], sp
 def import_bag(bag: Path, out: Path, name: str, image_topic: str, camera_info_topic: str, mask_topic: str | None = None,
                odom_topic: str | None = None, every_nth: int = 1, depth_topic: str | None = None,
                split: str = 'train', tf_topic: str = '/tf_static', pair_tolerance_s: float | None = None,
-               progress: bool = True) -> list[Path]:
-    """Import one bag as sequence(s) `<out>/<split>/<name>[_NN]`; returns the sequence directories."""
+               progress: bool = True, window: tuple[float | None, float | None] | None = None) -> list[Path]:
+    """Import one bag as sequence(s) `<out>/<split>/<name>[_NN]`; returns the sequence directories.
+    window: (start, end) seconds after the bag's first camera frame (either None = open): only those frames."""
     bag, out = Path(bag), Path(out)
     if every_nth < 1:
         raise ValueError(f'every_nth must be >= 1, got {every_nth}')
@@ -376,6 +418,8 @@ def import_bag(bag: Path, out: Path, name: str, image_topic: str, camera_info_to
     options = {'image_topic': image_topic, 'camera_info_topic': camera_info_topic, 'mask_topic': mask_topic,
                'odom_topic': odom_topic, 'depth_topic': depth_topic, 'every_nth': every_nth, 'tf_topic': tf_topic,
                'pair_tolerance_s': pair_tolerance_s}
+    if window is not None:   # only then, so the signatures of whole-bag imports made before stay valid
+        options['window'] = list(window)
     if not bag.exists():
         raise BagError(f'bag {bag} does not exist; pass a rosbag2 directory or a .mcap/.db3 file')
     signature = _signature(bag, options)
@@ -409,7 +453,7 @@ def import_bag(bag: Path, out: Path, name: str, image_topic: str, camera_info_to
             T_base_cam = None
             log.warning('bag %s: no odometry topic given; poses are unknown, so training on it cannot learn '
                         'metric scale', bag)
-        segments = _plan(scan, every_nth, name, pair_tolerance_s, bag)
+        segments = _plan(scan, every_nth, name, pair_tolerance_s, bag, window)
         try:
             partial, (h, w) = _write_segments(reader, scan, segments, split_dir,
                                               {'image': image_topic, 'mask': mask_topic, 'depth': depth_topic},
@@ -455,7 +499,7 @@ def import_bag(bag: Path, out: Path, name: str, image_topic: str, camera_info_to
 def import_bags(bags: list[Path], out: Path, image_topic: str, camera_info_topic: str, mask_topic: str | None = None,
                 odom_topic: str | None = None, every_nth: int = 1, *, depth_topic: str | None = None,
                 split: str = 'train', tf_topic: str = '/tf_static', pair_tolerance_s: float | None = None,
-                progress: bool = True) -> list[Path]:
+                progress: bool = True, windows: list | None = None) -> list[Path]:
     """Import rosbag2 recordings into `<out>/<split>/` (cached: unchanged bags are skipped).
 
     bags: rosbag2 directories or .mcap/.db3 files. image_topic: Image or CompressedImage.
@@ -463,13 +507,18 @@ def import_bags(bags: list[Path], out: Path, image_topic: str, camera_info_topic
     odom_topic: optional nav_msgs/Odometry (gives poses, hence metric scale). depth_topic:
     optional GT depth Image (32FC1 m or 16UC1 mm). every_nth: keep every n-th camera frame.
     pair_tolerance_s: mask/depth ↔ image stamp tolerance (default a quarter frame period).
+    windows: per bag None (all of it) or (start, end) seconds after its first camera frame (parse_bag_entry).
     Returns the sequence directories written (or found already imported).
     """
     bags = [Path(b) for b in bags]
     if not bags:
         raise ValueError('import_bags needs at least one bag')
+    windows = list(windows) if windows is not None else [None] * len(bags)
+    if len(windows) != len(bags):
+        raise ValueError(f'{len(windows)} windows for {len(bags)} bags')
     out_paths = []
-    for bag, name in zip(bags, _unique_names(bags)):
+    for bag, name, window in zip(bags, _unique_names(bags), windows):
         out_paths.extend(import_bag(bag, Path(out), name, image_topic, camera_info_topic, mask_topic, odom_topic,
-                                    every_nth, depth_topic, split, tf_topic, pair_tolerance_s, progress))
+                                    every_nth, depth_topic, split, tf_topic, pair_tolerance_s, progress,
+                                    window=window))
     return out_paths

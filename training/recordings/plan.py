@@ -1,0 +1,95 @@
+"""The configuration a run on recordings uses: the preset's budget, the recordings per split and their topics.
+
+`plan_recordings(bags, preset, run_dir, ...)` surveys and checks the recordings (nothing is written), picks
+the topics and splits them by time; `config_text(plan)` is the YAML `init` writes (and `run --bags` keeps in
+the run directory): `extends: <preset>` plus the data section, loadable with `run --config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from training.config import load_config
+from training.recordings import RecordingError
+from training.recordings.checks import RecordingFacts, inspect_recording
+from training.recordings.survey import TopicChoice, choose_topics, survey_bag
+from training.recordings.time_split import TimeSplit, split_by_time
+
+CONFIG_NAME = 'recordings.yaml'
+
+
+@dataclasses.dataclass
+class RecordingsPlan:
+    preset: str
+    run_dir: Path
+    bags: list[Path]
+    topics: TopicChoice
+    facts: list[RecordingFacts]
+    split: TimeSplit
+    data_root: Path
+
+    @property
+    def stages_possible(self) -> str:
+        """'all' with instance masks, else 'scene' (stages 2-4 need masks)."""
+        return 'all' if self.topics.mask else 'scene'
+
+    def data_section(self) -> dict:
+        t = self.topics
+        rosbag = {'bags': self.split.entries(), 'image_topic': t.image, 'camera_info_topic': t.camera_info,
+                  'mask_topic': t.mask, 'odom_topic': t.odom, 'depth_topic': t.depth}
+        return {'source': 'rosbag', 'root': str(self.data_root), 'train_split': 'train', 'val_split': 'val',
+                'test_split': 'test', 'rosbag': rosbag}
+
+    def config_tree(self) -> dict:
+        return {'extends': self.preset, 'name': self.run_dir.name,
+                'description': f'{self.preset} budget on {len(self.bags)} recording(s) '
+                               f'({", ".join(b.name for b in self.bags)})',
+                'data': self.data_section()}
+
+
+def plan_recordings(bags: list[str | Path], preset: str, run_dir: str | Path, *, image: str | None = None,
+                    camera_info: str | None = None, odom: str | None = None, mask: str | None = None,
+                    depth: str | None = None, lidar: str | None = None, no_odom: bool = False,
+                    no_mask: bool = False, data_root: str | Path | None = None, val_fraction: float = 0.1,
+                    test_fraction: float = 0.1) -> RecordingsPlan:
+    """Survey, check and split the recordings; RecordingError (one line) for anything unusable. Writes nothing."""
+    cfg = load_config(preset=preset)      # the preset exists, and its frame gap
+    paths = [Path(b).resolve() for b in bags]
+    for p in paths:
+        if not p.exists():
+            raise RecordingError(f'recording {p} does not exist: pass rosbag2 directories or .mcap/.db3 files')
+    if len(set(p.resolve() for p in paths)) != len(paths):
+        raise RecordingError('a recording is given twice in --bags; list each once')
+    surveys = [survey_bag(p) for p in paths]
+    topics = choose_topics(surveys, image=image, camera_info=camera_info, odom=odom, mask=mask, depth=depth,
+                           lidar=lidar, no_odom=no_odom, no_mask=no_mask)
+    facts = [inspect_recording(p, topics) for p in paths]
+    sizes = {f.size for f in facts}
+    if len(sizes) > 1:
+        raise RecordingError('the recordings have different image sizes (' + ', '.join(
+            f'{f.path}: {f.size[1]}x{f.size[0]}' for f in facts) + '); train on recordings of one camera setting')
+    split = split_by_time(facts, val_fraction, test_fraction, cfg.data.frame_gap)
+    run_dir = Path(run_dir)
+    return RecordingsPlan(preset=preset, run_dir=run_dir, bags=paths, topics=topics, facts=facts, split=split,
+                          data_root=Path(data_root) if data_root else run_dir / 'data')
+
+
+def config_text(plan: RecordingsPlan) -> str:
+    """The run's YAML config with comments saying where each choice came from."""
+    t = plan.topics
+    head = [
+        f'# python -m training run --config {plan.run_dir / CONFIG_NAME} --run-dir {plan.run_dir}',
+        f'# Written by `python -m training init` (or `run --bags`) from {len(plan.bags)} recording(s); edit it and run it with --config.',
+        f'# Camera {t.image} ({"CompressedImage" if t.compressed else "Image"}) with {t.camera_info}; odometry '
+        f'{t.odom or "none (relative depth)"}; instance masks {t.mask or "none (stage 1 only)"}; ground truth '
+        f'{t.depth or t.lidar or "none"}.',
+        '# Split by time (`path@START-END` = seconds after the recording\'s first camera frame):',
+        *[f'#   {line}' for line in plan.split.lines()],
+    ]
+    if t.lidar and not t.depth:
+        head.append(f'# Lidar {t.lidar} is evaluated through dynadepth-eval-bag on the test recordings '
+                    f'(the config has no lidar key).')
+    body = yaml.safe_dump(plan.config_tree(), sort_keys=False, default_flow_style=False, width=110)
+    return '\n'.join(head) + '\n' + body
