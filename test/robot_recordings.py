@@ -32,7 +32,8 @@ def synthetic_bags(out: Path, sequences: int = 3, frames: int = 14, height: int 
 
 def rewrite_as_robot(src: Path, dst: Path, *, masks: bool = False, compressed: bool = True, frames: int | None = None,
                      camera_info: bool = True, backwards_at: int | None = None, static: bool = False,
-                     odom: bool = True, depth: bool = False, start_offset_s: float = 0.0) -> Path:
+                     odom: bool = True, depth: bool = False, start_offset_s: float = 0.0,
+                     second_camera: bool = False, second_odom: bool = False) -> Path:
     """Copy `src` (a synthetic bag) to `dst` as a robot would record it (see the module docstring)."""
     dst = Path(dst)
     if dst.exists():
@@ -67,11 +68,15 @@ def rewrite_as_robot(src: Path, dst: Path, *, masks: bool = False, compressed: b
                     o.x = o.y = o.z = 0.0
                     o.w = 1.0
                 put('/odom', 'nav_msgs/msg/Odometry', t, msg)
+                if second_odom:
+                    put('/wheel/odom', 'nav_msgs/msg/Odometry', t, msg)
             elif topic == '/camera/camera_info' and camera_info:
                 if frames is not None and n_image > frames:
                     continue
                 restamp(msg, t)
                 put(f'{NS}/camera_info', 'sensor_msgs/msg/CameraInfo', t, msg)
+                if second_camera:
+                    put('/rear/camera_info', 'sensor_msgs/msg/CameraInfo', t, msg)
             elif topic == '/camera/instance_mask' and masks:
                 if frames is not None and n_image > frames:
                     continue
@@ -100,5 +105,9 @@ def rewrite_as_robot(src: Path, dst: Path, *, masks: bool = False, compressed: b
                     msg.data = rgb.reshape(-1)
                     restamp(msg, stamp)
                     put(f'{NS}/image_raw', 'sensor_msgs/msg/Image', t, msg)
+                if second_camera:
+                    msg.data = rgb.reshape(-1)
+                    restamp(msg, stamp)
+                    put('/rear/image_raw', 'sensor_msgs/msg/Image', t, msg)
                 n_image += 1
     return dst

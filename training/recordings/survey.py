@@ -151,7 +151,7 @@ def _given(surveys: list[BagSurvey], topic: str, role: str, allowed: tuple[str, 
                                  f'{s.listing()}')
         t = s.topics[topic]
         if t.msgtype not in allowed:
-            raise RecordingError(f'{FLAGS[role]} {topic} carries {t.msgtype} in {s.path}; a {role} topic must be '
+            raise RecordingError(f'{FLAGS[role]} {topic} carries {t.msgtype} in {s.path}; the {role} topic must be '
                                  f'{" or ".join(allowed)}: name the right topic with {FLAGS[role]}')
         if t.count == 0:
             raise RecordingError(f'{FLAGS[role]} {topic} has no messages in {s.path}; record it or leave it out')

@@ -1,8 +1,8 @@
 """Train / val / test by time, never by shuffled frames.
 
 Recordings are ordered by their first camera stamp. With three or more, whole recordings go to a split: the
-latest ones to test until they hold `test_fraction` of the frames (at least one recording), the ones before them
-to val likewise, the rest to train. With one or two recordings they are laid end to end and cut at
+latest ones to test until they hold `test_fraction` of the frames (at least one recording; one more only while
+the split stays under twice the fraction), the ones before them to val likewise, the rest to train. With one or two recordings they are laid end to end and cut at
 1 - val - test and 1 - test of the frames; a cut inside a recording makes stretches of it (`bag@START-END`,
 seconds after its first frame) and leaves `guard` frames out on each side of the cut, so no two neighbouring
 frames (and no triplet) straddle two splits.
@@ -90,8 +90,9 @@ def split_by_time(recordings: list[RecordingFacts], val_fraction: float = 0.1, t
         rest = list(recs)
         for split, frac in (('test', test_fraction), ('val', val_fraction)):
             taken = 0
-            while len(rest) > 1 and (taken == 0 or taken < frac * total) and \
-                    len(rest) - 1 >= (2 if split == 'test' else 1):
+            keep = 2 if split == 'test' else 1          # recordings the splits still to fill need
+            while len(rest) > keep and (taken == 0 or (taken < frac * total
+                                                       and taken + rest[-1].frames <= 2 * frac * total)):
                 r = rest.pop()
                 out.pieces[split].insert(0, Piece(r, 0, r.frames))
                 taken += r.frames
