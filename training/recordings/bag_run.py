@@ -21,7 +21,8 @@ from training.recordings import RecordingError
 from training.recordings.plan import CONFIG_NAME, RecordingsPlan, config_text, plan_recordings
 
 REPORT_NAME = 'recordings_report'
-NO_MASKS = ('stages 2-4 (objects, dsa, final) need instance masks and the recordings have no instance-mask topic; '
+NO_MASKS = ('stages 2-4 (objects, dsa, final) need instance masks and this run has none (no instance-mask topic, or '
+            '--no-mask); '
             'learned masks (objects.masks: learned, the paper\'s unsupervised variant) are not implemented yet, so '
             'this run trains stage 1 only (as `--until scene`): scene depth + pose + residual motion, exported as '
             'scene/scene.onnx. For the full method record the masks of a segmentation node and pass --mask-topic.')
@@ -160,6 +161,7 @@ def _lidar_eval(plan: RecordingsPlan, run_dir: Path, stages: tuple[str, ...]) ->
     """dynadepth-eval-bag with lidar ground truth on each test piece that is a whole recording."""
     from dynadepth_ros.recording.eval_config import EvalConfig, EvalError
     from dynadepth_ros.recording.eval_run import run as eval_run
+    from training.data.rosbag_import import bag_sequence_name
 
     out = {}
     pieces = plan.split.pieces['test']
@@ -170,7 +172,12 @@ def _lidar_eval(plan: RecordingsPlan, run_dir: Path, stages: tuple[str, ...]) ->
     for stage in stages:
         model = run_dir / stage / f'{stage}.onnx'
         for p in whole:
-            dest = run_dir / 'lidar_eval' / stage / p.facts.path.name
+            dest = run_dir / 'lidar_eval' / stage / bag_sequence_name(p.facts.path)
+            done = dest / 'report.json'
+            if done.is_file() and done.stat().st_mtime >= (run_dir / stage / 'manifest.json').stat().st_mtime:
+                out.setdefault(stage, {})[str(p.facts.path)] = json.loads(done.read_text()).get('metrics')
+                _say(f'lidar evaluation of {stage} on {p.facts.path} is up to date ({dest}/report.md)')
+                continue
             ec = EvalConfig(out=str(dest), bag=str(p.facts.path), image_topic=plan.topics.image,
                             camera_info_topic=plan.topics.camera_info, mask_topic=plan.topics.mask or '',
                             gt_lidar_topic=plan.topics.lidar, model=str(model), backend='onnxruntime',
