@@ -188,3 +188,13 @@ def test_pseudo_align_is_checked():
     assert FinalStageConfig().pseudo_align == 'static'          # the reference
     with pytest.raises(ValueError, match='final.pseudo_align'):
         FinalStageConfig(pseudo_align='median')
+
+
+def test_pseudo_align_at_its_default_leaves_earlier_runs_up_to_date():
+    """A stage hashes to_dict(config): final.pseudo_align counts only when changed, so runs finished before the
+    option existed (same behaviour) keep their hash; the written config still shows it."""
+    from training.config import FinalStageConfig, to_dict
+
+    assert 'pseudo_align' not in to_dict(FinalStageConfig())
+    assert to_dict(FinalStageConfig(pseudo_align='none'))['pseudo_align'] == 'none'
+    assert to_dict(FinalStageConfig(), all_fields=True)['pseudo_align'] == 'static'

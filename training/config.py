@@ -34,6 +34,8 @@ from training.stages.scene_model import SceneModelConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / 'presets'
 HASHED = 'hashed'     # dataclass field metadata key: False = not part of any stage's config hash (see to_dict)
+UNLESS_DEFAULT = 'unless_default'   # HASHED value: hashed only when set to something else than its default, so
+                                    # an option added later at the old behaviour leaves finished runs up to date
 
 
 class ConfigError(ValueError):
@@ -158,7 +160,7 @@ class FinalStageConfig:
     pseudo_loss: str = 'l1'
     static_weight: float = 0.0
     dynamic_photometric: bool = True
-    pseudo_align: str = 'static'
+    pseudo_align: str = field(default='static', metadata={HASHED: UNLESS_DEFAULT})
     loop: LoopConfig = field(default_factory=LoopConfig)
     phases: list[PhaseConfig] = field(default_factory=lambda: _phases({'name': 'joint', 'steps': 1000, 'lr': 2e-5}))
 
@@ -249,7 +251,7 @@ def to_dict(obj, all_fields: bool = False) -> typing.Any:
     marked `metadata={HASHED: False}` (settings used after the stages) are left out unless all_fields."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name), all_fields) for f in dataclasses.fields(obj)
-                if all_fields or f.metadata.get(HASHED, True)}
+                if all_fields or _hashed(f, getattr(obj, f.name))}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v, all_fields) for v in obj]
     if isinstance(obj, dict):
@@ -257,6 +259,11 @@ def to_dict(obj, all_fields: bool = False) -> typing.Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _hashed(f: dataclasses.Field, value) -> bool:
+    mode = f.metadata.get(HASHED, True)
+    return value != f.default if mode == UNLESS_DEFAULT else bool(mode)
 
 
 def from_dict(cls, data, where: str = 'config'):
