@@ -356,6 +356,10 @@ class DepthNode(LifecycleNode):
         self.estimator = est
         for note in est.notes:
             self.get_logger().warning(note)
+        if not est.metadata.metric:      # allowed by allow_relative_model: say it once per configure, as a warning
+            self.get_logger().warning(
+                f'model {est.model_path} is not metric (trained without odometry): the published depth is relative, '
+                f'not metres (allow_relative_model:=true)')
         m = est.metadata
         self.get_logger().info(
             f'model {est.model_path} (stage {m.stage}, {"metric" if m.metric else "RELATIVE"}, input '

@@ -370,3 +370,23 @@ def test_an_int8_model_is_served_in_int8_and_the_diagnostics_say_so(tmp_path, ta
     finally:
         stop_process(proc)
         g.close()
+
+
+def test_a_relative_model_allowed_by_the_user_is_served_with_one_warning(tmp_path):
+    """allow_relative_model:=true serves a model trained without odometry (dynadepth.metric=false), and the node
+    says once, as a warning, that its depth is relative, not metres."""
+    relative = make_contract_model(tmp_path / 'relative.onnx', metric=False)
+    log_path = tmp_path / 'node.log'
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(depth_node_cmd() + ['--ros-args', '-r', '__node:=dd_relative', '-p',
+                                                    f'model_path:={relative}', '-p', 'allow_relative_model:=true'],
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert Graph.wait(lambda: 'on onnxruntime' in log_path.read_text() or proc.poll() is not None, 60), \
+            log_path.read_text()
+        assert proc.poll() is None, log_path.read_text()
+        text = log_path.read_text()
+        assert text.count('is not metric (trained without odometry)') == 1, text
+        assert 'WARN' in next(line for line in text.splitlines() if 'is not metric' in line)
+    finally:
+        stop_process(proc)
