@@ -41,7 +41,7 @@ from training.previews import colourise_depth, compose, write_png
 from training.stages import scene as scene_stage
 from training.stages.dsa_model import DsaNet, dsa_inputs, scale_loss
 from training.stages.labelling import road_ids, without_road
-from training.stages.objects import _instance_classes
+from training.stages.objects import instance_classes
 from training.stages.outputs import ObjectLabels, ObjectOutputs, PseudoLabel, PseudoLabels, ScenePredictions, frame_key
 from training.stages.runner import StageContext, data_settings, run_stage
 
@@ -63,7 +63,7 @@ def run(cfg: PipelineConfig, run_dir, dist=None, *, restart: bool = False):
 def sample_road_ids(cfg: PipelineConfig, triplets: TripletDataset, idx: int) -> set[int]:
     """Ids of road-class instances in sample idx's frame (ground, not objects)."""
     si, t = triplets.samples[idx]
-    return road_ids(_instance_classes(triplets.sequences[si], t), cfg.objects.labelling.road_classes)
+    return road_ids(instance_classes(triplets.sequences[si], t), cfg.objects.labelling.road_classes)
 
 
 def object_inputs(cfg: PipelineConfig, item: dict, oid: int, object_depth: np.ndarray, image_key: str = 'frames_raw',

@@ -71,7 +71,9 @@ def correspondence_mode(cfg: PipelineConfig) -> str:
     return mode
 
 
-def _instance_classes(seq, t):
+def instance_classes(seq, t):
+    """{instance id: class name} of frame t of a sequence that records instances, else None (stages 2 and 3
+    read it to drop road classes)."""
     get = getattr(seq, 'instances', None)
     inst = get(t) if get is not None else None
     if inst is None:
@@ -137,7 +139,7 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
             pred = preds.frame(split, seq_name, t)
             mask = batch['mask'][j].numpy()
             K = batch['K'][j].numpy().astype(np.float64)
-            labels, inst = label_frame(mask, pred, K, oc.labelling, _instance_classes(seq, t),
+            labels, inst = label_frame(mask, pred, K, oc.labelling, instance_classes(seq, t),
                                        seed=idx)
             frames[frame_key(seq_name, t)] = labels
             stats['frames'] += 1
