@@ -206,6 +206,15 @@ def graph_precision(model) -> tuple[str, str]:
     return 'int8', 'qdq-symmetric' if symmetric else 'qdq'
 
 
+def set_metadata(model, meta: ModelMetadata) -> None:
+    """Replace the dynadepth metadata of a loaded onnx.ModelProto by `meta` (other metadata kept)."""
+    keep = [p for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in meta.to_props().items():
+        model.metadata_props.add(key=k, value=v)
+
+
 def write_metadata(path: str | Path, meta: ModelMetadata) -> None:
     """Set the dynadepth metadata on an ONNX file in place (atomically)."""
     import onnx
@@ -213,10 +222,6 @@ def write_metadata(path: str | Path, meta: ModelMetadata) -> None:
     from dynadepth_ros.atomic_files import atomic_path
 
     model = onnx.load(str(path))
-    keep = [p for p in model.metadata_props if not p.key.startswith(PREFIX)]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    for k, v in meta.to_props().items():
-        model.metadata_props.add(key=k, value=v)
+    set_metadata(model, meta)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))

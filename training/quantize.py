@@ -64,7 +64,7 @@ from dynadepth_ros.camera import resize_nearest
 from dynadepth_ros.inference.preprocess import plan_crop, to_model_input
 from dynadepth_ros.metrics import evaluate_frame
 from dynadepth_ros.model_format import (INPUT_NAME, OUTPUT_NAME, ModelFormatError, ModelMetadata, graph_precision,
-                                        read_metadata)
+                                        read_metadata, set_metadata)
 
 TARGETS = ('cpu', 'tensorrt')
 FORMATS = ('qdq', 'qoperator')
@@ -367,11 +367,7 @@ def quantize_model(model: str | Path, out: str | Path, frames: CalibrationFrames
                             f'(try --calibration percentile or entropy, --exclude first-conv/head, more --frames, '
                             f'or --force to write it anyway)')
     qmeta = ModelMetadata(**{**meta.__dict__, 'precision': 'int8', 'quantization': json.dumps(info, sort_keys=True)})
-    keep = [p for p in q.metadata_props if not p.key.startswith('dynadepth.')]
-    del q.metadata_props[:]
-    q.metadata_props.extend(keep)
-    for k, v in qmeta.to_props().items():
-        q.metadata_props.add(key=k, value=v)
+    set_metadata(q, qmeta)
     with atomic_path(out) as tmp_out:
         onnx.save(q, str(tmp_out))
     read_metadata(out)

@@ -73,9 +73,10 @@ def pseudo_label_loss(depths: dict[int, torch.Tensor], label: torch.Tensor, dyna
     for d in depths.values():
         with torch.no_grad():
             k = torch.ones(d.shape[0], 1, 1, 1, device=d.device, dtype=d.dtype)
-            for b in range(d.shape[0] if align == 'static' else 0):
-                if static[b].sum() >= 10:
-                    k[b] = torch.median(d[b][static[b]] / label[b][static[b]])
+            if align == 'static':
+                for b in range(d.shape[0]):
+                    if static[b].sum() >= 10:
+                        k[b] = torch.median(d[b][static[b]] / label[b][static[b]])
         target = k * label
         err = (d - target).abs()
         if mode == 'relative':
