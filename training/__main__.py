@@ -209,7 +209,8 @@ def cmd_prepare_data(args) -> int:
 def _run_stages(args, names: list[str] | None) -> int:
     from training.config import load_config
     from training.distributed import init_distributed, shutdown_distributed
-    from training.stages.runner import run_pipeline, run_stage
+    from training.pipeline import run_pipeline
+    from training.stages.runner import run_stage
 
     cfg = load_config(args.preset, args.config, args.overrides)
     _set_threads(cfg.runtime.threads)
