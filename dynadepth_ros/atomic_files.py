@@ -2,6 +2,7 @@
 reader (or a crash) never sees a half-written file. One implementation for the runtime and training.
 
     write_bytes_atomic(path, data) / write_text_atomic(path, text) / write_json_atomic(path, obj)
+    write_png_atomic(path, rgb)           # a uint8 RGB figure as a PNG
     with atomic_path(path) as tmp:        # for writers that want a file name (np.save, torch.save,
         cv2.imwrite(str(tmp), image)      # cv2.imwrite, onnx.save, fig.savefig, ...)
 
@@ -127,3 +128,13 @@ def write_json_atomic(path: str | os.PathLike, obj, *, indent: int | None = 2, *
     """Write `obj` as JSON (json.dumps with `indent`, default=str unless given, then a newline) atomically."""
     dumps_kwargs.setdefault('default', str)
     write_text_atomic(path, json.dumps(obj, indent=indent, **dumps_kwargs) + '\n')
+
+
+def write_png_atomic(path: str | os.PathLike, rgb) -> None:
+    """Write uint8 RGB [H,W,3] `rgb` as a PNG (maximum compression) to `path` atomically; OSError when
+    OpenCV cannot encode it."""
+    import cv2   # only the figure writers need OpenCV
+
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+            raise OSError(f'could not write {path}')

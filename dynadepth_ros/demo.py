@@ -30,16 +30,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .atomic_files import atomic_path
-from .colorize import colorize_depth
+from .atomic_files import write_png_atomic
 from .datasets.layout import Sequence
-
-
-DEPTH_LABEL = 'GT depth, log scale 2-100 m (sky = invalid, black)'
-# How the demo and the model comparison show depth (colorize.colorize_depth): log depth from 2 m (bright) to
-# 100 m (dark purple, kept apart from the black of invalid pixels), RGB.
-DEPTH_RANGE = (2.0, 100.0)
-DEPTH_STYLE = dict(scale='log', colormap='magma', darkest=0.18, rgb=True)
+from .figure_style import DEPTH_LABEL, caption, depth_figure
 
 
 def colorize_mask(mask: np.ndarray) -> np.ndarray:
@@ -57,15 +50,6 @@ def colorize_mask(mask: np.ndarray) -> np.ndarray:
     return img
 
 
-def _label(img: np.ndarray, text: str) -> np.ndarray:
-    out = img.copy()
-    scale = max(0.35, img.shape[0] / 480)
-    cv2.putText(out, text, (5, int(16 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(out, text, (5, int(16 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
-                cv2.LINE_AA)
-    return out
-
-
 def make_preview(seq: Sequence, indices: list[int], lead_id: int | None = None) -> np.ndarray:
     """uint8 RGB image: one row per frame index, columns RGB | colourised depth | instance mask."""
     rows = []
@@ -76,16 +60,10 @@ def make_preview(seq: Sequence, indices: list[int], lead_id: int | None = None) 
         tag = f'frame {i}: {len(f.instances)} objects, {moving} moving'
         if lead is not None:
             tag += f', lead car {lead.box["center_cam"][2]:.1f} m'
-        rows.append(np.concatenate([_label(f.rgb, tag), _label(colorize_depth(f.depth, *DEPTH_RANGE, **DEPTH_STYLE), DEPTH_LABEL),
-                                    _label(colorize_mask(f.mask), 'instance ids')], axis=1))
+        rows.append(np.concatenate([caption(f.rgb, tag), caption(depth_figure(f.depth), DEPTH_LABEL),
+                                    caption(colorize_mask(f.mask), 'instance ids')], axis=1))
         rows.append(np.full((3, rows[-1].shape[1], 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=0)
-
-
-def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-            raise OSError(f'could not write {path}')
 
 
 def bag_summary(bag_dir: Path) -> dict[str, tuple[str, int]]:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .colorize import colorize, colorize_depth
+from .atomic_files import write_png_atomic
+from .colorize import colorize
 from .datasets.layout import Frame, Sequence
+from .figure_style import caption, depth_figure
 from .metrics import MetricAccumulator, evaluate_frame
 from .object_scale import ObjectScaleAccumulator, ego_direction, object_scales, scale_table
 
@@ -108,11 +110,6 @@ def object_scale_table(cmp: dict, *names: str) -> str:
     return scale_table({n: cmp['models'][n]['object_scale'] for n in names})
 
 
-def _colour_depth(depth: np.ndarray) -> np.ndarray:
-    from .demo import DEPTH_RANGE, DEPTH_STYLE
-    return colorize_depth(depth, *DEPTH_RANGE, **DEPTH_STYLE)
-
-
 def _error_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     ok = (gt > 0) & np.isfinite(pred) & (pred > 0)
     err = np.where(ok, np.abs(np.nan_to_num(pred) - gt) / np.where(ok, gt, 1.0), 0.0)
@@ -122,23 +119,21 @@ def _error_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 def write_strip(cmp: dict, a: str, b: str, path: Path) -> Path:
     """PNG: one row per strip frame, RGB | a | b | GT | error a | error b (AbsRel 0..0.5); the lead car's
     AbsRel of each model is written on its panel."""
-    from .demo import _label, write_png_atomic
-
     seq = Sequence(Path(cmp['sequence']))
     meta = json.loads((seq.path / 'synth.json').read_text())
     rows = []
     for i in cmp['strip_frames']:
         f = seq.frame(i)
         lead = frame_regions(f, meta.get('lead_id'), list(meta.get('lead_frames') or []))['lead']
-        panels = [_label(f.rgb, f'frame {i}')]
+        panels = [caption(f.rgb, f'frame {i}')]
         errs = []
         for name in (a, b):
             d = cmp['predictions'][name][i]
             ok = lead & (f.depth > 0) & np.isfinite(d)
             lead_err = float(np.mean(np.abs(d[ok] - f.depth[ok]) / f.depth[ok])) if ok.any() else float('nan')
-            panels.append(_label(_colour_depth(d), f'{name}: lead car AbsRel {lead_err:.2f}'))
-            errs.append(_label(_error_map(d, f.depth), f'{name} error (AbsRel 0..{ERROR_MAX})'))
-        panels.append(_label(_colour_depth(f.depth), 'GT'))
+            panels.append(caption(depth_figure(d), f'{name}: lead car AbsRel {lead_err:.2f}'))
+            errs.append(caption(_error_map(d, f.depth), f'{name} error (AbsRel 0..{ERROR_MAX})'))
+        panels.append(caption(depth_figure(f.depth), 'GT'))
         panels += errs
         rows.append(np.concatenate(panels, axis=1))
         rows.append(np.full((3, rows[-1].shape[1], 3), 255, np.uint8))
