@@ -73,8 +73,9 @@ def lead_car_ids(instances: list[dict], ego_direction: np.ndarray | None, cfg: E
     return out
 
 
-def _ego_direction(seq, t: int, gap: int) -> np.ndarray | None:
-    """World-frame direction of travel at frame t from the poses around it (None without poses)."""
+def travel_direction(seq, t: int, gap: int) -> np.ndarray | None:
+    """World-frame direction of travel [3] at frame t of a dataset sequence from its poses t-gap and t+gap
+    (the optical axis when standing still; None without poses)."""
     n = len(seq)
     a, b = seq.pose(max(0, t - gap)), seq.pose(min(n - 1, t + gap))
     if a is None or b is None:
@@ -85,7 +86,8 @@ def _ego_direction(seq, t: int, gap: int) -> np.ndarray | None:
     return d
 
 
-def _frame_instances(seq, t: int) -> list[dict] | None:
+def frame_instances(seq, t: int) -> list[dict] | None:
+    """The instance records of frame t (instances/<t>.json of the sequence folder); None without them."""
     path = getattr(seq, 'path', None)
     if path is None:
         return None
@@ -99,9 +101,9 @@ def frame_regions(seq, t: int, mask: np.ndarray, moving: np.ndarray, gap: int, c
     """{'static', 'dynamic', 'lead'} bool [H,W] maps of one frame at network resolution."""
     moving = moving.astype(bool)
     regions = {'static': ~moving, 'dynamic': moving}
-    instances = _frame_instances(seq, t)
+    instances = frame_instances(seq, t)
     if instances is not None:
-        ids = lead_car_ids(instances, _ego_direction(seq, t, gap), cfg)
+        ids = lead_car_ids(instances, travel_direction(seq, t, gap), cfg)
         regions['lead'] = np.isin(mask, sorted(ids)) if ids else np.zeros_like(moving)
     return regions
 
@@ -161,10 +163,10 @@ def evaluate(run_dir: str | os.PathLike, stage: str = 'scene', split: str = 'tes
             if regions.get('lead') is not None and regions['lead'].any():
                 lead_frames += 1
             model_acc.add(evaluate_frame(gt, pred[j], regions, ev.min_depth, ev.max_depth))
-            instances = _frame_instances(ds.sequences[si], t)
+            instances = frame_instances(ds.sequences[si], t)
             if instances:
                 objects.add(object_scales(gt, pred[j], batch['mask'][j].numpy(), instances,
-                                          _ego_direction(ds.sequences[si], t, cfg.data.frame_gap),
+                                          travel_direction(ds.sequences[si], t, cfg.data.frame_gap),
                                           ev.min_depth, ev.max_depth))
             if baseline is not None:
                 base_acc.add(evaluate_frame(gt, baseline, regions, ev.min_depth, ev.max_depth))

@@ -31,7 +31,7 @@ from dynadepth_ros.metrics import MetricAccumulator, evaluate_frame
 from training.artifacts import now_iso
 from training.data import build_dataset
 from training.data.triplets import Layer
-from training.evaluate import _ego_direction, _frame_instances, lead_car_ids
+from training.evaluate import frame_instances, lead_car_ids, travel_direction
 from training.stages import dsa as dsa_stage
 from training.stages.outputs import ObjectLabels, ObjectOutputs, PseudoLabels, ScenePredictions
 
@@ -56,8 +56,8 @@ def labelling_scores(run_dir: Path, cfg, split: str) -> dict:
         moving = seq.moving_ids(t)
         if moving is None:
             continue
-        inst = _frame_instances(seq, t) or []
-        lead = lead_car_ids(inst, _ego_direction(seq, t, cfg.data.frame_gap), cfg.eval)
+        inst = frame_instances(seq, t) or []
+        lead = lead_car_ids(inst, travel_direction(seq, t, cfg.data.frame_gap), cfg.eval)
         for lab in labs:
             is_moving = lab.id in moving
             if lab.dynamic:
@@ -133,8 +133,8 @@ def evaluate_method(run_dir: str | os.PathLike, split: str = 'val', progress: bo
         if not (gt > 0).any():
             continue
         frames += 1
-        inst = _frame_instances(seq, t)
-        lead = lead_car_ids(inst, _ego_direction(seq, t, cfg.data.frame_gap), ev) if inst else set()
+        inst = frame_instances(seq, t)
+        lead = lead_car_ids(inst, travel_direction(seq, t, cfg.data.frame_gap), ev) if inst else set()
         regions = {'dynamic': moving.astype(bool), 'lead': np.isin(mask, sorted(lead)) if lead else
                    np.zeros_like(moving, bool)}
         scene_acc.add(evaluate_frame(gt, pred.depth, regions, ev.min_depth, ev.max_depth))

@@ -35,7 +35,7 @@ from dynadepth_ros.atomic_files import write_json_atomic, write_text_atomic
 from dynadepth_ros.object_scale import MIN_PIXELS, distance_bin, distance_bin_names, motion_class, scale_stats
 from training.artifacts import now_iso
 from training.data import build_dataset
-from training.evaluate import _ego_direction, _frame_instances
+from training.evaluate import frame_instances, travel_direction
 from training.stages import scene as scene_stage
 from training.stages.outputs import ObjectLabels, PseudoLabels, ScenePredictions
 
@@ -102,7 +102,7 @@ def trace_records(run_dir: str | os.PathLike, split: str = 'val', model: str | o
         for idx in tqdm(indices, desc=f'trace objects on {split}', disable=not progress, mininterval=1.0):
             seq_name, t = ds.sample_location(idx)
             seq = ds.sequences[ds.samples[idx][0]]
-            instances = _frame_instances(seq, t)
+            instances = frame_instances(seq, t)
             if not instances:
                 continue
             item = ds.load(idx)
@@ -112,7 +112,7 @@ def trace_records(run_dir: str | os.PathLike, split: str = 'val', model: str | o
             maps = {'stage1': preds.frame(split, seq_name, t).depth, 'pseudo': pseudo.frame(split, seq_name, t).depth,
                     'final': final(item['frames_raw'][1], item['K'].numpy().astype(np.float64))}
             label_of = {lab.id: lab.label for lab in labels.frame(seq_name, t)}
-            ego = _ego_direction(seq, t, cfg.data.frame_gap)
+            ego = travel_direction(seq, t, cfg.data.frame_gap)
             for inst in instances:
                 iid = int(inst['id'])
                 sel = valid & (mask == iid)
