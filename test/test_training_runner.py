@@ -112,11 +112,12 @@ def test_stage_status_reports_the_missing_upstream_stage(tmp_path):
 
 
 def test_registry_names_and_unknown_stages():
-    assert list(STAGES) == ['scene', 'objects', 'dsa', 'final']
+    assert list(STAGES) == ['scene', 'ground', 'seeds', 'instances', 'objects', 'dsa', 'final']
     for name, spec in STAGES.items():
         mod = spec.load()
         assert mod.NAME == name and tuple(mod.REQUIRES) == spec.requires
-        assert all(list(STAGES).index(r) < list(STAGES).index(name) for r in spec.requires)   # run order
+        assert all(list(STAGES).index(r) < list(STAGES).index(name)
+                   for r in spec.requires + spec.requires_learned)   # run order
     assert PLANNED_STAGES == ()
     with pytest.raises(KeyError, match='unknown stage'):
         get_stage('scenery')

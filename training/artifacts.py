@@ -99,7 +99,8 @@ def manifest_problems(stage_dir: str | os.PathLike, manifest: dict | None, confi
             problems.append(f'{entry["path"]} differs from the manifest')
     for split, count in (manifest.get('predictions') or {}).get('counts', {}).items():
         d = Path(stage_dir) / manifest['predictions']['root'] / split
-        have = sum(1 for _ in d.rglob('*.npz')) if d.is_dir() else 0   # sequence names may nest
+        pattern = manifest['predictions'].get('pattern', '*.npz')
+        have = sum(1 for _ in d.rglob(pattern)) if d.is_dir() else 0   # sequence names may nest
         if have != count:
             problems.append(f'predictions/{split} has {have} files, manifest says {count}')
     return problems

@@ -5,6 +5,8 @@ Every value has one home:
     name, description          the run's name (default run dir `runs/<name>`) and a one-line summary
     data:    DataConfig        where the frames come from (training/data/config.py)
     scene:   SceneStageConfig  stage 1: model (SceneModelConfig), loop settings, phase schedule
+    masks:   MasksConfig       the stages that learn instance masks when the data has none
+                               (objects.masks: learned; training/masks/config.py)
     eval:    EvalConfig        depth range and lead-car rule of `python -m training evaluate`
     export:  ExportConfig      ONNX export settings and the torch-vs-ONNX Runtime tolerance; export.int8:
                                `python -m training run` ends with the INT8 copy of the final model
@@ -28,6 +30,7 @@ import yaml
 from dynadepth_ros.metrics import MAX_DEPTH, MIN_DEPTH
 from training.data.config import DataConfig
 from training.loop import LoopConfig
+from training.masks.config import MASK_SOURCES, MasksConfig
 from training.stages.dsa_model import DsaModelConfig
 from training.stages.labelling import LabellingConfig
 from training.stages.scene_model import SceneModelConfig
@@ -86,9 +89,13 @@ class ObjectsStageConfig:
     min_triplet_area_fraction: an instance trains the object network only when its masks in t-gap,
     t and t+gap each cover this share of the image (reference 0.5 %).
     smoothness_weight: in-mask disparity smoothness of the object network.
+    masks: topic (the data's instance masks: a dataset's mask/, a recording's mask topic) | learned (the
+    masks the ground / seeds / instances stages learn from the data, for recordings without a mask topic;
+    `run --bags` sets it when there is none). Hashed only when learned, so runs made before it stay up to date.
     """
 
     labelling: LabellingConfig = field(default_factory=LabellingConfig)
+    masks: str = field(default='topic', metadata={HASHED: UNLESS_DEFAULT})
     correspondence: str = 'auto'
     check_splat_against_ids: bool = True
     min_triplet_area_fraction: float = 0.005
@@ -99,6 +106,8 @@ class ObjectsStageConfig:
     infer_batch_size: int = 16
 
     def __post_init__(self):
+        if self.masks not in MASK_SOURCES:
+            raise ValueError(f"objects.masks must be one of {', '.join(MASK_SOURCES)}, got {self.masks!r}")
         if self.correspondence not in ('auto', 'splat', 'id'):
             raise ValueError(f"objects.correspondence must be auto, splat or id, got {self.correspondence!r}")
         if not 0 <= self.min_triplet_area_fraction < 1:
@@ -234,6 +243,7 @@ class PipelineConfig:
     description: str = ''
     data: DataConfig = field(default_factory=DataConfig)
     scene: SceneStageConfig = field(default_factory=SceneStageConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
     objects: ObjectsStageConfig = field(default_factory=ObjectsStageConfig)
     dsa: DsaStageConfig = field(default_factory=DsaStageConfig)
     final: FinalStageConfig = field(default_factory=FinalStageConfig)

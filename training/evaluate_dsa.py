@@ -1,7 +1,9 @@
 """Does the method's supervision hold? (`python -m training evaluate --stage dsa --split val`)
 
 Measures stages 2-3 of a run against what only the synthetic data (or any data with GT) knows,
-never used by the stages themselves:
+never used by the stages themselves (with learned masks, objects.masks: learned, the instances are the
+learned ones and one counts as moving when the data's moving instances cover most of it;
+training/data/learned_masks.py):
 
 1. labelling: precision and recall of the `dynamic` label for independently moving instances
    (the data's moving flags) among the instances stage 2 labelled (road removed, above the size
@@ -33,7 +35,7 @@ from training.data import build_dataset
 from training.data.triplets import Layer
 from training.evaluate import frame_instances, lead_car_ids, travel_direction
 from training.stages import dsa as dsa_stage
-from training.stages.outputs import ObjectLabels, ObjectOutputs, PseudoLabels, ScenePredictions
+from training.stages.outputs import ObjectLabels, ObjectOutputs, PseudoLabels, ScenePredictions, learned_masks_root
 
 REGIONS = ('all', 'dynamic', 'lead')
 
@@ -44,7 +46,7 @@ def _ratio(a: int, b: int) -> float | None:
 
 def labelling_scores(run_dir: Path, cfg, split: str) -> dict:
     """Precision / recall of `dynamic` against the data's moving flags (instances stage 2 labelled)."""
-    ds = build_dataset(cfg.data, split, augment=False)
+    ds = build_dataset(cfg.data, split, augment=False, masks=learned_masks_root(cfg, run_dir))
     labels = ObjectLabels(run_dir / 'objects', split)
     index = {ds.sample_location(i): ds.samples[i] for i in range(len(ds))}
     tp = fp = fn = tn = 0
@@ -93,7 +95,7 @@ def evaluate_method(run_dir: str | os.PathLike, split: str = 'val', progress: bo
     if split not in cfg.objects.splits:
         raise ValueError(f'stages 2-3 ran on {cfg.objects.splits}, not on {split!r}; pick one of those')
 
-    ds = build_dataset(cfg.data, split, augment=False)
+    ds = build_dataset(cfg.data, split, augment=False, masks=learned_masks_root(cfg, run_dir))
     preds = ScenePredictions(run_dir / 'scene')
     outputs = ObjectOutputs(run_dir / 'objects')
     labels = ObjectLabels(run_dir / 'objects', split)

@@ -37,7 +37,7 @@ from training.artifacts import now_iso
 from training.data import build_dataset
 from training.evaluate import frame_instances, travel_direction
 from training.stages import scene as scene_stage
-from training.stages.outputs import ObjectLabels, PseudoLabels, ScenePredictions
+from training.stages.outputs import ObjectLabels, PseudoLabels, ScenePredictions, learned_masks_root
 
 COLUMNS = ('stage1', 'pseudo', 'final')
 
@@ -89,7 +89,7 @@ def trace_records(run_dir: str | os.PathLike, split: str = 'val', model: str | o
     if split not in cfg.objects.splits:
         raise ValueError(f'stages 2-3 ran on {cfg.objects.splits}, not on {split!r}; pick one of those')
     ev = cfg.eval
-    ds = build_dataset(cfg.data, split, augment=False)
+    ds = build_dataset(cfg.data, split, augment=False, masks=learned_masks_root(cfg, run_dir))
     preds = ScenePredictions(run_dir / 'scene')
     labels = ObjectLabels(run_dir / 'objects', split)
     pseudo = PseudoLabels(run_dir / 'dsa')

@@ -14,16 +14,24 @@ from pathlib import Path
 from training.artifacts import MANIFEST_NAME
 from training.config import PipelineConfig
 from training.distributed import DistContext
-from training.stages.runner import lock_run_dir, run_stage
+from training.stages.runner import StageError, lock_run_dir, run_stage
 
 
 # Wall time per optimiser step of each stage relative to stage 1's (measured on cpu-small, 2 CPU cores:
 # 1.0 / 0.79 / 0.64 / 1.55, each including the stage's inference passes), for the time-left estimate.
-RELATIVE_STEP_COST = {'scene': 1.0, 'objects': 0.8, 'dsa': 0.65, 'final': 1.55}
+RELATIVE_STEP_COST = {'scene': 1.0, 'objects': 0.8, 'dsa': 0.65, 'final': 1.55,
+                      # the learned-mask stages (objects.masks: learned), measured on ci-tiny
+                      'ground': 0.5, 'seeds': 1.0, 'instances': 0.6}
 DEFAULT_STEP_SECONDS = 1.0      # stage 1 on cpu-small before anything was measured
 
 
 def _stage_steps(cfg: PipelineConfig, name: str) -> int:
+    if name == 'ground':
+        return cfg.masks.ground.steps
+    if name == 'seeds':
+        return cfg.masks.seeds.slots.steps if cfg.masks.seeds.method == 'slots' else 0
+    if name == 'instances':
+        return cfg.masks.instances.rounds * cfg.masks.instances.steps_per_round
     section = getattr(cfg, name, None)
     phases = getattr(section, 'phases', None) or ()
     return int(sum(p.steps for p in phases))
@@ -41,9 +49,11 @@ def time_left(cfg: PipelineConfig, run_dir: Path, names: list[str], start: int) 
             basis = f"stage 1's {per_step:.2f} s/step in this run"
     except (OSError, ValueError):
         pass
+    from training.stages import stage_dir
+
     total = 0.0
     for name in names[start:]:
-        if (run_dir / name / MANIFEST_NAME).is_file():
+        if (stage_dir(run_dir, name) / MANIFEST_NAME).is_file():
             continue
         total += _stage_steps(cfg, name) * per_step * RELATIVE_STEP_COST.get(name, 1.0)
     return total, basis
@@ -55,14 +65,17 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistCont
     """Every registered stage in order (each resumes or skips by itself), up to and including `until`;
     then, when the whole pipeline ran and `evaluate`, the method's evaluation (training.evaluate_dsa on
     val: labels, DSA, pseudo labels) and stage 1 vs final on the test split (compare_<split>.md/json)."""
-    from training.stages import STAGES
+    from training.stages import stages_for
 
     run_dir = Path(run_dir)
     main = dist is None or dist.is_main
     if main:
         lock_run_dir(run_dir)     # held across the stages (run_stage taking it again is a no-op)
-    names = list(STAGES)
+    names = everything = stages_for(cfg)     # with objects.masks: learned, the mask stages after stage 1
     if until is not None:
+        if until not in names:
+            raise StageError(f'--until {until}: this configuration does not run stage {until!r} (it runs '
+                             f'{", ".join(names)})')
         names = names[:names.index(until) + 1]
     out = {}
     restarting = False
@@ -75,7 +88,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistCont
                   + (f' - about {left / 60:.0f} min of training left (estimate from {basis})' if left else ''),
                   flush=True)
         out[name] = run_stage(name, cfg, run_dir, dist, restart=restarting)
-    if evaluate and main and names == list(STAGES):
+    if evaluate and main and names == everything:
         out['evaluation'] = evaluate_pipeline(cfg, run_dir, device)
     if main:
         print(f'pipeline: done in {(time.monotonic() - t0) / 60:.1f} min; outputs under {run_dir}', flush=True)

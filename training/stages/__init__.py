@@ -3,6 +3,12 @@ what the stages it requires left there; `training.stages.runner` runs every stag
 cycle (resume, skip when up to date, upstream hashes, manifest), and the command line has one
 subcommand per registered stage.
 
+Without instance masks in the data (`objects.masks: learned`), three stages learn them after stage 1
+(research/reference-pipeline.md §3U) and write under `runs/<name>/masks/`: ground (a ground segmentation
+network from the stage-1 normals), seeds (moving regions grouped into objects) and instances (an instance
+network self-trained on the seeds, whose masks stage 2 reads). `stages_for(cfg)` lists the stages a
+configuration runs, `stage_dir(run_dir, name)` where a stage writes.
+
 A stage module provides NAME, REQUIRES, hash_parts(cfg) and execute(ctx) (see stages.runner), and,
 when the stage ends with a depth network, load_depth_net(stage_dir, device) -> (DepthNet, cfg,
 manifest) and model_metadata(cfg, config_hash, metric, intrinsics) for export and evaluation.
@@ -21,19 +27,44 @@ class StageSpec:
     summary: str
     requires: tuple[str, ...] = ()
     has_depth_model: bool = True
+    folder: str = ''                               # under the run dir; '' = the stage's name
+    learned_masks_only: bool = False               # runs only with objects.masks: learned
+    requires_learned: tuple[str, ...] = ()         # further stages it reads with objects.masks: learned
 
     def load(self):
         return importlib.import_module(self.module)
+
+    def requires_for(self, cfg) -> tuple[str, ...]:
+        """The stages whose outputs this stage reads under `cfg`."""
+        return self.requires + (self.requires_learned if learned_masks(cfg) else ())
+
+
+def learned_masks(cfg) -> bool:
+    """Whether `cfg` learns its instance masks (objects.masks: learned) instead of reading the data's."""
+    return getattr(cfg.objects, 'masks', 'topic') == 'learned'
 
 
 STAGES: dict[str, StageSpec] = {
     'scene': StageSpec('scene', 'training.stages.scene',
                        'stage 1: scene depth + pose + residual pixel motion (self-supervised); writes depth and '
                        'residual flow per frame and a scene-depth ONNX model'),
+    'ground': StageSpec('ground', 'training.stages.mask_ground',
+                        'learned masks 1/3: ground segmentation network trained from the stage-1 normals (only with '
+                        'objects.masks: learned)', requires=('scene',), has_depth_model=False,
+                        folder='masks/ground', learned_masks_only=True),
+    'seeds': StageSpec('seeds', 'training.stages.mask_seeds',
+                       'learned masks 2/3: moving regions of the stage-1 residual flow grouped into seed objects '
+                       '(only with objects.masks: learned)', requires=('scene', 'ground'), has_depth_model=False,
+                       folder='masks/seeds', learned_masks_only=True),
+    'instances': StageSpec('instances', 'training.stages.mask_instances',
+                           'learned masks 3/3: instance segmentation network self-trained on the seeds; writes the '
+                           'instance masks stage 2 reads and instances.onnx (only with objects.masks: learned)',
+                           requires=('scene', 'ground', 'seeds'), has_depth_model=False,
+                           folder='masks/instances', learned_masks_only=True),
     'objects': StageSpec('objects', 'training.stages.objects',
                          'stage 2: static/dynamic labels of instances from the stage-1 outputs, temporal mask '
                          'correspondences, object depth network with one rigid motion per object',
-                         requires=('scene',), has_depth_model=False),
+                         requires=('scene',), has_depth_model=False, requires_learned=('instances',)),
     'dsa': StageSpec('dsa', 'training.stages.dsa',
                      'stage 3: Depth Scale Alignment trained on static objects; pseudo depth labels with dynamic '
                      'objects at their aligned depth', requires=('scene', 'objects'), has_depth_model=False),
@@ -42,6 +73,20 @@ STAGES: dict[str, StageSpec] = {
                        'exports final.onnx', requires=('scene', 'dsa')),
 }
 PLANNED_STAGES: tuple[str, ...] = ()
+
+
+def stages_for(cfg) -> list[str]:
+    """The registered stages `cfg` runs, in order (the mask stages only with objects.masks: learned)."""
+    learned = learned_masks(cfg)
+    return [n for n, s in STAGES.items() if learned or not s.learned_masks_only]
+
+
+def stage_dir(run_dir, name: str):
+    """Where stage `name` writes in run_dir (runs/<name>/<stage>/, the mask stages under masks/)."""
+    from pathlib import Path
+
+    spec = STAGES.get(name)
+    return Path(run_dir) / (spec.folder if spec is not None and spec.folder else name)
 
 
 def get_stage(name: str) -> StageSpec:

@@ -42,7 +42,8 @@ from training.stages import scene as scene_stage
 from training.stages.dsa_model import DsaNet, dsa_inputs, scale_loss
 from training.stages.labelling import road_ids, without_road
 from training.stages.objects import instance_classes
-from training.stages.outputs import ObjectLabels, ObjectOutputs, PseudoLabel, PseudoLabels, ScenePredictions, frame_key
+from training.stages.outputs import (ObjectLabels, ObjectOutputs, PseudoLabel, PseudoLabels, ScenePredictions, frame_key,
+                                     learned_masks_root)
 from training.stages.runner import StageContext, data_settings, run_stage
 
 NAME = 'dsa'
@@ -210,7 +211,7 @@ def compose_pseudo_label(scene_depth: np.ndarray, objects: list[tuple[np.ndarray
 @torch.no_grad()
 def write_pseudo_labels(ctx: StageContext, net: DsaNet, split: str) -> dict:
     cfg = ctx.cfg
-    ds = scene_stage.optional_dataset(cfg, split, ctx.dist)
+    ds = scene_stage.optional_dataset(cfg, split, ctx.dist, learned_masks_root(cfg, ctx.run_dir))
     if ds is None:
         return {}
     preds = ScenePredictions(ctx.upstream_dir('scene'))
@@ -245,7 +246,7 @@ def write_pseudo_labels(ctx: StageContext, net: DsaNet, split: str) -> dict:
 
 def write_pseudo_previews(ctx: StageContext, split: str, n: int = 4) -> list[str]:
     cfg = ctx.cfg
-    ds = scene_stage.optional_dataset(cfg, split, ctx.dist)
+    ds = scene_stage.optional_dataset(cfg, split, ctx.dist, learned_masks_root(cfg, ctx.run_dir))
     if ds is None:
         return []
     reader = PseudoLabels(ctx.stage_dir)
@@ -281,13 +282,14 @@ def execute(ctx: StageContext) -> dict | None:
         raise RuntimeError('stage 3 runs in one process; run it without torchrun')
     ckpt_io.seed_everything(dc.loop.seed)
     module = DsaModule(cfg)
-    train_set = DsaSampleDataset(cfg, build_dataset(cfg.data, 'train', augment=True, seed=dc.loop.seed),
+    train_set = DsaSampleDataset(cfg, build_dataset(cfg.data, 'train', augment=True, seed=dc.loop.seed,
+                                                     masks=learned_masks_root(cfg, ctx.run_dir)),
                                  ctx.run_dir, 'train', 'static')
     if not len(train_set):
         raise ValueError('stage 2 labelled no static object in the training split: DSA has nothing to learn from')
     val_set = None
     if 'val' in cfg.objects.splits:
-        vds = scene_stage.optional_dataset(cfg, 'val', dist)
+        vds = scene_stage.optional_dataset(cfg, 'val', dist, learned_masks_root(cfg, ctx.run_dir))
         if vds is not None:
             val_set = DsaSampleDataset(cfg, vds, ctx.run_dir, 'val', 'static') or None
             if val_set is not None and not len(val_set):

@@ -44,7 +44,7 @@ from training.previews import colourise_depth, colourise_flow, compose, write_pn
 from training.stages import scene as scene_stage
 from training.stages.labelling import label_frame
 from training.stages.object_model import ObjectModel
-from training.stages.outputs import ObjectLabels, ObjectOutputs, ScenePredictions, frame_key
+from training.stages.outputs import ObjectLabels, ObjectOutputs, ScenePredictions, frame_key, learned_masks_root
 from training.stages.runner import StageContext, data_settings, run_stage
 from training.stages.scene_model import OFFSETS
 
@@ -64,10 +64,19 @@ def run(cfg: PipelineConfig, run_dir, dist=None, *, restart: bool = False):
     return run_stage(NAME, cfg, run_dir, dist, restart=restart)
 
 
+def stable_ids(cfg: PipelineConfig) -> bool:
+    """Whether instance ids name the same object across frames: the synthetic data's own masks (learned
+    masks are numbered per frame)."""
+    return cfg.data.source == 'synthetic' and cfg.objects.masks == 'topic'
+
+
 def correspondence_mode(cfg: PipelineConfig) -> str:
     mode = cfg.objects.correspondence
     if mode == 'auto':
-        return 'id' if cfg.data.source == 'synthetic' else 'splat'
+        return 'id' if stable_ids(cfg) else 'splat'
+    if mode == 'id' and cfg.objects.masks == 'learned':
+        raise ValueError('objects.correspondence: id needs instance ids that are stable over time; learned masks '
+                         '(objects.masks: learned) are numbered per frame: use auto or splat')
     return mode
 
 
@@ -113,7 +122,7 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
     """Labels + mask triplets of every triplet centre frame of `split`; returns statistics."""
     cfg = ctx.cfg
     oc = cfg.objects
-    ds = scene_stage.optional_dataset(cfg, split, ctx.dist)
+    ds = scene_stage.optional_dataset(cfg, split, ctx.dist, learned_masks_root(cfg, ctx.run_dir))
     if ds is None:
         return {}
     preds = ScenePredictions(ctx.upstream_dir('scene'))
@@ -124,7 +133,7 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
     stats = {'frames': 0, 'instances': 0, 'dynamic': 0, 'static': 0, 'with_correspondences': 0,
              'cues': {}, 'splat_vs_id_iou': []}
     loader = DataLoader(ds, batch_size=oc.infer_batch_size, shuffle=False, num_workers=cfg.runtime.num_workers)
-    check = oc.check_splat_against_ids and cfg.data.source == 'synthetic'   # ids are stable only there
+    check = oc.check_splat_against_ids and stable_ids(cfg)   # ids are stable only there
     splat_needed = mode == 'splat' or check
     for batch in tqdm(loader, desc=f'objects: label {split}', disable=not cfg.runtime.progress, mininterval=1.0,
                       dynamic_ncols=True):
@@ -228,7 +237,7 @@ def _loss(model, batch, phase):
 def write_object_depth(ctx: StageContext, model: ObjectModel, split: str) -> int:
     """Object-network depth of every labelled instance of `split` (inside its mask)."""
     cfg = ctx.cfg
-    ds = scene_stage.optional_dataset(cfg, split, ctx.dist)
+    ds = scene_stage.optional_dataset(cfg, split, ctx.dist, learned_masks_root(cfg, ctx.run_dir))
     if ds is None:
         return 0
     labels = ObjectLabels(ctx.stage_dir, split)
@@ -263,7 +272,7 @@ def write_object_depth(ctx: StageContext, model: ObjectModel, split: str) -> int
 def write_label_previews(ctx: StageContext, split: str, n: int = 4) -> list[str]:
     """A few frames with dynamic instances: RGB | labels (green static, red dynamic) | flow | object depth."""
     cfg = ctx.cfg
-    ds = scene_stage.optional_dataset(cfg, split, ctx.dist)
+    ds = scene_stage.optional_dataset(cfg, split, ctx.dist, learned_masks_root(cfg, ctx.run_dir))
     if ds is None:
         return []
     labels = ObjectLabels(ctx.stage_dir, split)
@@ -331,7 +340,7 @@ def execute(ctx: StageContext) -> dict | None:
     model = ObjectModel(cfg.scene.model, oc.smoothness_weight)
     model.load_scene_weights(scene_model.state_dict())
     del scene_model
-    triplets = build_dataset(cfg.data, 'train', augment=True, seed=oc.loop.seed)
+    triplets = build_dataset(cfg.data, 'train', augment=True, seed=oc.loop.seed, masks=learned_masks_root(cfg, ctx.run_dir))
     train_set = ObjectSampleDataset(triplets, ObjectOutputs(stage_dir), 'train')
     phases = [Phase(p.name, p.steps, ('depth', 'pose'), p.lr, tuple(p.lr_decay_at), p.lr_decay) for p in oc.phases]
     ctx.log(f'{len(train_set)} training objects (instance triplets); {sum(p.steps for p in phases)} steps of batch '

@@ -6,6 +6,9 @@ stages and outside tools read frames, not paths.
     objects/masks/<split>/<seq>/<frame:06d>.npz          ObjectOutputs.masks(...) -> {id: uint8 [3,H,W]}
     objects/object_depth/<split>/<seq>/<frame:06d>.npz   ObjectOutputs.depth(...) -> {id: float32 [H,W]}
     dsa/pseudo_labels/<split>/<seq>/<frame:06d>.npz      PseudoLabels.frame(...) -> PseudoLabel
+    masks/ground/predictions/<split>/<seq>/<frame:06d>.png   GroundMaps(...).frame(...) -> float32 [H,W] probability
+    masks/seeds/<split>/<seq>/<frame:06d>.png            LabelMaps(...).frame(...) -> uint16 [H,W] seed ids
+    masks/instances/<split>/<seq>/<frame:06d>.png        LabelMaps(...).frame(...) -> uint16 [H,W] learned ids
 
 Every file is written atomically (temporary file + rename), so a killed run never leaves a torn
 file; a reader that finds no file raises FileNotFoundError naming the stage that writes it.
@@ -192,3 +195,77 @@ class PseudoLabels:
     def write(self, split: str, sequence: str, frame: int, label: PseudoLabel) -> None:
         save_npz_atomic(self.path(split, sequence, frame), depth=label.depth.astype(np.float32),
                         dynamic=label.dynamic.astype(bool))
+
+
+# ------------------------------------------------------------------------------------- learned masks
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode('.png', image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise OSError(f'could not encode {path}')
+    from dynadepth_ros.atomic_files import write_bytes_atomic
+    write_bytes_atomic(path, buf.tobytes())
+
+
+def _read_png(path: Path, what: str) -> np.ndarray:
+    import cv2
+
+    if not path.is_file():
+        raise FileNotFoundError(f'{path} does not exist: {what}')
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise OSError(f'{path} is not a readable PNG; rerun the stage that writes it ({what})')
+    return img
+
+
+def learned_masks_root(cfg, run_dir: str | os.PathLike) -> Path | None:
+    """Where the stages after the learned-mask stages read instance masks: the run's masks/instances with
+    objects.masks: learned, else None (the data's own masks). The one switch stages 2-3 and their
+    evaluations pass to training.data.build_dataset(masks=...)."""
+    from training.stages import learned_masks, stage_dir
+
+    return stage_dir(run_dir, 'instances') if learned_masks(cfg) else None
+
+
+class LabelMaps:
+    """Per-frame instance id maps as 16-bit PNGs under `root`/<split>/<seq>/<frame:06d>.png (0 = none, the
+    meaning of a dataset's mask/): the seeds (masks/seeds) and the learned masks (masks/instances, design §5)."""
+
+    def __init__(self, root: str | os.PathLike, writer: str = 'the mask stages'):
+        self.root = Path(root)
+        self.writer = writer
+
+    def path(self, split: str, sequence: str, frame: int) -> Path:
+        return Path(self.root) / split / sequence / f'{int(frame):06d}.png'
+
+    def exists(self, split: str, sequence: str, frame: int) -> bool:
+        return self.path(split, sequence, frame).is_file()
+
+    def frame(self, split: str, sequence: str, frame: int) -> np.ndarray:
+        """uint16 [H,W] instance ids (network resolution)."""
+        return _read_png(self.path(split, sequence, frame), f'{self.writer} write it').astype(np.uint16)
+
+    def write(self, split: str, sequence: str, frame: int, ids: np.ndarray) -> None:
+        _write_png(self.path(split, sequence, frame), np.asarray(ids).astype(np.uint16))
+
+
+class GroundMaps:
+    """masks/ground/predictions/<split>/<seq>/<frame:06d>.png: the ground network's probability, 8-bit."""
+
+    def __init__(self, ground_dir: str | os.PathLike):
+        self.root = Path(ground_dir) / 'predictions'
+
+    def path(self, split: str, sequence: str, frame: int) -> Path:
+        return self.root / split / sequence / f'{int(frame):06d}.png'
+
+    def frame(self, split: str, sequence: str, frame: int) -> np.ndarray:
+        """float32 [H,W] ground probability in [0,1]."""
+        img = _read_png(self.path(split, sequence, frame), 'the ground stage (python -m training ground) writes it')
+        return img.astype(np.float32) / 255.0
+
+    def write(self, split: str, sequence: str, frame: int, probability: np.ndarray) -> None:
+        _write_png(self.path(split, sequence, frame),
+                   np.clip(np.rint(np.asarray(probability, np.float32) * 255.0), 0, 255).astype(np.uint8))

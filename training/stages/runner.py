@@ -106,7 +106,8 @@ class StageContext:
             print(f'{self.name}: {msg}', flush=True)
 
     def upstream_dir(self, name: str) -> Path:
-        return self.run_dir / name
+        from training.stages import stage_dir
+        return stage_dir(self.run_dir, name)
 
 
 def data_settings(cfg: PipelineConfig) -> dict:
@@ -125,11 +126,13 @@ def stage_hashes(module, cfg: PipelineConfig, fingerprint: dict, upstream: dict[
     return StageHashes(train=train_hash, config=hash_object(dict(output_part, train=train_hash)))
 
 
-def upstream_manifests(spec, run_dir: Path) -> dict[str, dict]:
+def upstream_manifests(spec, run_dir: Path, cfg: PipelineConfig | None = None) -> dict[str, dict]:
     """The manifests of the stages `spec` requires; StageError naming the command when one is missing."""
+    from training.stages import stage_dir
+
     out = {}
-    for req in spec.requires:
-        m = read_manifest(run_dir / req)
+    for req in (spec.requires_for(cfg) if cfg is not None else spec.requires):
+        m = read_manifest(stage_dir(run_dir, req))
         if m is None:
             raise StageError(f'stage {spec.name!r} needs the outputs of stage {req!r}, which has not finished in '
                              f'{run_dir}: run `python -m training {req} --run-dir {run_dir} ...` (with the same '
@@ -140,18 +143,30 @@ def upstream_manifests(spec, run_dir: Path) -> dict[str, dict]:
 
 def stage_status(name: str, cfg: PipelineConfig, run_dir: str | os.PathLike) -> list[str]:
     """Why stage `name` is not up to date in run_dir (empty: it is). Reads; never trains."""
-    from training.stages import get_stage
+    from training.stages import get_stage, stage_dir
 
     spec = get_stage(name)
     run_dir = Path(run_dir)
     try:
-        upstream = upstream_manifests(spec, run_dir)
+        check_enabled(spec, cfg)
+        upstream = upstream_manifests(spec, run_dir, cfg)
     except StageError as exc:
         return [str(exc)]
     root = prepare_data(cfg.data)
     fingerprint = data_fingerprint(root)
     hashes = stage_hashes(spec.load(), cfg, fingerprint, upstream)
-    return manifest_problems(run_dir / name, read_manifest(run_dir / name), hashes.config, fingerprint)
+    where = stage_dir(run_dir, name)
+    return manifest_problems(where, read_manifest(where), hashes.config, fingerprint)
+
+
+def check_enabled(spec, cfg: PipelineConfig) -> None:
+    """StageError when `spec` is a learned-mask stage and cfg reads the data's masks."""
+    from training.stages import learned_masks
+
+    if spec.learned_masks_only and not learned_masks(cfg):
+        raise StageError(f'stage {spec.name!r} learns instance masks for data without them; this configuration '
+                         f'reads the data\'s masks (objects.masks: {cfg.objects.masks}). Set objects.masks=learned '
+                         f'(`--set objects.masks=learned`) to learn them instead')
 
 
 def run_stage(name: str, cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistContext | None = None, *,
@@ -161,20 +176,22 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: str | os.PathLike, dist: 
     Returns the manifest on rank 0 (None on other ranks, which only take part in training).
     """
     from training.stages import get_stage
+    from training.stages import stage_dir as stage_path
 
     spec = get_stage(name)
+    check_enabled(spec, cfg)
     dist = dist or DistContext()
     run_dir = Path(run_dir)
     if dist.is_main:
         lock_run_dir(run_dir)     # before anything is read or written: one process per run dir
     module = spec.load()
-    stage_dir = run_dir / name
+    stage_dir = stage_path(run_dir, name)
 
     def log(msg):
         if dist.is_main:
             print(f'{name}: {msg}', flush=True)
 
-    upstream = upstream_manifests(spec, run_dir) if dist.is_main else None
+    upstream = upstream_manifests(spec, run_dir, cfg) if dist.is_main else None
     upstream = dist.broadcast_object(upstream)
     if restart and dist.is_main and stage_dir.exists():
         log(f'--restart: removing {stage_dir}')

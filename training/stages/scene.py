@@ -112,13 +112,14 @@ def model_metadata(cfg: PipelineConfig, config_hash: str, metric: bool, intrinsi
                          version=dynadepth_ros.__version__)
 
 
-def optional_dataset(cfg: PipelineConfig, split: str, dist: DistContext):
+def optional_dataset(cfg: PipelineConfig, split: str, dist: DistContext, masks=None):
     """The un-augmented dataset of a configured split, or None (with a message) when the split is not
-    configured or holds no triplets (e.g. a recording imported without validation bags)."""
+    configured or holds no triplets (e.g. a recording imported without validation bags); `masks`: as
+    training.data.build_dataset (learned masks instead of the data's)."""
     if not cfg.data.split_name(split):
         return None
     try:
-        return build_dataset(cfg.data, split, augment=False)
+        return build_dataset(cfg.data, split, augment=False, masks=masks)
     except (DatasetError, ValueError) as exc:
         _log(dist, f'no usable {split} split ({exc}); continuing without it')
         return None

@@ -1,0 +1,160 @@
+"""Seed masks: the moving regions of one frame grouped into objects (numpy + OpenCV; reference §3U 1.1/1.3).
+
+    moving_pixels(magnitude, ground, cfg)          bool [H,W]: residual flow clearly above the frame's own
+                                                   level, and not ground
+    group_moving_regions(moving, depth, flow, cfg) int32 [H,W] group ids (0 = none): connected components of
+                                                   the moving pixels, cut where depth or flow jump
+    seed_masks(groups, moving, ground, cfg)        uint16 [H,W] seed ids: the reference's seed rules per group
+
+The grouping by slot attention (the reference's) gives `groups` too (training/networks/slot_attention.py,
+one id per slot); the seed rules are the same for both.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from training.masks.config import SeedsStageConfig
+
+
+def moving_pixels(magnitude: np.ndarray, ground: np.ndarray | None, cfg: SeedsStageConfig) -> np.ndarray:
+    """bool [H,W]: magnitude (px, [H,W]) >= flow_threshold_px and >= contrast_factor x the frame's median
+    magnitude (a static scene's flow is the frame's typical flow, whatever its absolute scale), minus
+    `ground` (bool [H,W]; the road under a car carries its flow at the contact)."""
+    mag = np.nan_to_num(np.asarray(magnitude, np.float32))
+    level = float(np.median(mag)) if mag.size else 0.0
+    moving = mag >= max(cfg.flow_threshold_px, cfg.contrast_factor * level)
+    if ground is not None:
+        moving &= ~ground.astype(bool)
+    return moving
+
+
+def _edges(a: np.ndarray, limit) -> np.ndarray:
+    """bool [H,W]: pixels with a 4-neighbour farther than `limit` (scalar or [H,W]) in value a ([H,W] or [C,H,W])."""
+    a = a if a.ndim == 3 else a[None]
+    h, w = a.shape[-2:]
+    out = np.zeros((h, w), bool)
+    dx = np.abs(a[:, :, 1:] - a[:, :, :-1]).sum(0)
+    dy = np.abs(a[:, 1:, :] - a[:, :-1, :]).sum(0)
+    lim = np.broadcast_to(np.asarray(limit, np.float32), (h, w))
+    cut_x = dx > np.minimum(lim[:, 1:], lim[:, :-1])
+    cut_y = dy > np.minimum(lim[1:, :], lim[:-1, :])
+    out[:, 1:] |= cut_x
+    out[:, :-1] |= cut_x
+    out[1:, :] |= cut_y
+    out[:-1, :] |= cut_y
+    return out
+
+
+def group_moving_regions(moving: np.ndarray, depth: np.ndarray, flow: np.ndarray, cfg: SeedsStageConfig) -> np.ndarray:
+    """int32 [H,W] group ids (0 = not moving): 8-connected components of `moving` (bool [H,W]) after
+    removing the pixels on a depth edge (|Δ log depth| > depth_edge; depth float [H,W] metres) or a flow edge
+    (|Δ flow| > flow_edge x the flow's magnitude; flow float [C,H,W] px, e.g. flow_prev and flow_next
+    stacked); those edge pixels then join the group next to them (two dilations), so groups touch but
+    do not merge across an edge."""
+    moving = moving.astype(bool)
+    groups = np.zeros(moving.shape, np.int32)
+    if not moving.any():
+        return groups
+    logd = np.log(np.maximum(np.asarray(depth, np.float32), 1e-3))
+    flow = np.asarray(flow, np.float32)
+    mag = np.abs(flow).sum(0)
+    cut = _edges(logd, cfg.depth_edge) | _edges(flow, np.maximum(cfg.flow_edge * mag, 1e-6))
+    core = moving & ~cut
+    n, lab = cv2.connectedComponents(core.astype(np.uint8), connectivity=8)
+    groups = lab.astype(np.int32)
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(2):                       # edge pixels join a neighbouring group
+        todo = moving & (groups == 0)
+        if not todo.any():
+            break
+        grown = cv2.dilate(groups.astype(np.float32), kernel).astype(np.int32)
+        groups = np.where(todo, grown, groups)
+    # what is still unassigned (moving pixels only on edges, e.g. thin structures) forms its own groups
+    rest = moving & (groups == 0)
+    if rest.any():
+        m, extra = cv2.connectedComponents(rest.astype(np.uint8), connectivity=8)
+        groups = np.where(rest, extra + groups.max(), groups).astype(np.int32)
+    return groups
+
+
+def box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) inclusive of a bool mask, or None when it is empty."""
+    rows = np.flatnonzero(mask.any(1))
+    if not len(rows):
+        return None
+    cols = np.flatnonzero(mask.any(0))
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+def box_area(box) -> int:
+    t, b, l, r = box
+    return (b - t + 1) * (r - l + 1)
+
+
+def touches_ground(box, ground: np.ndarray, contact_px: int) -> bool:
+    """Whether ground pixels lie in the band from 2 rows above the box's bottom to contact_px rows below it,
+    within its columns (or the box reaches the image's bottom edge, where the ground is out of view)."""
+    t, b, l, r = box
+    h = ground.shape[0]
+    if b >= h - 1:
+        return True
+    return bool(ground[max(t, b - 2):min(h, b + contact_px + 1), l:r + 1].any())
+
+
+def seed_rule(m: np.ndarray, ground: np.ndarray, cfg: SeedsStageConfig) -> tuple[bool, str]:
+    """(kept?, why not) of one group's moving non-ground pixels m (bool [H,W]) under the reference's rules."""
+    h, w = m.shape
+    area = int(m.sum())
+    if area <= max(1, math.ceil(cfg.min_area_fraction * h * w)):
+        return False, 'small'
+    box = box_of(m)
+    if box_area(box) >= cfg.max_box_fraction * h * w:
+        return False, 'huge'
+    if area / box_area(box) <= cfg.min_fill:
+        return False, 'sparse'
+    if cfg.require_ground_contact and not touches_ground(box, ground, cfg.contact_px):
+        return False, 'floating'
+    return True, ''
+
+
+def seed_masks(groups: np.ndarray, moving: np.ndarray, ground: np.ndarray, cfg: SeedsStageConfig,
+               stats: dict | None = None) -> np.ndarray:
+    """uint16 [H,W] seed ids (1..n, 0 = none) of one frame (reference §3U 1.3 'seed masks from slots').
+
+    groups: int [H,W] (0 = none); moving, ground: bool [H,W]. Per group, its moving non-ground pixels must
+    pass seed_rule; the seed is then every moving non-ground pixel of its box that no other kept group
+    owns, closed with a close_px square. Larger seeds are laid down first, so a smaller object in front
+    keeps its pixels. `stats` (optional) counts the groups dropped per rule."""
+    moving = moving.astype(bool)
+    ground = ground.astype(bool)
+    free = moving & ~ground
+    kept = []
+    for g in np.unique(groups[groups > 0]).tolist():
+        m = (groups == g) & free
+        ok, why = seed_rule(m, ground, cfg)
+        if stats is not None:
+            stats[why or 'kept'] = stats.get(why or 'kept', 0) + 1
+        if ok:
+            kept.append((int(m.sum()), g, box_of(m)))
+    out = np.zeros(groups.shape, np.uint16)
+    owned = np.isin(groups, [g for _, g, _ in kept])
+    kernel = np.ones((cfg.close_px, cfg.close_px), np.uint8) if cfg.close_px > 1 else None
+    for k, (_, g, (t, b, l, r)) in enumerate(sorted(kept, reverse=True), 1):
+        box = np.zeros(groups.shape, bool)
+        box[t:b + 1, l:r + 1] = True
+        m = box & free & (~owned | (groups == g))
+        if kernel is not None:
+            m = cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool) & box & ~ground
+        out[m] = k
+    return relabel(out)
+
+
+def relabel(ids: np.ndarray) -> np.ndarray:
+    """uint16 id map with the ids that still have pixels renumbered 1..n (order kept)."""
+    present = np.unique(ids[ids > 0])
+    lut = np.zeros(int(ids.max()) + 1 if ids.size else 1, np.uint16)
+    lut[present] = np.arange(1, len(present) + 1, dtype=np.uint16)
+    return lut[ids]
