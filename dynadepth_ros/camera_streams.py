@@ -75,13 +75,6 @@ class CameraStream:
     def label(self) -> str:
         return self.name or 'camera'
 
-    def reset_stats(self) -> None:
-        self.stats = new_stats()
-        self.last_bad = ''
-        self.bad_window = self.errors_window = 0
-        for attr in ('in_rate', 'out_rate', 'latency', 'inference', 'overhead'):
-            setattr(self, attr, RollingWindow(5.0))
-
     def store_frame(self, kind: str, msg) -> bool:
         """Keep `msg` as the pending frame (latest wins); True when it replaced one the worker had not taken
         (that one is counted as dropped). Call with the node's lock held."""

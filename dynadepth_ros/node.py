@@ -40,181 +40,50 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
-from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSPolicyKind, QoSProfile, QoSReliabilityPolicy,
-                       qos_policy_name_from_kind, qos_profile_sensor_data)
-from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from visualization_msgs.msg import MarkerArray
+from sensor_msgs.msg import CameraInfo, Image
 
 from dynadepth_ros import ros_messages
 from dynadepth_ros.camera_streams import CameraStream, take_batch, validate_camera_names
 from dynadepth_ros.camera import resize_nearest
 from dynadepth_ros.colorize import colorize_depth
 from dynadepth_ros.configure_progress import ConfigureProgress
-from dynadepth_ros.depth_outputs import INTRINSICS_SOURCES, camera_matrix, model_calibration, organized_cloud
+from dynadepth_ros.depth_outputs import camera_matrix, model_calibration, organized_cloud
 from dynadepth_ros.image_codec import ImageFormatError, check_image_pixels
-from dynadepth_ros.inference import BACKENDS, PRECISIONS, BackendError, DepthEstimator
+from dynadepth_ros.inference import BackendError, DepthEstimator
 from dynadepth_ros.inference.postprocess import (CameraCalibration, CameraInfoError, focal_ratios,
                                                  image_calibration, rescale_calibration)
 from dynadepth_ros.inference.preprocess import resize_interpolation
-from dynadepth_ros.latency import RollingWindow
 from dynadepth_ros.mask_sync import MaskPairer, MaskWatch
 from dynadepth_ros.model_format import ModelFormatError
+from dynadepth_ros.node_diagnostics import (NodeCounters, backend_values, camera_values, diagnostic_statuses,
+                                            mask_problem)
+from dynadepth_ros.node_parameters import (PARAMETERS, TRANSPORTS, declare_parameters, invalid_choice,
+                                           parameter_change_result)
+from dynadepth_ros.node_topics import create_camera_publishers, subscribe_camera
 from dynadepth_ros.objects import instance_depths
-from dynadepth_ros.ros_compat import (EXECUTORS, PublisherEventCallbacks, SubscriptionEventCallbacks,
-                                      export_fastdds_profile, make_executor, resolve_executor, spin_node,
+from dynadepth_ros.ros_compat import (export_fastdds_profile, make_executor, resolve_executor, spin_node,
                                       uninstall_signal_handlers)
 
+# PARAMETERS and TRANSPORTS live in node_parameters; launch-file tests and benchmarks read them from here too
+__all__ = ['DepthNode', 'NODE_NAME', 'PARAMETERS', 'TRANSPORTS', 'WorkerFailure', 'main']
+
 NODE_NAME = 'dynadepth'
-TRANSPORTS = ('raw', 'compressed')
-# output_layout → (depth image topic, its camera_info topic); depth_image_proc wants image_rect + camera_info siblings
-OUTPUT_LAYOUTS = {'default': ('depth', 'depth/camera_info'),
-                  'depth_image_proc': ('depth/image_rect', 'depth/camera_info')}
-# Parameters that only take effect on configure (model, backend) or on activate (subscriptions, pairing):
-CONFIGURE_PARAMS = ('model_path', 'backend', 'precision', 'fallback', 'trt_tolerance', 'engine_cache_dir',
-                    'engine_path', 'intra_op_threads', 'intra_op_spinning', 'aspect_tolerance', 'allow_relative_model', 'output_layout',
-                    'cameras')
-ACTIVATE_PARAMS = ('image_transport', 'mask_queue_size', 'mask_slop', 'mask_max_wait')
 THROTTLE_S = 5.0
 WATCHDOG_PERIOD_S = 0.5
 EXIT_GRACE_S = 1.0        # between the ERROR status on /diagnostics and the exit, so subscribers receive it
 STAMP_CLOCK_WARN_S = 60.0  # image stamps this far from the node's clock make the stamp→publish latency meaningless
-# QoS policies every publisher and subscription declares a `qos_overrides.<topic>.<side>.<policy>` parameter for
-OVERRIDABLE_POLICIES = (QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY, QoSPolicyKind.DURABILITY)
-
-
-def _qos_options() -> QoSOverridingOptions:
-    return QoSOverridingOptions(policy_kinds=OVERRIDABLE_POLICIES)
-
-
-def _publisher_qos() -> QoSProfile:
-    """A new QoSProfile for one publisher: reliable, keep last 5, volatile (REP 2003). One object per publisher,
-    because rclpy writes that entity's qos_overrides.* values into the profile it is given."""
-    return QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
-                      durability=QoSDurabilityPolicy.VOLATILE)
-
-
-def _sensor_qos() -> QoSProfile:
-    """A new copy of rclpy's sensor-data profile for one subscription (never the shared module-level object,
-    which rclpy would modify with that subscription's overrides, for every later user in the process)."""
-    s = qos_profile_sensor_data
-    return QoSProfile(history=s.history, depth=s.depth, reliability=s.reliability, durability=s.durability,
-                      deadline=s.deadline, lifespan=s.lifespan, liveliness=s.liveliness,
-                      liveliness_lease_duration=s.liveliness_lease_duration,
-                      avoid_ros_namespace_conventions=s.avoid_ros_namespace_conventions)
 
 
 class WorkerFailure(RuntimeError):
     """The worker thread died or is stuck; raised out of the executor so that main() exits with status 1."""
-
-
-def _desc(text: str, *, read_only: bool = False, lo=None, hi=None, step=None, constraints: str = '') -> ParameterDescriptor:
-    d = ParameterDescriptor(description=text, read_only=read_only, additional_constraints=constraints)
-    if isinstance(lo, float) or isinstance(hi, float):
-        d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
-    elif lo is not None:
-        d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=int(step or 1))]
-    return d
-
-
-_WHEN_CONF = 'takes effect on configure; rejected unless the node is unconfigured'
-_WHEN_ACT = 'takes effect on activate; rejected while the node is active'
-
-# name: (default, descriptor)
-PARAMETERS = {
-    'model_path': ('', _desc('ONNX model (design §3 contract); empty = the bundled model', constraints=_WHEN_CONF)),
-    'backend': ('auto', _desc('inference backend: auto picks TensorRT > ORT TensorRT EP > ORT CUDA EP > ORT CPU',
-                              constraints='one of ' + ', '.join(BACKENDS) + '; ' + _WHEN_CONF)),
-    'precision': ('fp32', _desc('TensorRT precision; int8 needs an INT8 model (`python -m training quantize`), '
-                                'which every backend runs in int8 (ONNX Runtime CPU runs the model as it is)',
-                                constraints='one of ' + ', '.join(PRECISIONS) + '; ' + _WHEN_CONF)),
-    'fallback': (True, _desc('fall back to ONNX Runtime when the requested GPU backend fails (else refuse to start)',
-                             constraints=_WHEN_CONF)),
-    'trt_tolerance': (0.02, _desc('largest mean relative depth error vs ONNX Runtime CPU on the start-up check '
-                                  'before a GPU backend is refused', lo=1e-5, hi=1.0, constraints=_WHEN_CONF)),
-    'engine_cache_dir': ('', _desc('TensorRT engine cache; empty = ~/.cache/dynadepth_ros/engines',
-                                   constraints=_WHEN_CONF)),
-    'engine_path': ('', _desc('use this prebuilt TensorRT engine instead of the cache (checked, never rebuilt)',
-                              constraints=_WHEN_CONF)),
-    'intra_op_threads': (0, _desc('ONNX Runtime CPU threads; 0 = one per core', lo=0, hi=256, constraints=_WHEN_CONF)),
-    'intra_op_spinning': (False, _desc(
-        'ONNX Runtime CPU threads busy-wait between operators and after a frame (ONNX Runtime\'s own default; '
-        'at best a few percent faster on otherwise idle cores); false: they sleep, leaving the cores to the node\'s '
-        'transport and to other processes (camera drivers, segmentation) on a shared machine',
-        constraints=_WHEN_CONF)),
-    'aspect_tolerance': (0.05, _desc('relative aspect-ratio difference up to which the image is resized without '
-                                     'cropping; beyond it a centred crop is used and the rest of the depth is NaN',
-                                     lo=0.0, hi=1.0, constraints=_WHEN_CONF)),
-    'allow_relative_model': (False, _desc('accept a model whose metadata says metric=false; its output is NOT in '
-                                          'metres, which REP 118 consumers will misread', constraints=_WHEN_CONF)),
-    'image_transport': ('raw', _desc('raw: sensor_msgs/Image on `image`; compressed: CompressedImage (jpeg/png) on '
-                                     '`<image>/compressed`', constraints='one of raw, compressed; ' + _WHEN_ACT)),
-    'mask_queue_size': (10, _desc('depth frames and masks kept for stamp pairing', lo=1, hi=1000,
-                                  constraints=_WHEN_ACT)),
-    'mask_slop': (0.05, _desc('largest stamp difference (s) between a depth frame and its mask', lo=0.0, hi=10.0,
-                              constraints=_WHEN_ACT)),
-    'mask_max_wait': (1.0, _desc('longest time (s) a depth frame waits for its mask before it is given up',
-                                 lo=0.0, hi=60.0, constraints=_WHEN_ACT)),
-    'mask_warn_after': (5.0, _desc(
-        'seconds of masks that never pair before /diagnostics warns (and the log says why, once): the mask topic has '
-        'publishers but no mask arrives while depth is produced, or masks arrive but no depth frame pairs with one',
-        lo=0.5, hi=3600.0)),
-    'output_width': (0, _desc('depth width in pixels; 0 = input image width (or from output_height keeping the '
-                              'aspect ratio)', lo=0, hi=16384)),
-    'output_height': (0, _desc('depth height in pixels; 0 = input image height (or from output_width keeping the '
-                               'aspect ratio)', lo=0, hi=16384)),
-    'use_camera_info': (True, _desc('use camera_info for focal-length compensation, depth/camera_info and object '
-                                    'positions (without it the model training intrinsics are assumed)')),
-    'intrinsics_source': ('P', _desc(
-        'which camera_info matrix gives the image intrinsics (focal compensation, objects, points): P, as '
-        'image_geometry / depth_image_proc read it (fx=P[0], cx=P[2], fy=P[5], cy=P[6]; right for rectified '
-        'images), or K (the raw camera, for unrectified input). P all zero falls back to K with a one-time warning',
-        constraints='one of ' + ', '.join(INTRINSICS_SOURCES))),
-    'output_layout': ('default', _desc(
-        'default: depth image on `depth`, its camera_info on `depth/camera_info`; depth_image_proc: the depth image '
-        'on `depth/image_rect` next to `depth/camera_info`, the sibling pair depth_image_proc subscribes to',
-        constraints='one of ' + ', '.join(OUTPUT_LAYOUTS) + '; ' + _WHEN_CONF)),
-    'colored_min_depth': (1.0, _desc('depth/colored: nearest depth of the colour scale (m)', lo=0.01, hi=1000.0)),
-    'colored_max_depth': (80.0, _desc('depth/colored: farthest depth of the colour scale (m)', lo=0.02, hi=10000.0)),
-    'points_rgb': (False, _desc('points: add the camera colour as a packed float32 `rgb` field (like depth_image_proc '
-                                '`point_cloud_xyzrgb`); the image is resized to the depth size')),
-    'min_object_pixels': (20, _desc('smallest instance (pixels with valid depth) reported on `objects`',
-                                    lo=1, hi=100000000)),
-    'max_image_pixels': (4096 * 4096, _desc(
-        'largest camera image (width x height pixels) processed; bigger frames are skipped and counted as bad '
-        'frames. A CompressedImage is checked from its PNG/JPEG header before decoding (a few hundred bytes can '
-        'declare 16000x16000 and make the decoder allocate gigabytes), a raw Image from its height and width',
-        lo=1, hi=1 << 30)),
-    'worker_timeout': (30.0, _desc(
-        'longest time (s) the worker may spend on one frame; beyond it (or if the worker thread dies) '
-        '/diagnostics goes ERROR and the process exits with status 1 so a launch respawn / supervisor restarts it',
-        lo=0.5, hi=3600.0)),
-    'cameras': ([], _desc(
-        'camera namespaces served by this node with one model and backend, e.g. [front, left]: camera c reads '
-        'c/image (c/image/compressed), c/camera_info, c/instance_mask and publishes c/depth, c/depth/camera_info, '
-        'c/depth/colored, c/points, c/objects; the newest pending frame of every camera runs in one batch. '
-        'Empty: one camera on image, depth, ... (no prefix)', constraints=_WHEN_CONF)),
-    'autostart': (True, _desc('configure and activate at start (false: wait for a lifecycle manager)',
-                              read_only=True)),
-    'executor': ('auto', _desc(
-        'rclpy executor that runs the node\'s callbacks: events (rclpy.experimental.EventsExecutor, dispatch in C++; '
-        'about 1 ms less from a camera\'s publish to the worker than the Python executor on 2 cores), single_threaded '
-        '(rclpy\'s SingleThreadedExecutor), or auto: events on Kilted and newer, single_threaded on Jazzy (a '
-        'backported EventsExecutor) and Humble (none). events falls back to single_threaded where rclpy has none',
-        read_only=True, constraints='one of ' + ', '.join(EXECUTORS))),
-    'diagnostics_period': (1.0, _desc('seconds between /diagnostics messages', read_only=True, lo=0.1, hi=60.0)),
-}
 
 
 @dataclass
@@ -230,13 +99,8 @@ class DepthNode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        for name, (default, desc) in PARAMETERS.items():
-            if isinstance(default, list):      # an empty list would be declared as a byte array: say the type
-                if self.declare_parameter(name, Parameter.Type.STRING_ARRAY, desc).type_ == Parameter.Type.NOT_SET:
-                    self.set_parameters([Parameter(name, Parameter.Type.STRING_ARRAY, default)])
-            else:
-                self.declare_parameter(name, default, desc)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        declare_parameters(self)             # node_parameters: each with its range, unit and when it takes effect
+        self.add_on_set_parameters_callback(lambda params: parameter_change_result(params, self._phase))
         self._phase = 'unconfigured'
         self._status_error = ''
         self.executor_kind = ''               # set by main(): the executor spinning the node ('' when embedded)
@@ -255,7 +119,7 @@ class DepthNode(LifecycleNode):
         self._fatal = ''                          # why the node exits (worker dead or stuck)
         self._fatal_at = 0.0
         self._progress: ConfigureProgress | None = None   # while on_configure runs: what it does, for /diagnostics
-        self._reset_stats()
+        self._counters = NodeCounters()           # node-wide; each camera keeps its own (CameraStream.stats)
         self._stamp_clock_warned = False
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         # on the steady clock: with use_sim_time the node's clock stands at 0 until the first /clock, then follows
@@ -265,30 +129,7 @@ class DepthNode(LifecycleNode):
                                              self._publish_diagnostics, clock=self._steady_clock)
         self._watchdog_timer = self.create_timer(WATCHDOG_PERIOD_S, self._watch_worker, clock=self._steady_clock)
 
-    # ---------------------------------------------------------------- parameters
-    def _on_set_parameters(self, params) -> SetParametersResult:
-        for p in params:
-            if p.name in CONFIGURE_PARAMS and self._phase != 'unconfigured':
-                return SetParametersResult(successful=False, reason=(
-                    f'{p.name} takes effect on configure; the node is {self._phase}: deactivate and clean it up, '
-                    f'set {p.name}, then configure and activate'))
-            if p.name in ACTIVATE_PARAMS and self._phase == 'active':
-                return SetParametersResult(successful=False, reason=(
-                    f'{p.name} takes effect on activate; deactivate the node, set it, then activate'))
-            if p.name == 'backend' and p.value not in BACKENDS:
-                return SetParametersResult(successful=False, reason=f'backend must be one of {BACKENDS}')
-            if p.name == 'precision' and p.value not in PRECISIONS:
-                return SetParametersResult(successful=False, reason=f'precision must be one of {PRECISIONS}')
-            if p.name == 'image_transport' and p.value not in TRANSPORTS:
-                return SetParametersResult(successful=False, reason=f'image_transport must be one of {TRANSPORTS}')
-            if p.name == 'intrinsics_source' and p.value not in INTRINSICS_SOURCES:
-                return SetParametersResult(successful=False,
-                                           reason=f'intrinsics_source must be one of {INTRINSICS_SOURCES}')
-            if p.name == 'output_layout' and p.value not in OUTPUT_LAYOUTS:
-                return SetParametersResult(successful=False,
-                                           reason=f'output_layout must be one of {tuple(OUTPUT_LAYOUTS)}')
-        return SetParametersResult(successful=True)
-
+    # ---------------------------------------------------------------- parameters and logging
     def _p(self, name: str):
         return self.get_parameter(name).value
 
@@ -316,10 +157,9 @@ class DepthNode(LifecycleNode):
 
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        for name, allowed in (('backend', BACKENDS), ('precision', PRECISIONS), ('image_transport', TRANSPORTS),
-                              ('intrinsics_source', INTRINSICS_SOURCES), ('output_layout', tuple(OUTPUT_LAYOUTS))):
-            if self._p(name) not in allowed:
-                return self._configure_failed(f'parameter {name}={self._p(name)!r} is not one of {allowed}')
+        problem = invalid_choice(self._p)
+        if problem:
+            return self._configure_failed(problem)
         try:
             cameras = validate_camera_names(self._p('cameras') or [])
         except ValueError as exc:
@@ -365,17 +205,10 @@ class DepthNode(LifecycleNode):
             f'model {est.model_path} (stage {m.stage}, {"metric" if m.metric else "RELATIVE"}, input '
             f'{m.input_width}x{m.input_height}, {m.precision}, depth {m.min_depth:g}..{m.max_depth:g} m) on '
             f'{est.backend_name}')
-        depth_topic, info_topic = OUTPUT_LAYOUTS[self._p('output_layout')]
         self._streams = [CameraStream(name) for name in cameras] or [CameraStream()]
         self._next_camera = 0
         for cam in self._streams:
-            for key, mtype, rel in (('depth', Image, depth_topic), ('info', CameraInfo, info_topic),
-                                    ('colored', Image, 'depth/colored'), ('objects', MarkerArray, 'objects'),
-                                    ('points', PointCloud2, 'points')):
-                topic = cam.topic(rel)
-                cam.pubs[key] = self.create_lifecycle_publisher(
-                    mtype, topic, _publisher_qos(), qos_overriding_options=_qos_options(),
-                    event_callbacks=PublisherEventCallbacks(incompatible_qos=self._qos_warning(topic, 'publisher')))
+            create_camera_publishers(self, cam, self._p('output_layout'), self._count_qos_mismatch)
         if cameras:
             self.get_logger().info(f'{len(cameras)} cameras ({", ".join(cameras)}) share the model, batch of up to '
                                    f'{len(cameras)} on {est.backend_name}')
@@ -403,27 +236,11 @@ class DepthNode(LifecycleNode):
         return super().on_activate(state)
 
     def _subscribe(self, cam: CameraStream) -> None:
-        """The camera's image (raw or compressed), camera_info and instance_mask subscriptions and its mask pairing."""
-        opts = _qos_options
-        if self._p('image_transport') == 'compressed':
-            topic = self.resolve_topic_name(cam.topic('image')) + '/compressed'
-            self._subs.append(self.create_subscription(
-                CompressedImage, topic, lambda m, c=cam: self._on_image(c, 'compressed', m), _sensor_qos(),
-                qos_overriding_options=opts(), event_callbacks=self._sub_events(topic)))
-        else:
-            topic = cam.topic('image')
-            self._subs.append(self.create_subscription(
-                Image, topic, lambda m, c=cam: self._on_image(c, 'raw', m), _sensor_qos(),
-                qos_overriding_options=opts(), event_callbacks=self._sub_events(topic)))
-        topic = cam.topic('camera_info')
-        self._subs.append(self.create_subscription(
-            CameraInfo, topic, lambda m, c=cam: self._on_camera_info(c, m), _sensor_qos(),
-            qos_overriding_options=opts(), event_callbacks=self._sub_events(topic)))
-        topic = cam.topic('instance_mask')
-        cam.mask_sub = self.create_subscription(
-            Image, topic, lambda m, c=cam: self._on_mask(c, m), _sensor_qos(), qos_overriding_options=opts(),
-            event_callbacks=self._sub_events(topic))
-        self._subs.append(cam.mask_sub)
+        """The camera's image (raw or compressed), camera_info and instance_mask subscriptions (node_topics) and
+        its mask pairing."""
+        subscribe_camera(self, cam, self._p('image_transport'), self._subs, on_image=self._on_image,
+                         on_camera_info=self._on_camera_info, on_mask=self._on_mask,
+                         on_mismatch=self._count_qos_mismatch)
         cam.pairer = MaskPairer(int(self._p('mask_queue_size')), float(self._p('mask_slop')),
                                 float(self._p('mask_max_wait')), on_time_jump=self._on_time_jump)
         cam.mask_watch = MaskWatch(float(self._p('mask_warn_after')))
@@ -480,22 +297,10 @@ class DepthNode(LifecycleNode):
         self._phase = 'unconfigured'
         return TransitionCallbackReturn.SUCCESS
 
-    # ---------------------------------------------------------------- QoS events
-    def _qos_warning(self, topic: str, side: str):
-        def warn(event):
-            policy = qos_policy_name_from_kind(event.last_policy_kind)
-            self._stats['qos_incompatible'] += 1
-            overridable = {k.name for k in OVERRIDABLE_POLICIES}
-            fix = (f'the parameter qos_overrides.{self.resolve_topic_name(topic)}.{side}.{policy.lower()} (at start-up)'
-                   if policy in overridable else 'the QoS of the other side')
-            self.get_logger().error(
-                f'QoS mismatch on {self.resolve_topic_name(topic)}: a {"subscriber" if side == "publisher" else "publisher"} '
-                f'with incompatible {policy} appeared, so no messages flow between us; change {fix} (REP 2003: '
-                f'sensor subscriptions best effort, publishers reliable)')
-        return warn
-
-    def _sub_events(self, topic: str) -> SubscriptionEventCallbacks:
-        return SubscriptionEventCallbacks(incompatible_qos=self._qos_warning(topic, 'subscription'))
+    # ---------------------------------------------------------------- QoS events (node_topics logs them)
+    def _count_qos_mismatch(self) -> None:
+        """An incompatible QoS event on one of the node's topics (node_topics logs it): counted for /diagnostics."""
+        self._counters.stats['qos_incompatible'] += 1
 
     # ---------------------------------------------------------------- callbacks (executor thread: store only)
     def _on_image(self, cam: CameraStream, kind: str, msg) -> None:
@@ -555,7 +360,7 @@ class DepthNode(LifecycleNode):
 
     def _error(self, cam: CameraStream | None, exc: Exception) -> None:
         """Count and log (throttled) an unexpected error, against `cam` when it concerns one camera only."""
-        self._stats['errors'] += 1
+        self._counters.stats['errors'] += 1
         where = ''
         if cam is not None:
             cam.stats['errors'] += 1
@@ -699,9 +504,9 @@ class DepthNode(LifecycleNode):
                     self._error(cam, exc)
                     results.append(None)
         else:
-            self._stats['batches'] += 1
-            self._batch_size.add(len(ready))
-            self._batch_inference.add(results[0].inference_ms)
+            self._counters.stats['batches'] += 1
+            self._counters.batch_size.add(len(ready))
+            self._counters.batch_inference.add(results[0].inference_ms)
         for (cam, header, rgb, intr, size), res in zip(ready, results):
             if res is not None:
                 self._guarded(cam, self._publish_depth, cam, header, rgb, intr, size, res)
@@ -784,170 +589,36 @@ class DepthNode(LifecycleNode):
             cam.pubs['objects'].publish(ros_messages.objects_to_markers(objs, frame.header))
             cam.stats['objects_out'] += 1
 
-    # ---------------------------------------------------------------- diagnostics
-    def _reset_stats(self) -> None:
-        """Node-wide counters; each camera keeps its own (CameraStream.stats)."""
-        self._stats = dict(qos_incompatible=0, errors=0, batches=0)
-        self._batch_size = RollingWindow(5.0)         # cameras per backend call
-        self._batch_inference = RollingWindow(5.0)    # backend time per batch (ms)
-        self._err_window = 0
-        for cam in self._streams:
-            cam.reset_stats()
-
-    def _mask_problem(self, cam: CameraStream, st: dict) -> str:
-        """MaskWatch's verdict while active ('' when masks pair or none are expected); logged once per kind."""
-        watch, pairer, sub = cam.mask_watch, cam.pairer, cam.mask_sub
-        if self._phase != 'active' or watch is None or pairer is None or sub is None:
-            return ''
-        watch.timeout_s = float(self._p('mask_warn_after'))
-        problem = watch.update(time.monotonic(), publishers=sub.get_publisher_count(), masks_received=st['masks_in'],
-                               frames_out=st['frames_out'], paired=pairer.stats.paired, unpaired=pairer.stats.unpaired,
-                               slop_s=float(self._p('mask_slop')), max_wait_s=float(self._p('mask_max_wait')),
-                               last_offset_ns=pairer.stats.last_unpaired_offset_ns, topic=sub.topic_name)
-        if problem is None:
-            return ''
-        kind, text = problem
-        if kind not in cam.mask_warned:
-            cam.mask_warned.add(kind)
-            self._log('warning', f'{self._camera_prefix(cam)}masks never pair: {text}')
-        return text
-
-    def _backend_values(self) -> dict:
-        """/diagnostics values of the shared model and backend."""
-        est = self.estimator
-        inf = self._batch_inference.percentiles() or {}
-        sizes = self._batch_size.percentiles((50, 100)) or {}
-        return {
-            'state': self._phase,
-            'backend': est.backend_name if est else '',
-            'model': str(est.model_path) if est else (self._p('model_path') or 'bundled'),
-            'model_stage': est.metadata.stage if est else '',
-            'model_metric': str(est.metadata.metric).lower() if est else '',
-            'model_input': f'{est.metadata.input_width}x{est.metadata.input_height}' if est else '',
-            'model_precision': est.metadata.precision if est else '',
-            'precision': getattr(est.selection.backend, 'precision', '') if est else '',
-            'cameras': ','.join(c.name for c in self._streams if c.name),
-            'executor': self.executor_kind,
-            'batches': self._stats['batches'],
-            'batch_size_p50': sizes.get(50, float('nan')),
-            'batch_size_max': sizes.get(100, float('nan')),
-            'batch_inference_p50_ms': inf.get(50, float('nan')),
-            'batch_inference_p99_ms': inf.get(99, float('nan')),
-            'qos_incompatible_events': self._stats['qos_incompatible'],
-            'errors': self._stats['errors'],
-            'backend_notes': ' | '.join(est.notes) if est else '',
-            'backend_reason': est.selection.fallback_reason if est else '',
-        }
-
-    def _camera_values(self, cam: CameraStream, mask_problem: str) -> dict:
-        """/diagnostics values of one camera: rates, latency, inference (of the batch it ran in), counters."""
-        st = cam.stats
-        lat = cam.latency.percentiles() or {}
-        inf = cam.inference.percentiles() or {}
-        ovh = cam.overhead.percentiles() or {}
-        pairer = cam.pairer
-        return {
-            'image_topic': self.resolve_topic_name(cam.topic('image')),
-            'input_rate_hz': cam.in_rate.rate(),
-            'output_rate_hz': cam.out_rate.rate(),
-            'latency_p50_ms': lat.get(50, float('nan')),
-            'latency_p95_ms': lat.get(95, float('nan')),
-            'latency_p99_ms': lat.get(99, float('nan')),
-            'inference_p50_ms': inf.get(50, float('nan')),
-            'inference_p95_ms': inf.get(95, float('nan')),
-            'inference_p99_ms': inf.get(99, float('nan')),
-            'overhead_p50_ms': ovh.get(50, float('nan')),
-            'overhead_p95_ms': ovh.get(95, float('nan')),
-            'frames_in': cam.in_rate.total,
-            'frames_out': st['frames_out'],
-            'dropped_frames': st['dropped'],
-            'bad_frames': st['bad_frames'],
-            'last_bad_frame': cam.last_bad,
-            'masks_in': st['masks_in'],
-            'bad_masks': st['bad_masks'],
-            'masks_dropped': st['masks_dropped'],
-            'masks_resized': st['masks_resized'],
-            'objects_published': st['objects_out'],
-            'colored_published': st['colored_out'],
-            'points_published': st['points_out'],
-            'objects_unpaired': pairer.stats.unpaired if pairer else 0,
-            'objects_paired': pairer.stats.paired if pairer else 0,
-            'mask_publishers': cam.mask_sub.get_publisher_count() if cam.mask_sub is not None else 0,
-            'mask_problem': mask_problem,
-            'stamp_jumps_back': pairer.stats.time_jumps if pairer else 0,
-            'camera_info': cam.camera_info_note,
-            'camera_info_in': st['camera_info_in'],
-            'camera_info_errors': st['camera_info_errors'],
-            'camera_errors': st['errors'],
-        }
-
+    # ---------------------------------------------------------------- diagnostics (node_diagnostics)
     def _phase_message(self) -> str:
         """'node is <phase>', with what configure is doing while it runs (a TensorRT build takes minutes)."""
         progress = self._progress
         return f'node is {self._phase}' + (f': {progress.describe()}' if progress is not None else '')
 
     def _publish_diagnostics(self) -> None:
-        """One status per camera plus one for the shared backend; the single-camera node publishes one status
-        `<node>: depth` with both (as it always has)."""
-        backend = self._backend_values()
-        node_errors = self._stats['errors'] + self._stats['qos_incompatible']
-        errors_grew = node_errors > self._err_window
-        self._err_window = node_errors
-        single = len(self._streams) == 1 and not self._streams[0].name
-        statuses = []
-        hw = Path(backend['model']).name
+        """One status per camera plus one for the shared backend (node_diagnostics.diagnostic_statuses)."""
+        backend = backend_values(self.estimator, phase=self._phase, model_path=self._p('model_path'),
+                                 streams=self._streams, executor=self.executor_kind, counters=self._counters)
+        errors_grew = self._counters.errors_grew()
+        cameras = []
         for cam in self._streams:
             st = dict(cam.stats)
-            mask_problem = self._mask_problem(cam, st)
-            values = self._camera_values(cam, mask_problem)
-            bad_grew = st['bad_frames'] > cam.bad_window
-            cam.bad_window = st['bad_frames']
-            if self._status_error:
-                level, message = DiagnosticStatus.ERROR, self._status_error
-            elif self._phase != 'active':
-                level, message = DiagnosticStatus.WARN, self._phase_message()
-            elif errors_grew if single else st['errors'] > cam.errors_window:
-                level, message = DiagnosticStatus.ERROR, 'processing errors or QoS mismatch, see log'
-            elif bad_grew:
-                level, message = DiagnosticStatus.WARN, f'bad camera frames skipped: {cam.last_bad}'
-            elif cam.in_rate.count() == 0:
-                level, message = DiagnosticStatus.WARN, f'no images on {values["image_topic"]}'
-            elif mask_problem:
-                level, message = DiagnosticStatus.WARN, f'masks never pair: {mask_problem}'
-            else:
-                level, message = DiagnosticStatus.OK, (f'{values["output_rate_hz"]:.1f} Hz, latency p50 '
-                                                       f'{values["latency_p50_ms"]:.1f} ms on {_serving(backend)}')
-            cam.errors_window = st['errors']
-            if single:
-                values = {**backend, **values}
-                values.pop('camera_errors')
-                values.pop('cameras')
-                statuses.append(ros_messages.diagnostic_status(f'{self.get_name()}: depth', level, message, hw, values))
-            else:
-                statuses.append(ros_messages.diagnostic_status(f'{self.get_name()}: depth {cam.name}', level, message,
-                                                               hw, {'camera': cam.name, **values}))
-        if not single:
-            if self._status_error:
-                level, message = DiagnosticStatus.ERROR, self._status_error
-            elif self._phase != 'active':
-                level, message = DiagnosticStatus.WARN, self._phase_message()
-            elif errors_grew:
-                level, message = DiagnosticStatus.ERROR, 'processing errors or QoS mismatch, see log'
-            else:
-                level, message = DiagnosticStatus.OK, (
-                    f'{len(self._streams)} cameras on {backend["backend"]}, batch p50 {backend["batch_size_p50"]:.3g}, '
-                    f'inference p50 {backend["batch_inference_p50_ms"]:.1f} ms' + _serving(backend, only_reason=True))
-            statuses.append(ros_messages.diagnostic_status(f'{self.get_name()}: backend', level, message, hw, backend))
-        arr = DiagnosticArray(status=statuses)
+            problem = self._mask_problem(cam, st)
+            cameras.append((cam, st, camera_values(cam, self.resolve_topic_name(cam.topic('image')), problem),
+                            problem))
+        arr = DiagnosticArray(status=diagnostic_statuses(
+            self.get_name(), backend, cameras, status_error=self._status_error, phase=self._phase,
+            phase_message=self._phase_message, errors_grew=errors_grew))
         arr.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(arr)
 
-
-def _serving(backend: dict, only_reason: bool = False) -> str:
-    """'<backend>' for a /diagnostics message, followed by why a preferred backend does not serve, if one failed
-    (e.g. 'onnxruntime[CPUExecutionProvider] (fallback: TensorRT backend not used: ...)')."""
-    reason = f' (fallback: {backend["backend_reason"]})' if backend['backend_reason'] else ''
-    return reason if only_reason else backend['backend'] + reason
+    def _mask_problem(self, cam: CameraStream, st: dict) -> str:
+        """MaskWatch's verdict while active ('' when masks pair or none are expected); logged once per kind."""
+        if self._phase != 'active':
+            return ''
+        return mask_problem(cam, st, warn_after=float(self._p('mask_warn_after')), slop=float(self._p('mask_slop')),
+                            max_wait=float(self._p('mask_max_wait')),
+                            warn=lambda text: self._log('warning', f'{self._camera_prefix(cam)}masks never pair: {text}'))
 
 
 def main(args=None) -> int:
