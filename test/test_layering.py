@@ -243,3 +243,42 @@ def test_the_stage_runner_imports_no_stage_nor_evaluation():
     assert graph[runner], 'the runner imports nothing? the graph is not read'
     bad = sorted(reached & forbidden)
     assert not bad, 'the stage runner reaches ' + '; '.join(' -> '.join(via[m]) for m in bad)
+
+
+# ROS 2 Python packages: what differs between ROS 2 distributions (rclpy, generated message code, ROS tools)
+ROS_PACKAGES = ('rclpy', 'rosidl', 'rcl_', 'rmw', 'rpyutils', 'launch', 'ros2', 'rosbag2_py', 'message_filters',
+                'cv_bridge', 'tf2', 'builtin_interfaces', 'unique_identifier_msgs', 'type_description_interfaces',
+                'service_msgs', 'action_msgs', 'lifecycle_msgs', 'ament_index_python')
+
+
+def external_imports(path: Path) -> set[str]:
+    """Top-level names of the modules outside our packages that `path` imports, at module or function level."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split('.')[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split('.')[0])
+    return out - set(PACKAGES)
+
+
+def _ros_package(name: str) -> bool:
+    return name.startswith(ROS_PACKAGES) or name.endswith(('_msgs', '_srvs', '_interfaces'))
+
+
+def test_training_reaches_no_ros2_python_package():
+    """The training tests run on one ROS 2 distribution only (`make test-ros` leaves them out, test/conftest.py):
+    that holds while nothing training imports, directly or through dynadepth_ros, at module or function level,
+    is a ROS 2 Python package (rosbags, the pure-Python bag library, is not one)."""
+    modules = package_modules()
+    graph = import_graph()
+    reached, todo = set(), [m for m in modules if m == 'training' or m.startswith('training.')]
+    while todo:
+        m = todo.pop()
+        if m not in reached:
+            reached.add(m)
+            todo.extend(graph[m])
+    assert len(reached) > 60   # it really walked training and what it imports
+    bad = sorted(f'{m}: {name}' for m in reached for name in external_imports(modules[m]) if _ros_package(name))
+    assert not bad, f'training reaches ROS 2 Python packages, so its tests depend on the distribution: {bad}'
+    assert _ros_package('rclpy') and _ros_package('sensor_msgs') and not _ros_package('rosbags')
