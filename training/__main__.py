@@ -15,6 +15,7 @@
     python -m training build-engine runs/cpu-small/final/final.onnx --precision fp16   # on the Jetson
     python -m training quantize runs/cpu-small/final/final.onnx --calib data/synthetic/cpu-small --out int8.onnx
     python -m training evaluate --run-dir runs/cpu-small --stage scene --split test
+    python -m training evaluate-masks --run-dir runs/robot --split val --masks instances  # learned vs data masks
     python -m training import-bag run1/ run2.mcap --out data/robot --image-topic /camera/image_raw \\
         --camera-info-topic /camera/camera_info [--odom-topic /odom] [--mask-topic ...]
     python -m training run --bags run1/ run2/ run3/ --preset cpu-small --run-dir runs/robot   # recordings → model
@@ -51,7 +52,7 @@ def _recording_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                        ('--depth-topic', 'GT depth Image (evaluation)'), ('--lidar-topic', 'PointCloud2 (evaluation)')):
         g.add_argument(flag, help=f'{what}; needed only when the recordings leave a choice')
     g.add_argument('--no-odom', action='store_true', help='train without odometry (relative depth)')
-    g.add_argument('--no-mask', action='store_true', help='ignore instance masks (stage 1 only)')
+    g.add_argument('--no-mask', action='store_true', help='ignore instance masks (learn them instead: objects.masks: learned)')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(spec.name, help=spec.summary)
         _config_args(p)
         p.add_argument('--run-dir', type=Path, help=f'run directory (default runs/<config name>); the stage writes '
-                                                    f'<run-dir>/{spec.name}/')
+                                                    f'<run-dir>/{spec.folder or spec.name}/')
         p.add_argument('--restart', action='store_true', help="delete this stage's outputs and train from scratch")
 
     p = sub.add_parser('run', help='the whole pipeline: every stage in order, each resuming where it stopped and '
@@ -102,12 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('evaluate', help="Eigen depth metrics of a finished stage (all/static/dynamic/lead cars) "
                                         "next to the mean-train-depth baseline")
     p.add_argument('--run-dir', type=Path, required=True)
-    p.add_argument('--stage', default='scene', choices=sorted(STAGES),
+    p.add_argument('--stage', default='scene', choices=sorted(n for n, s in STAGES.items() if not s.learned_masks_only),
                    help='a stage with a depth network (scene): depth metrics; objects or dsa: labelling '
                         'precision/recall, DSA scale error and pseudo labels against stage 1 (split default val)')
     p.add_argument('--split', choices=('train', 'val', 'test'), help='default: test (val for objects/dsa)')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
     p.add_argument('--batch-size', type=int)
+
+    p = sub.add_parser('evaluate-masks', help="learned masks (objects.masks: learned) against the data's own masks: "
+                                              "recall / precision of moving objects at IoU >= 0.5 by object size "
+                                              "(needs data with masks and moving flags, e.g. synthetic)")
+    p.add_argument('--run-dir', type=Path, required=True)
+    p.add_argument('--split', default='val', choices=('train', 'val', 'test'))
+    p.add_argument('--masks', default='instances', choices=('instances', 'seeds'),
+                   help='the learned instance masks (what stage 2 reads) or the seeds they were trained on')
+    p.add_argument('--iou', type=float, default=0.5, help='IoU at which a learned mask and a data instance match')
 
     p = sub.add_parser('compare', help='evaluate finished stages with depth networks side by side (default scene vs '
                                        'final on the test split)')
@@ -310,6 +320,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_evaluate_masks(args) -> int:
+    from training.masks.evaluate import evaluate_masks, masks_markdown
+    from training.stages import stage_dir
+
+    report = evaluate_masks(args.run_dir, args.split, args.masks, args.iou)
+    print(masks_markdown(report), end='')
+    print(f'wrote {stage_dir(args.run_dir, args.masks) / f"eval_{args.split}.md"} and .json')
+    return 0
+
+
 def cmd_compare(args) -> int:
     from training.distributed import resolve_device
     from training.evaluate import compare_markdown, compare_stages
@@ -376,7 +396,7 @@ def cmd_bundle(args) -> int:
 
 
 COMMANDS = {'init': cmd_init, 'bundle': cmd_bundle, 'quantize': cmd_quantize, 'presets': cmd_presets, 'prepare-data': cmd_prepare_data, 'run': cmd_run, 'export': cmd_export,
-            'evaluate': cmd_evaluate, 'compare': cmd_compare, 'trace': cmd_trace, 'import-bag': cmd_import_bag, **{name: cmd_stage for name in STAGES}}
+            'evaluate': cmd_evaluate, 'evaluate-masks': cmd_evaluate_masks, 'compare': cmd_compare, 'trace': cmd_trace, 'import-bag': cmd_import_bag, **{name: cmd_stage for name in STAGES}}
 
 
 def main(argv: list[str] | None = None) -> int:

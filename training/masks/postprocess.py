@@ -87,7 +87,11 @@ def postprocess(masks: list[np.ndarray], scores: list[float], ground: np.ndarray
     h, w = masks[0].shape
     min_area = max(1, math.ceil(rules.min_area_fraction * h * w))
     if ground is not None:
-        masks = [m & ~ground.astype(bool) for m in masks]
+        road = ground.astype(bool)
+        pairs = [(m & ~road, s) for m, s in zip(masks, scores)]
+        count('road', sum(1 for m, _ in pairs if not m.any()))
+        pairs = [(m, s) for m, s in pairs if m.any()]
+        masks, scores = [m for m, _ in pairs], [s for _, s in pairs]
     merged, merged_scores, counts = merge_overlaps(masks, scores, rules.duplicate_coverage, rules.overlap_coverage)
     count('merged', counts['merged'])
     out = np.zeros((h, w), np.uint16)

@@ -1,0 +1,332 @@
+"""Issue 17 §2: the pieces of the learned masks (objects.masks: learned), on small hand-made frames: the grouping
+of moving regions and the seed rules, the ground target and its crop self-supervision, the instance network's
+targets and their decoding (also through the mirrored image), the self-training's post-processing, the data
+switch that makes stage 2 read learned masks, the stage registry and config, and the measurement.
+The whole path through the command line is in test_training_recordings.py (the mask-free recording)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dynadepth_ros.instance_masks import centre_peaks, decode_instances
+from training.masks.config import SeedsStageConfig
+from training.masks.postprocess import PostprocessRules, merge_overlaps, postprocess
+from training.masks.seeds import group_moving_regions, moving_pixels, seed_masks
+
+H, W = 48, 96
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two id maps split the pixels the same way (ids may differ)."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = {(int(x), int(y)) for x, y in zip(a[a > 0], b[b > 0])}
+    return len(pairs) == len({x for x, _ in pairs}) == len({y for _, y in pairs})
+
+
+# ---- grouping and seeds --------------------------------------------------------------------------------------
+def _scene():
+    """Depth of a street (far), two cars touching in the image at 8 m and 20 m, a moving blob on its own."""
+    depth = np.full((H, W), 40.0, np.float32)
+    flow = np.zeros((4, H, W), np.float32)
+    depth[20:36, 10:30] = 8.0              # car A, near
+    depth[22:36, 30:50] = 20.0             # car B, behind A, touching it in the image
+    depth[25:36, 70:85] = 12.0             # car C
+    for sl in ((slice(20, 36), slice(10, 30)), (slice(22, 36), slice(30, 50)), (slice(25, 36), slice(70, 85))):
+        flow[(0, *sl)] = 2.0               # the same motion: only depth separates A and B
+        flow[(2, *sl)] = -2.0
+    flow += 0.01 * np.random.default_rng(0).standard_normal(flow.shape).astype(np.float32)
+    ground = np.zeros((H, W), bool)
+    ground[36:] = True
+    return depth, flow, ground
+
+
+def test_moving_pixels_follow_the_frames_own_flow_level_and_leave_the_ground_out():
+    cfg = SeedsStageConfig(flow_threshold_px=0.0, contrast_factor=3.0)
+    mag = np.full((H, W), 0.5, np.float32)         # a frame where everything moves a little (ego-motion residue)
+    mag[10:20, 10:20] = 3.0
+    ground = np.zeros((H, W), bool)
+    ground[15:] = True
+    m = moving_pixels(mag, ground, cfg)
+    assert m[10:15, 10:20].all() and not m[15:].any() and m.sum() == 50
+    assert not moving_pixels(mag, None, SeedsStageConfig(flow_threshold_px=5.0)).any()
+
+
+def test_grouping_cuts_at_depth_edges_and_keeps_one_object_whole():
+    depth, flow, ground = _scene()
+    cfg = SeedsStageConfig(flow_threshold_px=0.5, contrast_factor=0.0)
+    moving = moving_pixels(np.abs(flow).sum(0) / 2, ground, cfg)
+    groups = group_moving_regions(moving, depth, flow, cfg)
+    a, b, c = groups[28, 20], groups[28, 40], groups[30, 77]
+    assert len({a, b, c}) == 3 and 0 not in (a, b, c)
+    assert (groups == a).sum() == 16 * 20 and (groups == b).sum() == 14 * 20 and (groups == c).sum() == 11 * 15
+    assert (groups[~moving] == 0).all()
+    # without the depth cut A and B are one group
+    merged = group_moving_regions(moving, np.full((H, W), 10.0, np.float32), flow, cfg)
+    assert merged[28, 20] == merged[28, 40]
+
+
+def test_seed_rules_keep_compact_grounded_objects_and_drop_the_rest():
+    cfg = SeedsStageConfig(min_area_fraction=0.01, max_box_fraction=0.5, min_fill=0.5, require_ground_contact=True,
+                           contact_px=3, close_px=3)
+    ground = np.zeros((H, W), bool)
+    ground[36:] = True
+    groups = np.zeros((H, W), np.int32)
+    groups[24:36, 5:25] = 1                                  # compact, stands on the ground: kept
+    groups[2:12, 30:45] = 2                                  # floating (no ground below): dropped
+    groups[30:31, 50:60] = 3                                 # 10 px: too small
+    groups[20:36, 62:64] = 4                                 # an L: long thin bar + foot -> sparse
+    groups[34:36, 62:90] = 4
+    moving = groups > 0
+    moving[28, 10] = False                                   # a hole the closing fills
+    stats = {}
+    seeds = seed_masks(groups, moving, ground, cfg, stats)
+    assert stats == {'kept': 1, 'floating': 1, 'small': 1, 'sparse': 1}
+    assert seeds.dtype == np.uint16 and int(seeds.max()) == 1
+    assert seeds[24:36, 5:25].all() and (seeds > 0).sum() == 12 * 20
+    relaxed = seed_masks(groups, moving, ground, SeedsStageConfig(min_area_fraction=0.01, require_ground_contact=False,
+                                                                  close_px=3))
+    assert int(relaxed.max()) == 2                           # the floating one too
+
+
+# ---- ground target and loss ----------------------------------------------------------------------------------
+def test_ground_target_from_normals_finds_the_road_and_not_a_wall():
+    from training.config import load_config
+    from training.stages.mask_ground import noisy_target
+
+    cfg = load_config('ci-tiny', overrides=['masks.ground.step_px=2'])
+    K = np.array([[80.0, 0, W / 2], [0, 80.0, H / 2], [0, 0, 1]])
+    v = np.arange(H, dtype=np.float64)[:, None] + 0.5
+    with np.errstate(divide='ignore'):
+        road = np.where(v > H / 2 + 1, 1.5 * 80.0 / (v - H / 2), 0.0)   # camera 1.5 m above a flat road
+    depth = np.where(road > 0, road, 30.0) * np.ones((1, W))               # a wall 30 m ahead above the horizon
+    depth = np.minimum(depth, 30.0).astype(np.float32)
+    target = noisy_target(depth, K, cfg)
+    assert target.dtype == np.float32 and set(np.unique(target)) <= {0.0, 1.0}
+    assert target[H - 8:H - 3, 5:W - 5].mean() > 0.95        # the road near the camera
+    assert target[:H // 2 - 2].max() == 0                   # the wall
+
+
+def test_ground_loss_with_crop_self_supervision_trains_the_lower_two_thirds():
+    from training.networks.ground_net import GroundNet, ground_loss
+
+    torch.manual_seed(0)
+    net = GroundNet(width=4)
+    rgb, disp = torch.rand(2, 3, 48, 96), torch.rand(2, 1, 48, 96)
+    target = torch.zeros(2, 1, 48, 96)
+    target[..., 32:, :] = 1
+    loss0, logs0, previews = ground_loss(net, rgb, disp, target, 2.0, 0.0)
+    loss1, logs1, _ = ground_loss(net, rgb, disp, target, 2.0, 0.5)
+    assert {'crop_bce', 'extend_bce'} <= set(logs1) and not {'crop_bce', 'extend_bce'} & set(logs0)
+    assert torch.isfinite(loss1) and loss1 > loss0
+    loss1.backward()
+    assert all(p.grad is not None for p in net.parameters())
+    assert previews['ground prediction mask'].shape == (1, 1, 48, 96)
+
+
+# ---- instance network targets, decoding, flip ------------------------------------------------------------------
+def _objects():
+    ids = np.zeros((H, W), np.int32)
+    ids[10:30, 5:25] = 1
+    ids[12:30, 25:40] = 2              # touches object 1
+    ids[30:44, 60:90] = 7
+    return ids
+
+
+def _perfect_outputs(ids):
+    from training.networks.instance_net import instance_targets
+
+    t = instance_targets(ids)
+    return {'foreground': t['foreground'][None], 'centre': t['centre'][None], 'offset': t['offset'][None]}, t
+
+
+def test_instance_targets_point_at_each_objects_centre():
+    ids = _objects()
+    _, t = _perfect_outputs(ids)
+    assert t['foreground'].shape == (1, H, W) and t['offset'].shape == (2, H, W)
+    ys, xs = np.nonzero(ids == 7)
+    cx, cy = xs.mean(), ys.mean()
+    assert np.allclose(xs + t['offset'][0][ids == 7], cx) and np.allclose(ys + t['offset'][1][ids == 7], cy)
+    assert t['centre'][0, int(round(cy)), int(round(cx))] == pytest.approx(1.0)
+    assert (t['offset'][:, ids == 0] == 0).all()
+
+
+def test_decoding_perfect_outputs_gives_the_objects_back_also_through_the_mirror():
+    from training.stages.mask_instances import _flip_outputs
+
+    ids = _objects()
+    out, _ = _perfect_outputs(ids)
+    got, scores = decode_instances(out['foreground'][0, 0], out['centre'][0, 0], out['offset'][0], score_threshold=0.5)
+    assert _same_partition(got, ids) and len(scores) == 3 and got.dtype == np.uint16
+    # the network sees the mirrored image: its outputs are the mirror of these, x offsets negated
+    mirrored, _ = _perfect_outputs(ids[:, ::-1].copy())
+    back = _flip_outputs(mirrored)
+    again, _ = decode_instances(back['foreground'][0, 0], back['centre'][0, 0], back['offset'][0], score_threshold=0.5)
+    assert _same_partition(again, ids)
+    broken = {k: v[..., ::-1].copy() for k, v in mirrored.items()}          # forgetting to negate x
+    wrong, _ = decode_instances(broken['foreground'][0, 0], broken['centre'][0, 0], broken['offset'][0],
+                                score_threshold=0.5)
+    assert not _same_partition(wrong, ids)
+
+
+def test_decoding_thresholds_scores_and_drops_small_instances():
+    heat = np.zeros((H, W), np.float32)
+    heat[10, 10], heat[10, 11] = 0.9, 0.9            # a plateau counts once
+    heat[30, 70] = 0.3
+    pts, sc = centre_peaks(heat, 0.2, 3)
+    assert len(pts) == 2 and sc[0] == pytest.approx(0.9)
+    fg = np.zeros((H, W), np.float32)
+    fg[5:15, 5:15] = 1
+    fg[29:31, 69:71] = 1
+    ids, scores = decode_instances(fg, heat, np.zeros((2, H, W), np.float32), score_threshold=0.2, min_area=5)
+    assert int(ids.max()) == 1 and scores == [pytest.approx(0.9)] and (ids > 0).sum() == 100
+    none, _ = decode_instances(fg, heat, np.zeros((2, H, W), np.float32), score_threshold=0.95)
+    assert not none.any()
+
+
+# ---- post-processing -------------------------------------------------------------------------------------------
+def test_postprocess_merges_duplicates_splits_overlaps_and_removes_road_and_sparse_masks():
+    def box(t, b, l, r):
+        m = np.zeros((H, W), bool)
+        m[t:b, l:r] = True
+        return m
+
+    a = box(10, 30, 10, 30)
+    a_again = box(12, 32, 10, 30)                     # the mirrored pass found A again
+    b = box(20, 40, 25, 45)                           # overlaps A a little
+    thin = box(5, 6, 50, 90) | box(5, 40, 50, 51)     # an L: fill < 0.5
+    on_road = box(40, 48, 60, 90)                     # entirely road
+    kept, scores, counts = merge_overlaps([a, a_again, b], [0.9, 0.8, 0.7])
+    assert counts['merged'] == 1 and len(kept) == 2 and (kept[0] == (a | a_again)).all()
+    assert not (kept[1] & kept[0]).any()              # B lost the shared pixels to the higher-scoring A
+    road = np.zeros((H, W), bool)
+    road[38:] = True
+    stats = {}
+    ids, sc = postprocess([a, a_again, b, thin, on_road], [0.9, 0.8, 0.7, 0.95, 0.6], road,
+                          PostprocessRules(min_area_fraction=0.01, min_fill=0.5), stats)
+    assert int(ids.max()) == 2 and sc == [0.9, 0.7] and not ids[road].any()
+    assert stats == {'road': 1, 'merged': 1, 'sparse': 1, 'kept': 2}
+
+
+# ---- slot attention ---------------------------------------------------------------------------------------------
+def test_slot_inputs_are_white_where_still_and_slot_groups_drop_the_background():
+    from training.networks.slot_attention import SlotAutoEncoder, slot_inputs, slot_loss
+    from training.stages.mask_seeds import slot_groups
+
+    depth, flow, ground = _scene()
+    moving = np.abs(flow[:2]).sum(0) > 1
+    x = slot_inputs(flow[:2], depth, moving, (24, 48))
+    assert x.shape == (4, 24, 48) and np.allclose(x[:3, 0, 0], 1.0) and np.allclose(x[3, 0, 0], 1.0)
+    torch.manual_seed(0)
+    net = SlotAutoEncoder(slots=3, slot_dim=16, iterations=2, channels=8)
+    batch = torch.from_numpy(np.stack([x, x]))
+    loss, logs, _ = slot_loss(net, batch, torch.from_numpy((~moving[::2, ::2])[None, None].astype(np.float32))
+                              .expand(2, 1, 24, 48).contiguous(), 0.2, 0.005, True)
+    assert torch.isfinite(loss) and {'flow_mse', 'background_bce'} <= set(logs)
+    groups = slot_groups(net, batch, H, W, 0.25)
+    assert groups.shape == (2, H, W) and groups.dtype == np.int32
+    for g in groups:                                  # the largest slot is gone
+        ids, counts = np.unique(g, return_counts=True)
+        assert 0 in ids and len(ids) <= 3             # at most slots - 1 groups besides 0
+
+
+# ---- the data switch, registry and config --------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory):
+    from training.config import load_config
+    from training.data import prepare_data
+
+    root = tmp_path_factory.mktemp('data') / 'tiny'
+    cfg = load_config('ci-tiny', overrides=[f'data.root={root}', 'data.synthetic.sequences={train: 1, val: 1, test: 0}',
+                                            'data.synthetic.frames=5'])
+    prepare_data(cfg.data)
+    return cfg
+
+
+def test_stage_2_reads_learned_masks_through_the_one_switch(tiny_data, tmp_path):
+    from training.data import build_dataset
+    from training.stages.outputs import LabelMaps, learned_masks_root
+
+    cfg = tiny_data
+    assert learned_masks_root(cfg, tmp_path) is None
+    from training.config import load_config
+    learned_cfg = load_config(config_file=_dump(cfg, tmp_path), overrides=['objects.masks=learned'])
+    root = learned_masks_root(learned_cfg, tmp_path)
+    assert root == tmp_path / 'masks' / 'instances'
+    plain = build_dataset(cfg.data, 'train', augment=False)
+    seq, t = plain.sample_location(0)
+    gt = plain[0]['mask'].numpy()
+    moving_gt = plain[0]['moving'].numpy()
+    mine = np.zeros((cfg.data.height, cfg.data.width), np.uint16)
+    mine[moving_gt] = 5                                    # one learned mask over the moving objects
+    mine[:4, :4] = 9                                       # and one on nothing that moves
+    LabelMaps(root).write('train', seq, t, mine)
+    ds = build_dataset(learned_cfg.data, 'train', augment=False, masks=root)
+    item = ds[0]
+    assert np.array_equal(item['mask'].numpy(), mine.astype(np.int64))
+    assert not np.array_equal(item['mask'].numpy(), gt)
+    seq_obj = ds.sequences[ds.samples[0][0]]
+    assert getattr(seq_obj, 'instances', None) is None                       # no classes of the data's ids
+    assert seq_obj.moving_ids(t) == ({5} if moving_gt.any() else set())
+    assert seq_obj.instance_mask(t + 1) is None                                # no learned mask there: none
+    assert np.array_equal(item['frames_raw'].numpy(), plain[0]['frames_raw'].numpy())
+
+
+def _dump(cfg, tmp_path):
+    from training.config import dump_yaml
+
+    path = tmp_path / 'cfg.yaml'
+    path.write_text(dump_yaml(cfg))
+    return path
+
+
+def test_objects_masks_is_hashed_only_when_learned_and_decides_the_stages():
+    from training.config import ConfigError, load_config
+    from training.stages import STAGES, stages_for
+    from training.stages import objects as objects_stage
+    from training.stages.objects import correspondence_mode
+
+    topic = load_config('ci-tiny')
+    learned = load_config('ci-tiny', overrides=['objects.masks=learned'])
+    assert 'masks' not in objects_stage.hash_parts(topic)[0]['objects']       # finished runs stay up to date
+    assert objects_stage.hash_parts(learned)[0]['objects']['masks'] == 'learned'
+    assert stages_for(topic) == ['scene', 'objects', 'dsa', 'final']
+    assert stages_for(learned) == ['scene', 'ground', 'seeds', 'instances', 'objects', 'dsa', 'final']
+    assert STAGES['objects'].requires_for(learned) == ('scene', 'instances')
+    assert STAGES['objects'].requires_for(topic) == ('scene',)
+    assert correspondence_mode(topic) == 'id' and correspondence_mode(learned) == 'splat'
+    with pytest.raises(ConfigError, match='objects.masks'):
+        load_config('ci-tiny', overrides=['objects.masks=maybe'])
+
+
+def test_a_mask_stage_refuses_a_config_that_reads_the_datas_masks(tmp_path):
+    from training.config import load_config
+    from training.stages.runner import StageError, run_stage
+
+    with pytest.raises(StageError, match='objects.masks=learned'):
+        run_stage('ground', load_config('ci-tiny'), tmp_path / 'run')
+    assert not (tmp_path / 'run').exists()
+
+
+# ---- the measurement -------------------------------------------------------------------------------------------
+def test_mask_scores_count_matches_at_iou_half_by_size():
+    from training.masks.evaluate import MaskScores
+
+    gt = np.zeros((100, 100), np.int32)
+    gt[0:10, 0:10] = 1            # moving, 1 %: found
+    gt[20:40, 20:40] = 2          # moving, 4 %: found only in part (IoU 0.25)
+    gt[60:65, 60:64] = 3          # static, 0.2 %: found
+    pred = np.zeros((100, 100), np.uint16)
+    pred[0:10, 0:9] = 4           # IoU 0.9 with 1
+    pred[20:30, 20:30] = 5        # IoU 0.25 with 2
+    pred[60:65, 60:64] = 6
+    pred[80:90, 80:90] = 7        # nothing there
+    s = MaskScores()
+    s.add(pred, gt, moving={1, 2})
+    r = s.summary()['by_size']
+    assert r['0.5-2 %']['moving'] == 1 and r['0.5-2 %']['recall_moving'] == 1.0
+    assert r['>= 2 %']['moving'] == 1 and r['>= 2 %']['recall_moving'] == 0.0
+    assert r['0.1-0.5 %']['static'] == 1 and r['0.1-0.5 %']['recall_static'] == 1.0
+    assert r['all']['masks'] == 4 and r['all']['precision_moving'] == 0.25 and r['all']['precision_object'] == 0.5
+    assert r['>= 0.5 %']['recall_moving'] == 0.5
