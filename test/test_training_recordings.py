@@ -5,8 +5,10 @@ command line and real ci-tiny training:
 - the full path: three recordings with instance masks, odometry and a depth topic → whole recordings per split,
   all four stages, photometric error per stage and Eigen metrics on test, the deployment commands; a rerun is a
   no-op (nothing imported, trained or rewritten) and `run --config` of the written config is up to date too;
-- the mask-free path: one jpeg recording without masks or odometry → stretches by time with a guard, stage 1
-  only, said before training and at the end, a relative model whose node line allows it;
+- the mask-free path: one jpeg recording without masks or odometry → stretches by time with a guard, the masks
+  learned from it (issue 17 §2: ground, seeds and instances stages after stage 1, objects.masks: learned) and
+  all stages on them, said before training and at the end, the instance network exported, a relative final
+  model whose node line allows it;
 - topic choice: the one-line refusal naming the candidates and the flag, then the flag choosing;
 - bad input: one line naming the problem and the fix, nothing written.
 """
@@ -129,28 +131,82 @@ def test_rerun_is_a_no_op_and_the_written_config_runs_as_is(full):
 
 
 # ---- the mask-free path --------------------------------------------------------------------------------------
-def test_without_masks_it_says_so_before_training_and_trains_stage1_only(maskfree):
-    out = maskfree['first'].stdout
+MASK_STAGES = ('scene', 'ground', 'seeds', 'instances', 'objects', 'dsa', 'final')
+
+
+def test_without_masks_it_learns_them_says_so_and_runs_every_stage(maskfree):
+    out, run_dir = maskfree['first'].stdout, maskfree['dir']
     warn = out.index('stages 2-4 (objects, dsa, final) need instance masks')
-    assert 'learned masks (objects.masks: learned' in out and 'not implemented yet' in out
-    assert warn < out.index('pipeline: stage 1/1 scene')
-    assert 'pipeline: stage 2' not in out and not (maskfree['dir'] / 'objects').exists()
-    report = json.loads((maskfree['dir'] / 'recordings_report.json').read_text())
-    assert report['stage1_only'] is True and report['stages'] == ['scene'] and report['metric'] is False
+    assert 'so it learns them from the recordings (objects.masks: learned' in out
+    assert warn < out.index('pipeline: stage 1/7 scene')
+    for i, name in enumerate(MASK_STAGES, 1):
+        assert f'pipeline: stage {i}/7 {name}' in out
+    assert 'masks: learned' in (run_dir / 'recordings.yaml').read_text()
+    report = json.loads((run_dir / 'recordings_report.json').read_text())
+    assert report['masks'] == 'learned' and report['stages'] == ['scene', 'final'] and report['metric'] is False
     assert any('need instance masks' in n for n in report['notes'])
-    assert 'this is a STAGE-1 model' in out
+    assert 'instance masks of stages 2-4 were learned from the recordings' in out
+    photo = json.loads((run_dir / 'photometric_test.json').read_text())
+    assert {'identity', 'scene', 'final'} <= set(photo)
+
+
+def test_the_learned_masks_are_where_stage_2_reads_them_and_stage_2_used_them(maskfree):
+    import cv2
+
+    run_dir = maskfree['dir']
+    learned = run_dir / 'masks' / 'instances'
+    scene_counts = json.loads((run_dir / 'scene' / 'manifest.json').read_text())['predictions']['counts']
+    for split in ('train', 'val'):
+        pngs = sorted((learned / split).rglob('*.png'))
+        assert len(pngs) == scene_counts[split]                   # one per frame stage 2 labels
+        ids = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
+        assert ids.dtype == np.uint16 and ids.shape == (64, 192)
+    assert sorted((learned / 'test').rglob('*.png'))              # the test split too (for measurements)
+    labels = json.loads((run_dir / 'objects' / 'labels' / 'train.json').read_text())
+    seen = 0
+    for key, labs in labels.items():                              # stage 2's instance ids are the learned ids
+        ids = cv2.imread(str(learned / 'train' / f'{key}.png'), cv2.IMREAD_UNCHANGED)
+        for lab in labs:
+            assert (ids == lab['id']).sum() >= lab['area'] > 0
+            seen += 1
+    assert seen > 0
+    for stage in ('ground', 'seeds', 'instances'):
+        manifest = json.loads((run_dir / 'masks' / stage / 'manifest.json').read_text())
+        assert manifest['previews'] and all((run_dir / 'masks' / stage / 'previews' / p).is_file()
+                                            for p in manifest['previews'])
+
+
+def test_the_instance_network_is_exported_and_decodes_in_onnx_runtime(maskfree):
+    import onnxruntime as ort
+
+    from dynadepth_ros.instance_masks import decode_instances, read_instance_metadata
+
+    path = maskfree['dir'] / 'masks' / 'instances' / 'instances.onnx'
+    meta = read_instance_metadata(path)
+    assert (meta.input_height, meta.input_width, meta.stage) == (64, 192, 'instances')
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    image = np.random.default_rng(0).random((2, 3, 64, 192), dtype=np.float32)
+    depth = np.linspace(2.0, 40.0, 64 * 192, dtype=np.float32).reshape(1, 1, 64, 192).repeat(2, 0)
+    fg, centre, offset, ground = session.run(None, {'image': image, 'depth': depth})
+    assert fg.shape == centre.shape == ground.shape == (2, 1, 64, 192) and offset.shape == (2, 2, 64, 192)
+    assert 0 <= fg.min() and fg.max() <= 1 and 0 <= ground.min() and ground.max() <= 1
+    ids, scores = decode_instances(fg[0, 0], centre[0, 0], offset[0], score_threshold=meta.score_threshold,
+                                   foreground_threshold=meta.foreground_threshold, centre_kernel=meta.centre_kernel,
+                                   min_area=meta.min_area())
+    assert ids.shape == (64, 192) and ids.dtype == np.uint16 and len(scores) == int(ids.max())
+    assert f'learned instance network: {path.resolve()}' in maskfree['first'].stdout
 
 
 def test_without_odometry_the_model_is_relative_and_the_node_line_allows_it(maskfree):
-    model = (maskfree['dir'] / 'scene' / 'scene.onnx').resolve()
-    assert read_metadata(model).metric is False
+    model = (maskfree['dir'] / 'final' / 'final.onnx').resolve()
+    assert read_metadata(model).metric is False and read_metadata(model).stage == 'final'
     out = maskfree['first'].stdout
     assert 'no odometry: depth will be relative' in out             # before training, from the plan
     assert (f'  depth_node --ros-args -p model_path:={model} -p image_transport:=compressed -r image:=/front/image_raw '
             f'-r camera_info:=/front/camera_info -p allow_relative_model:=true') in out
-    assert 'bundle --run-dir' not in out                             # bundle needs a final stage
+    assert 'instance_mask:=' not in out                              # no mask topic to give the node
     md = (maskfree['dir'] / 'recordings_report.md').read_text()
-    assert 'RELATIVE' in md and 'stage 1 only' in md
+    assert 'RELATIVE' in md and 'learned from the recordings' in md
 
 
 def test_one_recording_is_cut_into_stretches_with_a_guard_and_no_shared_frames(maskfree):
@@ -172,7 +228,9 @@ def test_the_mask_free_rerun_reuses_the_import(maskfree):
     before = _tree_mtimes(data)
     again = training('run', '--bags', str(maskfree['bag']), '--preset', 'ci-tiny', '--run-dir', str(maskfree['dir']),
                      '--set', 'runtime.progress=false', *FAST_STAGE1)
-    assert again.returncode == 0 and 'scene: up to date' in again.stdout
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for name in MASK_STAGES:
+        assert f'{name}: up to date' in again.stdout
     assert _tree_mtimes(data) == before
 
 
@@ -239,7 +297,7 @@ def test_dry_run_writes_only_the_config(sources, tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == ['recordings.yaml']
     text = (run_dir / 'recordings.yaml').read_text()
-    assert 'extends: ci-tiny' in text and f'{bag}@' in text and 'mask_topic: null' in text
+    assert 'extends: ci-tiny' in text and f'{bag}@' in text and 'mask_topic: null' in text and 'masks: learned' in text
 
 
 def test_time_split_of_whole_recordings_and_stretches():

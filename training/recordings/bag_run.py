@@ -4,7 +4,8 @@
     2. write <run-dir>/recordings.yaml (the config `init` writes; unchanged = untouched) and import the
        recordings once into <run-dir>/data (training/data/rosbag_import.py caches per recording and window)
     3. the stages through the shared runner (resume after a kill, skip when up to date, stage and time left);
-       without instance masks only stage 1, said before training, in the report and at the end
+       without instance masks the masks are learned (objects.masks: learned: the ground, seeds and instances
+       stages after stage 1), said before training, in the report and at the end
     4. evaluation without ground truth (photometric error per stage on test), Eigen metrics when the
        recordings have a depth topic, lidar through dynadepth-eval-bag on whole test recordings
     5. <run-dir>/recordings_report.json/.md and the commands that deploy the model
@@ -22,10 +23,11 @@ from training.recordings.plan import CONFIG_NAME, RecordingsPlan, config_text, p
 
 REPORT_NAME = 'recordings_report'
 NO_MASKS = ('stages 2-4 (objects, dsa, final) need instance masks and this run has none (no instance-mask topic, or '
-            '--no-mask); '
-            'learned masks (objects.masks: learned, the paper\'s unsupervised variant) are not implemented yet, so '
-            'this run trains stage 1 only (as `--until scene`): scene depth + pose + residual motion, exported as '
-            'scene/scene.onnx. For the full method record the masks of a segmentation node and pass --mask-topic.')
+            '--no-mask), so it learns them from the recordings (objects.masks: learned, the paper\'s unsupervised '
+            'variant): after stage 1 a ground network from its normals, seed objects from its residual flow and an '
+            'instance network self-trained on them (masks/ground, masks/seeds, masks/instances; '
+            'masks/instances/instances.onnx is that network). A segmentation node\'s masks are usually better: '
+            'record them and pass --mask-topic when you can.')
 
 
 def _say(text: str) -> None:
@@ -68,12 +70,13 @@ def cmd_init(args) -> int:
     path = args.out or plan.run_dir / CONFIG_NAME
     _write_config(plan, Path(path))
     _say(f'wrote {path}; adjust it, then: python -m training run --config {path} --run-dir {plan.run_dir}')
-    if plan.stages_possible == 'scene':
+    if plan.masks == 'learned':
         _say(NO_MASKS)
     return 0
 
 
-def deployment_commands(model: Path, plan_topics: dict, metric: bool, has_final: bool, run_dir: Path) -> dict:
+def deployment_commands(model: Path, plan_topics: dict, metric: bool, has_final: bool, run_dir: Path,
+                        learned_masks: Path | None = None) -> dict:
     """The lines that run, ship and compile the model (what the run prints last)."""
     model = model.resolve()
     image, compressed = plan_topics['image'], plan_topics['compressed']
@@ -110,6 +113,11 @@ def deployment_commands(model: Path, plan_topics: dict, metric: bool, has_final:
         notes.append('no bundle line: `bundle` ships a final model beside its stage-1 baseline, and this run has no '
                      'final stage')
     out['build_engine'] = shlex.join(['python', '-m', 'training', 'build-engine', str(model), '--precision', 'fp16'])
+    out['instance_model'] = str(learned_masks.resolve()) if learned_masks is not None else None
+    if learned_masks is not None:
+        notes.append(f'the recordings have no mask topic, so the node publishes depth without objects; the learned '
+                     f'instance network ({learned_masks.resolve()}: image + depth -> instances, '
+                     f'dynadepth_ros/instance_masks.py) is exported for a node that segments on its own')
     out['notes'] = notes
     return out
 
@@ -194,8 +202,8 @@ def _lidar_eval(plan: RecordingsPlan, run_dir: Path, stages: tuple[str, ...]) ->
 
 def _report_markdown(report: dict) -> str:
     lines = [f'# Training on recordings: {report["run_dir"]}', '', f'Preset `{report["preset"]}`; '
-             f'stages run: {", ".join(report["stages"])}' + (' (stage 1 only: no instance masks)'
-                                                             if report['stage1_only'] else ''), '']
+             f'stages run: {", ".join(report["stages"])}; instance masks: '
+             + ('learned from the recordings (no mask topic)' if report['masks'] == 'learned' else 'the mask topic'), '']
     lines += [f'- depth: {"metric (odometry)" if report["metric"] else "RELATIVE (no odometry: scale-ambiguous)"}',
               f'- topics: `{json.dumps(report["topics"])}`', '', '## Split by time', '']
     lines += [f'- {line}' for line in report['split_lines']]
@@ -224,14 +232,12 @@ def run_bags(args, run_stages) -> int:
 
     plan = plan_from_args(args)       # every refusal happens here, before anything is written
     describe_plan(plan)
-    stage1_only = plan.topics.mask is None
-    if stage1_only:
-        if args.until not in (None, 'scene'):
-            raise RecordingError(f'--until {args.until} needs instance masks (stages 2-4) and the recordings have no '
-                                 f'instance-mask topic; learned masks are not implemented yet: use --until scene or '
-                                 f'pass --mask-topic')
+    learned = plan.masks == 'learned'
+    if learned:
         _say(NO_MASKS)
-        args.until = 'scene'
+    elif args.until in ('ground', 'seeds', 'instances'):
+        raise RecordingError(f'--until {args.until}: the {args.until} stage learns masks for recordings without a mask '
+                             f'topic, and these have {plan.topics.mask}; pass --no-mask to learn them anyway')
     config_path = plan.run_dir / CONFIG_NAME
     if args.dry_run:
         _write_config(plan, config_path)
@@ -253,12 +259,14 @@ def run_bags(args, run_stages) -> int:
     manifest = json.loads((plan.run_dir / last / 'manifest.json').read_text())
     metric = bool(manifest.get('metric'))
     model = plan.run_dir / last / f'{last}.onnx'
-    deploy = deployment_commands(model, plan.topics.as_dict(), metric, last == 'final', plan.run_dir)
-    notes = list(plan.topics.notes) + ([NO_MASKS] if stage1_only else [])
+    instance_model = plan.run_dir / 'masks' / 'instances' / 'instances.onnx' if learned else None
+    deploy = deployment_commands(model, plan.topics.as_dict(), metric, last == 'final', plan.run_dir,
+                                 instance_model if instance_model is not None and instance_model.is_file() else None)
+    notes = list(plan.topics.notes) + ([NO_MASKS] if learned else [])
     report = {'run_dir': str(plan.run_dir), 'preset': plan.preset, 'config': str(config_path),
               'recordings': [f.summary() for f in plan.facts], 'topics': plan.topics.as_dict(),
               'split': plan.split.as_dict(), 'split_lines': plan.split.lines(), 'stages': list(stages),
-              'stage1_only': stage1_only, 'metric': metric, 'evaluation': evaluation, 'deploy': deploy,
+              'masks': plan.masks, 'metric': metric, 'evaluation': evaluation, 'deploy': deploy,
               'notes': notes}
     for path, text in ((plan.run_dir / f'{REPORT_NAME}.json', json.dumps(report, indent=1) + '\n'),
                        (plan.run_dir / f'{REPORT_NAME}.md', _report_markdown(report))):
@@ -266,9 +274,9 @@ def run_bags(args, run_stages) -> int:
             write_text_atomic(path, text)
     print('', flush=True)
     _say(f'report {plan.run_dir / REPORT_NAME}.md')
-    if stage1_only:
-        _say('this is a STAGE-1 model (no instance masks, so stages 2-4 did not run; learned masks are not '
-             'implemented yet)')
+    if learned:
+        _say('the instance masks of stages 2-4 were learned from the recordings (no mask topic): see '
+             f'{plan.run_dir / "masks" / "instances" / "previews"} and the report')
     if not metric:
         _say('depth is RELATIVE (no odometry): the model says dynadepth.metric=false and the node needs '
              'allow_relative_model:=true')
@@ -277,6 +285,8 @@ def run_bags(args, run_stages) -> int:
     print(f'  {deploy["depth_node"]}')
     if deploy['launch']:
         print(f'  {deploy["launch"]}')
+    if deploy.get('instance_model'):
+        print(f'learned instance network: {deploy["instance_model"]}')
     if deploy['bundle']:
         print('install it as the package\'s bundled model:')
         print(f'  {deploy["bundle"]}')

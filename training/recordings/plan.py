@@ -31,9 +31,10 @@ class RecordingsPlan:
     data_root: Path
 
     @property
-    def stages_possible(self) -> str:
-        """'all' with instance masks, else 'scene' (stages 2-4 need masks)."""
-        return 'all' if self.topics.mask else 'scene'
+    def masks(self) -> str:
+        """Where stage 2's instance masks come from: 'topic' (the recordings' mask topic) or 'learned' (none:
+        the ground / seeds / instances stages learn them, objects.masks: learned)."""
+        return 'topic' if self.topics.mask else 'learned'
 
     def data_section(self) -> dict:
         t = self.topics
@@ -43,10 +44,13 @@ class RecordingsPlan:
                 'test_split': 'test', 'rosbag': rosbag}
 
     def config_tree(self) -> dict:
-        return {'extends': self.preset, 'name': self.run_dir.name,
+        tree = {'extends': self.preset, 'name': self.run_dir.name,
                 'description': f'{self.preset} budget on {len(self.bags)} recording(s) '
                                f'({", ".join(b.name for b in self.bags)})',
                 'data': self.data_section()}
+        if self.masks == 'learned':
+            tree['objects'] = {'masks': 'learned'}
+        return tree
 
 
 def plan_recordings(bags: list[str | Path], preset: str, run_dir: str | Path, *, image: str | None = None,
@@ -83,7 +87,7 @@ def config_text(plan: RecordingsPlan) -> str:
         f'# python -m training run --config {plan.run_dir / CONFIG_NAME} --run-dir {plan.run_dir}',
         f'# Written by `python -m training init` (or `run --bags`) from {len(plan.bags)} recording(s); edit it and run it with --config.',
         f'# Camera {t.image} ({"CompressedImage" if t.compressed else "Image"}) with {t.camera_info}; odometry '
-        f'{t.odom or "none (relative depth)"}; instance masks {t.mask or "none (stage 1 only)"}; ground truth '
+        f'{t.odom or "none (relative depth)"}; instance masks {t.mask or "none (learned: objects.masks: learned)"}; ground truth '
         f'{t.depth or t.lidar or "none"}.',
         '# Split by time (`path@START-END` = seconds after the recording\'s first camera frame):',
         *[f'#   {line}' for line in plan.split.lines()],
