@@ -69,8 +69,8 @@ from dynadepth_ros.node_parameters import (PARAMETERS, TRANSPORTS, declare_param
                                            parameter_change_result)
 from dynadepth_ros.node_topics import create_camera_publishers, subscribe_camera
 from dynadepth_ros.objects import instance_depths
-from dynadepth_ros.ros_compat import (export_fastdds_profile, make_executor, resolve_executor, spin_node,
-                                      uninstall_signal_handlers)
+from dynadepth_ros.ros_compat import (export_fastdds_profile, free_participant, make_executor, resolve_executor,
+                                      spin_node, uninstall_signal_handlers)
 
 # PARAMETERS and TRANSPORTS live in node_parameters; launch-file tests and benchmarks read them from here too
 __all__ = ['DepthNode', 'NODE_NAME', 'PARAMETERS', 'TRANSPORTS', 'WorkerFailure', 'main']
@@ -659,6 +659,10 @@ def main(args=None) -> int:
         if rclpy.ok():
             rclpy.try_shutdown()
         uninstall_signal_handlers()       # joins rclpy's signal thread before the executor is freed (make_executor)
+        executor = None
+        # now, not at exit: a stuck worker (a daemon thread) references the node for ever, and the participant
+        # would then never be freed, leaving its Fast DDS shared memory in /dev/shm (ros_compat.free_participant)
+        free_participant(node, rclpy.get_default_context())
     return code
 
 

@@ -16,6 +16,12 @@
 The distribution is told by rclpy's own version (each distribution has its own major version: Humble 3,
 Iron 4, Jazzy 7, Kilted 9), read from rclpy's package metadata, or else from ROS_DISTRO (which a sourced
 ROS 2 install sets).
+
+Freeing the DDS participant: rclpy finalises a context, and with it the participant and its Fast DDS shared memory,
+only once every handle made in it is gone. A LifecycleNode keeps a C++ state machine that holds the node's handle
+and that destroy_node() leaves alone (rclpy 7 and 9), so the participant lives as long as the Python node object.
+When a thread that cannot be stopped still references the node at exit, that is forever: the process exits
+without finalising the participant, and its segments stay in /dev/shm. free_participant() frees it explicitly.
 """
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ except ImportError:                         # no signal thread to stop
 
 __all__ = ['PublisherEventCallbacks', 'SubscriptionEventCallbacks', 'rclpy_major', 'fastdds_profile_variable',
            'export_fastdds_profile', 'localhost_discovery_env', 'EXECUTORS', 'resolve_executor', 'make_executor',
-           'spin_node', 'uninstall_signal_handlers']
+           'spin_node', 'uninstall_signal_handlers', 'free_participant']
 
 EXECUTORS = ('auto', 'events', 'single_threaded')
 _FIRST_EVENTS_DEFAULT_MAJOR = 9             # Kilted: the EventsExecutor's own release line (Jazzy has a backport)
@@ -141,3 +147,13 @@ def spin_node(node, executor, *, poll_sec: float = 0.25) -> None:
             executor.spin_once(timeout_sec=poll_sec)
     except ExternalShutdownException:      # the context shut down while waiting: the end of the spin
         pass
+
+
+def free_participant(node, context) -> None:
+    """Finalise `context` now, and with it the DDS participant and its shared memory, instead of when the last
+    Python reference to `node` goes (module docstring). Call it after node.destroy_node(), rclpy's shutdown and
+    uninstall_signal_handlers(), with no executor left; node: an rclpy node or None."""
+    state_machine = getattr(node, '_state_machine', None)      # rclpy's LifecycleNode: destroy_node() leaves it
+    if state_machine is not None:
+        state_machine.destroy_when_not_in_use()
+    context.destroy()

@@ -60,6 +60,27 @@ def venv_env(venv=None):
     return env
 
 
+def fastdds_files_of(pid: int) -> set[str]:
+    """The Fast DDS shared-memory files in /dev/shm that process `pid` owns: each lock file (`*_el`) it holds a
+    flock on (/proc/locks gives holder pid and device:inode), with the segment or port file it guards. Fast DDS
+    removes them when the process frees its participant; any of them left after the process ended is a leak."""
+    held = set()
+    for line in Path('/proc/locks').read_text().splitlines():
+        f = line.split()            # '1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF' ('->' marks a waiter)
+        if len(f) >= 6 and f[1] == 'FLOCK' and f[4] == str(pid):
+            major, minor, inode = f[5].split(':')
+            held.add((int(major, 16), int(minor, 16), int(inode)))
+    out = set()
+    for lock in Path('/dev/shm').glob('fast*_el'):
+        try:
+            st = lock.stat()
+        except FileNotFoundError:
+            continue
+        if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in held:
+            out |= {lock.name, lock.name[:-len('_el')]}
+    return out
+
+
 def stop_process(proc, timeout=10.0, ask=None):
     """Ctrl-C a ROS process (or `ask` it to end another way, e.g. by closing its stdin) and wait for it; kill it
     only if it is still running `timeout` s later. A killed process leaves its Fast DDS shared-memory segment in

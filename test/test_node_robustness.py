@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,8 +24,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from contract_model import expected_depth, make_contract_model  # noqa: E402
-from test_node_graph import (FRAME, INTR, Graph, camera_info_msg, depth_array, diag, label_msg,  # noqa: E402
-                             next_stamp, running_node, same_stamp, send_and_wait, stop_process)
+from test_node_graph import (FRAME, INTR, Graph, camera_info_msg, depth_array, diag, fastdds_files_of,  # noqa: E402
+                             label_msg, next_stamp, running_node, same_stamp, send_and_wait, stop_process)
 
 NS, NAME = '/dd_robust_ns', 'dd_robust'
 MAX_PIXELS = 1_000_000
@@ -220,6 +221,8 @@ def test_a_dead_or_stuck_worker_turns_diagnostics_error_and_the_process_exits_no
         g.sub(DiagnosticArray, '/diagnostics')
         pub = g.pub(Image, f'{ns}/image')
         assert g.wait(lambda: pub.get_subscription_count() >= 2, 30), {m: p.read_text() for m, p in logs.items()}
+        owned = {mode: fastdds_files_of(proc.pid) for mode, proc in procs.items()}
+        assert all(owned.values()), owned          # each node maps its own segment (the profile's shared memory)
         rgb = np.full((64, 192, 3), 80, np.uint8)
         want = {'die': 'worker thread died', 'hang': 'worker stuck'}
         seen = {}
@@ -249,3 +252,9 @@ def test_a_dead_or_stuck_worker_turns_diagnostics_error_and_the_process_exits_no
         for proc in procs.values():
             stop_process(proc)
         g.close()
+    # a stuck worker still references the node at exit: its participant must be freed all the same, and with it
+    # its shared-memory segment (32 MB with the profile), not left in /dev/shm. Port files are left out: a port is
+    # shared by every process on the host that uses its number and goes when the last of them closes it.
+    left = {mode: sorted(name for name in files if 'port' not in name and (Path('/dev/shm') / name).exists())
+            for mode, files in owned.items()}
+    assert not any(left.values()), f'Fast DDS shared memory left in /dev/shm: {left}'
