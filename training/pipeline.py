@@ -20,8 +20,9 @@ from training.stages.runner import StageError, lock_run_dir, run_stage
 # Wall time per optimiser step of each stage relative to stage 1's (measured on cpu-small, 2 CPU cores:
 # 1.0 / 0.79 / 0.64 / 1.55, each including the stage's inference passes), for the time-left estimate.
 RELATIVE_STEP_COST = {'scene': 1.0, 'objects': 0.8, 'dsa': 0.65, 'final': 1.55,
-                      # the learned-mask stages (objects.masks: learned), measured on ci-tiny
-                      'ground': 0.5, 'seeds': 1.0, 'instances': 0.6}
+                      # the learned-mask stages (objects.masks: learned), per step on cpu-small (0.71 / 0.47 / 0.40 s
+                      # against stage 1's 1.92; their inference passes over every frame add minutes)
+                      'ground': 0.37, 'seeds': 0.25, 'instances': 0.21}
 DEFAULT_STEP_SECONDS = 1.0      # stage 1 on cpu-small before anything was measured
 
 

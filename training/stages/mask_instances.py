@@ -61,7 +61,7 @@ from training.stages import mask_ground
 from training.stages import scene as scene_stage
 from training.stages.mask_seeds import overlay_ids
 from training.stages.outputs import LabelMaps, save_npz_atomic
-from training.stages.runner import StageContext, data_settings, run_stage
+from training.stages.runner import StageContext, StageError, data_settings, run_stage
 
 NAME = 'instances'
 REQUIRES = ('scene', 'ground', 'seeds')
@@ -390,7 +390,7 @@ def self_train(ctx: StageContext, module: InstanceModule, triplets: TripletDatas
         targets = _targets(ctx, r)
         data = InstanceSampleDataset(triplets, cache, targets, 'train')
         if not len(data):
-            raise ValueError(f'self-training round {r}: no training frame has a target mask (the seeds stage found '
+            raise StageError(f'self-training round {r}: no training frame has a target mask (the seeds stage found '
                              f'none); see masks/seeds/stats.json')
         n_targets = sum(int(targets.frame('train', *triplets.sample_location(i)).max()) for i in data.entries)
         threshold = c.threshold_of_round(r)
@@ -425,9 +425,6 @@ def execute(ctx: StageContext) -> dict | None:
     c = cfg.masks.instances
     if dist.distributed:
         raise RuntimeError('the instances stage runs in one process; run it without torchrun')
-    if cfg.data.height % 8 or cfg.data.width % 8:
-        raise ValueError(f'the instance network needs a height and width divisible by 8, got {cfg.data.height}x'
-                         f'{cfg.data.width}')
     marker = stage_dir / 'source.json'
     source = {'instances': ctx.hashes.train}
     try:
@@ -467,9 +464,11 @@ def execute(ctx: StageContext) -> dict | None:
                     f'{counts[split]["frames"]} frames under {stage_dir / split}')
     write_json_atomic(stage_dir / 'stats.json', {'rounds': rounds, 'masks': counts})
     if not counts.get('train', {}).get('masks'):
-        raise ValueError('the instance network found no object in the training split; stage 2 has nothing to label. '
-                         'See the previews of masks/seeds and masks/instances/rounds; lower '
-                         'masks.instances.score_threshold or train longer (masks.instances.steps_per_round)')
+        raise StageError(f'the instance network found no object in the training split at score >= {final_threshold:.2f}, '
+                         f'so stage 2 has nothing to label: the seeds gave it nothing it could learn with confidence. '
+                         f'See the previews of masks/seeds and masks/instances/rounds/*/previews; train longer '
+                         f'(masks.instances.steps_per_round), lower masks.instances.score_threshold, or record a mask '
+                         f'topic')
     previews = []
     for split in c.predict_splits:
         if counts.get(split):

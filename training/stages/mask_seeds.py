@@ -42,7 +42,7 @@ from training.networks.slot_attention import SlotAutoEncoder, slot_inputs, slot_
 from training.previews import colourise_flow, compose, write_png
 from training.stages import scene as scene_stage
 from training.stages.outputs import GroundMaps, LabelMaps, ScenePrediction, ScenePredictions
-from training.stages.runner import StageContext, data_settings, run_stage
+from training.stages.runner import StageContext, StageError, data_settings, run_stage
 
 NAME = 'seeds'
 REQUIRES = ('scene', 'ground')
@@ -295,7 +295,7 @@ def execute(ctx: StageContext) -> dict | None:
     stats = {split: write_seeds(ctx, split, net) for split in sc.splits}
     write_json_atomic(stage_dir / 'stats.json', stats)
     if not stats.get('train', {}).get('seeds'):
-        raise ValueError('no seed masks in the training split: the stage-1 residual flow shows no moving object that '
+        raise StageError('no seed masks in the training split: the stage-1 residual flow shows no moving object that '
                          'passes the seed rules. Lower masks.seeds.flow_threshold_px / contrast_factor, relax '
                          'masks.seeds.require_ground_contact, or record while other traffic moves')
     previews = []
