@@ -330,3 +330,15 @@ def test_mask_scores_count_matches_at_iou_half_by_size():
     assert r['0.1-0.5 %']['static'] == 1 and r['0.1-0.5 %']['recall_static'] == 1.0
     assert r['all']['masks'] == 4 and r['all']['precision_moving'] == 0.25 and r['all']['precision_object'] == 0.5
     assert r['>= 0.5 %']['recall_moving'] == 0.5
+
+
+def test_the_pipeline_runs_the_mask_stages_only_when_learning_masks(tmp_path):
+    from training.config import load_config
+    from training.pipeline import run_pipeline, time_left
+    from training.stages.runner import StageError
+
+    with pytest.raises(StageError, match="does not run stage 'seeds'"):
+        run_pipeline(load_config('ci-tiny'), tmp_path / 'run', until='seeds')
+    learned = load_config('ci-tiny', overrides=['objects.masks=learned'])
+    left, _ = time_left(learned, tmp_path / 'run', ['ground', 'instances'], 0)
+    assert left > 0      # their steps count in the estimate

@@ -121,8 +121,9 @@ class InstancesStageConfig:
     Network (training/networks/instance_net.py): RGB + normalised stage-1 disparity + ground probability →
     foreground, object-centre heat map and each pixel's offset to its object's centre; decoded by
     dynadepth_ros.instance_masks. rounds x steps_per_round: after each round the network predicts every
-    train/val frame with a score threshold growing linearly from score_threshold[0] to [1] (reference
-    0.5 → 0.7), the masks are post-processed (training/masks/postprocess.py: at least min_area_fraction of
+    training frame with a score threshold growing linearly from score_threshold[0] to [1] (the reference
+    grows its Mask R-CNN's class score from 0.5 to 0.7; our score is the peak of a centre heat map, which
+    CenterNet thresholds at 0.3, and which a from-scratch network on seeds reaches later: 0.3 → 0.5), the masks are post-processed (training/masks/postprocess.py: at least min_area_fraction of
     the image, mask / box at least min_fill, overlaps of coverage >= duplicate_coverage merged, road pixels
     removed) and replace the targets of the next round. The last round's predictions, with the mirrored
     image added (flip_tta), are the learned masks of predict_splits.
@@ -132,7 +133,7 @@ class InstancesStageConfig:
     rounds: int = 4
     steps_per_round: int = 300
     lr: float = 1e-3
-    score_threshold: list[float] = field(default_factory=lambda: [0.5, 0.7])
+    score_threshold: list[float] = field(default_factory=lambda: [0.3, 0.5])
     foreground_threshold: float = 0.5
     centre_kernel: int = 5
     min_area_fraction: float = 0.001
