@@ -11,7 +11,9 @@ decoded by dynadepth_ros.instance_masks.decode_instances (the runtime decodes th
 way). Targets from an id map (instance_targets): foreground = any instance; centre heat = a Gaussian at
 each instance's centroid (σ = 0.2 √area, within [1, 6] px), 1 at the centroid pixel; offsets from each
 instance pixel to its centroid. Loss: BCE (foreground) + centre_weight x CenterNet's focal loss (α 2,
-β 4) + offset_weight x L1 of the offsets in units of offset_scale pixels on instance pixels.
+β 4; summed over the pixels and divided by the number of centres, it is ~10x the BCE, hence a small
+centre_weight, masks.instances.centre_weight) + offset_weight x L1 of the offsets in units of offset_scale
+pixels on instance pixels.
 """
 from __future__ import annotations
 
