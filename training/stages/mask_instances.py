@@ -61,7 +61,7 @@ from training.stages import mask_ground
 from training.stages import scene as scene_stage
 from training.stages.mask_seeds import overlay_ids
 from training.stages.outputs import LabelMaps, save_npz_atomic
-from training.stages.runner import StageContext, StageError, data_settings, run_stage
+from training.stages.runner import StageContext, StageError, data_settings, keep_outputs_of, run_stage
 
 NAME = 'instances'
 REQUIRES = ('scene', 'ground', 'seeds')
@@ -425,16 +425,9 @@ def execute(ctx: StageContext) -> dict | None:
     c = cfg.masks.instances
     if dist.distributed:
         raise RuntimeError('the instances stage runs in one process; run it without torchrun')
-    marker = stage_dir / 'source.json'
-    source = {'instances': ctx.hashes.train}
-    try:
-        same = json.loads(marker.read_text()) == source
-    except (OSError, ValueError):
-        same = False
-    if not same:                                   # inputs, rounds and masks of other settings must go
-        for d in ('inputs', 'rounds', 'train', 'val', 'test'):
-            shutil.rmtree(stage_dir / d, ignore_errors=True)
-    write_json_atomic(marker, source)
+    # inputs, rounds and masks of other settings must go
+    keep_outputs_of(stage_dir / 'source.json', {'instances': ctx.hashes.train},
+                    [stage_dir / d for d in ('inputs', 'rounds', 'train', 'val', 'test')])
 
     scene_model, _, scene_manifest = scene_stage.load_model(ctx.upstream_dir('scene'))
     depth_net = scene_model.depth.eval()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import cv2
@@ -42,7 +41,7 @@ from training.networks.slot_attention import SlotAutoEncoder, slot_inputs, slot_
 from training.previews import colourise_flow, compose, write_png
 from training.stages import scene as scene_stage
 from training.stages.outputs import GroundMaps, LabelMaps, ScenePrediction, ScenePredictions
-from training.stages.runner import StageContext, StageError, data_settings, run_stage
+from training.stages.runner import StageContext, StageError, data_settings, keep_outputs_of, run_stage
 
 NAME = 'seeds'
 REQUIRES = ('scene', 'ground')
@@ -279,16 +278,9 @@ def execute(ctx: StageContext) -> dict | None:
     sc = cfg.masks.seeds
     if ctx.dist.distributed:
         raise RuntimeError('the seeds stage runs in one process; run it without torchrun')
-    marker = stage_dir / 'source.json'
-    source = {'seeds': ctx.hashes.train}
-    try:
-        same = json.loads(marker.read_text()) == source
-    except (OSError, ValueError):
-        same = False
-    if not same:                                    # seeds of other settings must not survive
-        for split in ('train', 'val', 'test'):
-            shutil.rmtree(stage_dir / split, ignore_errors=True)
-    write_json_atomic(marker, source)
+    # seeds of other settings must not survive
+    keep_outputs_of(stage_dir / 'source.json', {'seeds': ctx.hashes.train},
+                    [stage_dir / split for split in ('train', 'val', 'test')])
     net, training = None, None
     if sc.method == 'slots':
         net, training = train_slots(ctx)

@@ -257,6 +257,20 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: str | os.PathLike, dist: 
     return manifest
 
 
+def keep_outputs_of(marker: Path, source: dict, outputs: list[Path]) -> None:
+    """Resumable outputs of a stage: `marker` records the `source` (settings, weights) they were written from. When
+    it records another source (or none, or cannot be read), the `outputs` folders are deleted, so that no file of
+    other settings survives; then `source` is recorded."""
+    try:
+        same = json.loads(marker.read_text()) == source
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        for d in outputs:
+            shutil.rmtree(d, ignore_errors=True)
+    write_json_atomic(marker, source)
+
+
 def _upstream_changed(stage_dir: Path, upstream: dict[str, dict]) -> bool:
     try:
         old = json.loads((stage_dir / 'upstream.json').read_text())
