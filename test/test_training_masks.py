@@ -12,7 +12,8 @@ import torch
 from dynadepth_ros.instance_masks import centre_peaks, decode_instances
 from training.masks.config import SeedsStageConfig
 from training.masks.postprocess import PostprocessRules, merge_overlaps, postprocess
-from training.masks.seeds import group_moving_regions, moving_pixels, seed_masks
+from training.masks.seeds import (flow_disagreement, group_moving_regions, moving_pixels, moving_pixels_optical,
+                                  optical_flow, rigid_flow, seed_masks)
 
 H, W = 48, 96
 
@@ -51,6 +52,92 @@ def test_moving_pixels_follow_the_frames_own_flow_level_and_leave_the_ground_out
     m = moving_pixels(mag, ground, cfg)
     assert m[10:15, 10:20].all() and not m[15:].any() and m.sum() == 50
     assert not moving_pixels(mag, None, SeedsStageConfig(flow_threshold_px=5.0)).any()
+
+
+def _texture(h, w, seed=0):
+    """uint8 [h,w,3]: smooth random texture DIS can follow (blurred noise)."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    x = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.float32), (0, 0), 1.5)
+    return np.clip((x - x.mean()) * 3 + 128, 0, 255).astype(np.uint8)
+
+
+def test_rigid_flow_is_the_static_worlds_flow_and_nan_out_of_view():
+    K = np.array([[100.0, 0, 50], [0, 100.0, 20], [0, 0, 1]])
+    depth = np.full((40, 100), 10.0, np.float32)
+    T = np.eye(4)
+    T[2, 3] = -1.0                                   # the camera moves 1 m forward: the wall is 9 m away
+    f = rigid_flow(depth, K, T)
+    v, u = np.mgrid[0:40, 0:100]
+    pu, pv = (u - 50) * 10 / 9 + 50, (v - 20) * 10 / 9 + 20
+    inside = (pu >= 0) & (pu <= 99) & (pv >= 0) & (pv <= 39)
+    assert 0.5 < inside.mean() < 0.95
+    np.testing.assert_allclose(f[0][inside], (pu - u)[inside], atol=1e-4)
+    np.testing.assert_allclose(f[1][inside], (pv - v)[inside], atol=1e-4)
+    assert np.isnan(f[:, ~inside]).all()             # the image's edges leave the view
+    T[2, 3] = -20.0                                  # the wall ends behind the camera
+    assert np.isnan(rigid_flow(depth, K, T)).all()
+
+
+def test_optical_flow_follows_a_shift_and_marks_what_leaves_the_image():
+    a = _texture(48, 96)
+    b = np.roll(a, 4, axis=1)                        # the whole image moves 4 px to the right
+    f = optical_flow(a, b)
+    core = f[:, 8:-8, 8:-12]
+    assert np.isfinite(core).mean() > 0.95
+    np.testing.assert_allclose(np.nanmedian(core[0]), 4.0, atol=0.2)
+    np.testing.assert_allclose(np.nanmedian(core[1]), 0.0, atol=0.2)
+    assert np.isnan(f[:, :, -3:]).all()              # matched outside the image: not trusted
+    with pytest.raises(ValueError, match='one size'):
+        optical_flow(a, a[:, :50])
+
+
+def test_flow_disagreement_is_the_log_ratio_and_undecided_near_the_focus_of_expansion():
+    rig = np.zeros((2, 4, 4), np.float32)
+    rig[0] = 4.0
+    rig[0, 0, 0] = 0.5                               # too little flow to tell: undecided
+    obs = rig.copy()
+    obs[0, 1] = 1.0                                  # row 1 moves a quarter of what a static world would
+    obs[0, 2] = np.nan                               # row 2: the optical flow is not trusted in this direction
+    d = flow_disagreement([obs, rig], [rig, rig], min_rigid_px=1.0)
+    assert np.isnan(d[0, 0])
+    np.testing.assert_allclose(d[1], np.log(0.25) / 2, rtol=1e-5)     # averaged with the other direction (0)
+    np.testing.assert_allclose(d[2], 0.0, atol=1e-6)                  # only the trusted direction counts
+    np.testing.assert_allclose(d[3], 0.0, atol=1e-6)
+    cfg = SeedsStageConfig(optical_log_ratio=0.5)
+    ground = np.zeros((4, 4), bool)
+    ground[1, :2] = True
+    m = moving_pixels_optical(d, ground, cfg)
+    assert m[1, 2:].all() and m.sum() == 2           # |log 0.25 / 2| = 0.69 >= 0.5; the ground and NaN never move
+
+
+def test_optical_cue_finds_an_object_that_travels_with_the_camera():
+    """The case stage 1 explains away: the camera slides sideways past a wall 10 m away and a car 5 m away moves
+    with it, so the car stays put in the image while stage 1's depth (right or wrong) says it should slide."""
+    H_, W_ = 48, 128
+    K = np.array([[100.0, 0, 64], [0, 100.0, 24], [0, 0, 1]])
+    wall = _texture(H_, W_ + 40, seed=1)
+    car = _texture(16, 24, seed=2)
+    def frame(k):                                    # the camera moves 0.2 m right per frame: the wall 2 px left
+        img = wall[:, 20 + 2 * k:20 + 2 * k + W_].copy()
+        img[20:36, 50:74] = car
+        return img
+    depth = np.full((H_, W_), 10.0, np.float32)
+    depth[20:36, 50:74] = 5.0                        # stage 1's depth of the car (a static car would slide 4 px)
+    T_next, T_prev = np.eye(4), np.eye(4)
+    T_next[0, 3], T_prev[0, 3] = -0.2, 0.2
+    obs = [optical_flow(frame(1), frame(0)), optical_flow(frame(1), frame(2))]
+    rig = [rigid_flow(depth, K, T_prev), rigid_flow(depth, K, T_next)]
+    d = flow_disagreement(obs, rig, min_rigid_px=1.0)
+    moving = moving_pixels_optical(d, None, SeedsStageConfig(optical_log_ratio=1.0))
+    car_px = np.zeros((H_, W_), bool)
+    car_px[22:34, 53:71] = True
+    assert moving[car_px].mean() > 0.8
+    wall_px = np.zeros((H_, W_), bool)
+    wall_px[4:16, 10:118] = True
+    assert moving[wall_px].mean() < 0.05
+    with pytest.raises(ValueError, match='motion: network'):
+        SeedsStageConfig(method='slots', motion='optical')
 
 
 def test_grouping_cuts_at_depth_edges_and_keeps_one_object_whole():
@@ -342,3 +429,51 @@ def test_the_pipeline_runs_the_mask_stages_only_when_learning_masks(tmp_path):
     learned = load_config('ci-tiny', overrides=['objects.masks=learned'])
     left, _ = time_left(learned, tmp_path / 'run', ['ground', 'instances'], 0)
     assert left > 0      # their steps count in the estimate
+
+
+def test_the_optical_cue_of_the_seeds_stage_finds_the_moving_objects_given_right_depth_and_pose(tiny_data, tmp_path):
+    """MotionCue (masks.seeds.motion: optical) on the generator's frames with its exact depth and camera motion
+    in place of stage 1's: what it calls moving is mostly the generator's moving objects, and it finds most of
+    them."""
+    import cv2
+
+    from training.data import build_dataset
+    from training.stages.mask_seeds import MotionCue
+    from training.stages.outputs import GroundMaps, ScenePredictions, save_npz_atomic
+
+    import copy
+
+    cfg = copy.deepcopy(tiny_data)
+    cfg.masks.seeds.motion = 'optical'                   # ci-tiny's own stage 1 is too short for it
+    ds = build_dataset(cfg.data, 'train', augment=False)
+    H_, W_ = cfg.data.height, cfg.data.width
+    preds, grounds = ScenePredictions(tmp_path / 'scene'), GroundMaps(tmp_path / 'ground')
+    for i in range(len(ds)):
+        seq_name, t = ds.sample_location(i)
+        seq = ds.sequences[ds.samples[i][0]]
+        gt = cv2.resize(seq.gt_depth(t).astype(np.float32), (W_, H_), interpolation=cv2.INTER_NEAREST)
+        zero = np.zeros((2, H_, W_), np.float16)
+        save_npz_atomic(preds.path('train', seq_name, t), depth=np.where(gt > 0, gt, 80.0), flow_prev=zero,
+                        flow_next=zero)
+        road = np.zeros((H_, W_), np.float32)          # the ground stage's part: the road, here the lower half's
+        road[H_ // 2:] = ds[i]['mask'].numpy()[H_ // 2:] == 0    # pixels of no object (DIS misses its large flows)
+        grounds.write('train', seq_name, t, road)
+
+    def pose(index, off):
+        si, t = ds.samples[index]
+        seq = ds.sequences[si]
+        return np.linalg.inv(seq.pose(t + off)) @ seq.pose(t)
+
+    cue = MotionCue(cfg, 'train', ds, preds, grounds, pose)
+    on_movers = flagged = movers = 0
+    for i in range(len(ds)):
+        c = cue.frame(i)
+        moving_gt = ds[i]['moving'].numpy().astype(bool)
+        assert c['moving'].shape == (H_, W_) and c['edges_flow'].shape == (4, H_, W_)
+        on_movers += int((c['moving'] & moving_gt).sum())
+        flagged += int(c['moving'].sum())
+        movers += int(moving_gt.sum())
+    assert movers and flagged
+    assert on_movers / flagged > 0.6 and on_movers / movers > 0.5, (flagged, on_movers, movers)
+    with pytest.raises(ValueError, match='needs the camera motion'):
+        MotionCue(cfg, 'train', ds, preds, grounds, None)

@@ -80,8 +80,11 @@ class SlotsConfig:
 class SeedsStageConfig:
     """masks.seeds: moving regions grouped into objects, then the reference's seed rules (§3U 1.3).
 
-    Moving pixels: residual flow magnitude (Σ|flow_prev| + Σ|flow_next|)/2 at least flow_threshold_px and
-    at least contrast_factor x the frame's median magnitude, not ground. method: cluster (connected
+    Moving pixels (motion): `network` — stage 1's residual flow magnitude (Σ|flow_prev| + Σ|flow_next|)/2 at
+    least flow_threshold_px and at least contrast_factor x the frame's median magnitude (the reference's cue) —
+    or `optical` — the flow OpenCV's DIS measures between the frames against the flow of a static world at
+    stage 1's depth and pose: |log(observed / rigid)| at least optical_log_ratio where the rigid flow is at
+    least optical_min_rigid_px (training.masks.seeds.flow_disagreement); not ground either way. method: cluster (connected
     components of the moving pixels, cut where the stage-1 depth jumps by more than depth_edge in log depth
     or the flow changes by more than flow_edge of its magnitude) | slots (slot attention, SlotsConfig).
     Seed rules per group: area above min_area_fraction of the image (reference 0.1 %), box below
@@ -91,6 +94,9 @@ class SeedsStageConfig:
     """
 
     method: str = 'cluster'
+    motion: str = 'optical'
+    optical_log_ratio: float = 1.0
+    optical_min_rigid_px: float = 1.0
     flow_threshold_px: float = 0.3
     contrast_factor: float = 3.0
     depth_edge: float = 0.15
@@ -107,6 +113,13 @@ class SeedsStageConfig:
     def __post_init__(self):
         if self.method not in ('cluster', 'slots'):
             raise ValueError(f"masks.seeds.method must be 'cluster' or 'slots', got {self.method!r}")
+        if self.motion not in ('network', 'optical'):
+            raise ValueError(f"masks.seeds.motion must be 'network' or 'optical', got {self.motion!r}")
+        if self.method == 'slots' and self.motion != 'network':
+            raise ValueError("masks.seeds.method slots groups stage 1's residual flow: set masks.seeds.motion: network")
+        if self.optical_log_ratio <= 0 or self.optical_min_rigid_px < 0:
+            raise ValueError(f'masks.seeds.optical_log_ratio must be > 0 and optical_min_rigid_px >= 0, got '
+                             f'{self.optical_log_ratio}, {self.optical_min_rigid_px}')
         for name in ('min_area_fraction', 'max_box_fraction', 'min_fill'):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f'masks.seeds.{name} must be in [0, 1], got {getattr(self, name)}')

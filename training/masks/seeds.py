@@ -1,7 +1,12 @@
 """Seed masks: the moving regions of one frame grouped into objects (numpy + OpenCV; reference §3U 1.1/1.3).
 
     moving_pixels(magnitude, ground, cfg)          bool [H,W]: residual flow clearly above the frame's own
-                                                   level, and not ground
+                                                   level, and not ground (motion: network, the reference's cue)
+    optical_flow(a, b) / rigid_flow(depth, K, T)   float32 [2,H,W]: the observed flow between two frames (DIS,
+                                                   OpenCV) and the flow a static scene at `depth` would have
+    flow_disagreement(observed, rigid, min_px)     float32 [H,W] log(|observed| / |rigid|), NaN where undecided
+    moving_pixels_optical(disagreement, ground, cfg)  bool [H,W]: |disagreement| >= optical_log_ratio, not ground
+                                                   (motion: optical)
     group_moving_regions(moving, depth, flow, cfg) int32 [H,W] group ids (0 = none): connected components of
                                                    the moving pixels, cut where depth or flow jump
     seed_masks(groups, moving, ground, cfg)        uint16 [H,W] seed ids: the reference's seed rules per group
@@ -26,6 +31,87 @@ def moving_pixels(magnitude: np.ndarray, ground: np.ndarray | None, cfg: SeedsSt
     mag = np.nan_to_num(np.asarray(magnitude, np.float32))
     level = float(np.median(mag)) if mag.size else 0.0
     moving = mag >= max(cfg.flow_threshold_px, cfg.contrast_factor * level)
+    if ground is not None:
+        moving &= ~ground.astype(bool)
+    return moving
+
+
+def optical_flow(a: np.ndarray, b: np.ndarray, consistency_px: float = 1.0) -> np.ndarray:
+    """float32 [2,H,W] (x, y) pixels: where each pixel of image a (uint8 [H,W] grey, or [H,W,3] RGB) is found in
+    image b (same size), by OpenCV's DIS optical flow (medium preset); NaN where the flow cannot be trusted: the
+    backward flow at the matched pixel does not lead back within consistency_px + 5 % of the flow (occlusions,
+    textureless surfaces such as the sky, large motions DIS misses) or the match leaves the image. Classical,
+    no training: it measures what the camera saw, not what stage 1 learned to explain."""
+    def grey(x):
+        x = np.asarray(x)
+        if x.dtype != np.uint8:
+            x = np.clip(np.rint(x * 255.0 if x.max() <= 1.0 else x), 0, 255).astype(np.uint8)
+        return cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) if x.ndim == 3 else x
+    a, b = grey(a), grey(b)
+    if a.shape != b.shape:
+        raise ValueError(f'optical_flow needs two images of one size, got {a.shape} and {b.shape}')
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    fwd = dis.calc(a, b, None)
+    bwd = dis.calc(b, a, None)
+    h, w = a.shape
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    mx, my = u + fwd[..., 0], v + fwd[..., 1]
+    back = cv2.remap(bwd, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan))
+    err = np.hypot(fwd[..., 0] + back[..., 0], fwd[..., 1] + back[..., 1])
+    ok = (err <= consistency_px + 0.05 * np.hypot(fwd[..., 0], fwd[..., 1])) & (mx >= 0) & (mx <= w - 1) \
+        & (my >= 0) & (my <= h - 1)
+    return np.where(ok[None], fwd.transpose(2, 0, 1), np.nan).astype(np.float32)
+
+
+def rigid_flow(depth: np.ndarray, K: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """float32 [2,H,W] pixels: the flow of a static scene at `depth` (float [H,W] metres, the reference frame)
+    seen from a camera moved by T (4x4 reference camera -> source camera; K 3x3 at this resolution). Points
+    that end behind the source camera or outside its image get NaN."""
+    d = np.asarray(depth, np.float64)
+    h, w = d.shape
+    K = np.asarray(K, np.float64)
+    T = np.asarray(T, np.float64)
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    X = np.stack([(u - K[0, 2]) / K[0, 0] * d, (v - K[1, 2]) / K[1, 1] * d, d])
+    Y = np.einsum('ij,jhw->ihw', T[:3, :3], X) + T[:3, 3, None, None]
+    z = Y[2]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        pu = np.where(z > 1e-6, K[0, 0] * Y[0] / z + K[0, 2], np.nan)
+        pv = np.where(z > 1e-6, K[1, 1] * Y[1] / z + K[1, 2], np.nan)
+    outside = ~((pu >= 0) & (pu <= w - 1) & (pv >= 0) & (pv <= h - 1))
+    pu[outside] = np.nan
+    pv[outside] = np.nan
+    return np.stack([pu - u, pv - v]).astype(np.float32)
+
+
+def flow_disagreement(observed, rigid, min_rigid_px: float) -> np.ndarray:
+    """float32 [H,W]: log(|observed| / |rigid|) averaged over the directions given (lists of [2,H,W] flows, one
+    pair per neighbouring frame), over the directions where both are finite and the rigid flow is at least
+    min_rigid_px; NaN where none is (close to the focus of expansion a static and a moving point look alike).
+
+    Stage 1 explains a moving object away by a wrong depth (a car that travels with the camera is pushed
+    back), so the flow its depth predicts for a static world differs from what the camera saw: 0 on a static
+    surface whose depth stage 1 got right, < 0 for an object that travels with the camera (it moves less than
+    its depth says), > 0 for one that comes towards it. The comparison is by ratio, so it does not grow with
+    the distance to the focus of expansion as a difference in pixels does."""
+    num = den = None
+    for obs, rig in zip(observed, rigid):
+        o = np.hypot(obs[0], obs[1]).astype(np.float64)
+        r = np.hypot(rig[0], rig[1]).astype(np.float64)
+        ok = np.isfinite(r) & np.isfinite(o) & (r >= min_rigid_px)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            lr = np.where(ok, np.log(np.maximum(np.where(ok, o, 1.0), 0.05) / np.where(ok, r, 1.0)), 0.0)
+        num = lr if num is None else num + lr
+        den = ok.astype(np.float64) if den is None else den + ok
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan).astype(np.float32)
+
+
+def moving_pixels_optical(disagreement: np.ndarray, ground: np.ndarray | None, cfg: SeedsStageConfig) -> np.ndarray:
+    """bool [H,W]: |flow_disagreement| >= cfg.optical_log_ratio (the observed flow at least e^x times or at most
+    1/e^x times what stage 1's depth predicts for a static world), minus `ground`."""
+    d = np.asarray(disagreement, np.float32)
+    moving = np.isfinite(d) & (np.abs(np.nan_to_num(d)) >= cfg.optical_log_ratio)
     if ground is not None:
         moving &= ~ground.astype(bool)
     return moving

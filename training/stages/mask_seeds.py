@@ -1,13 +1,13 @@
 """Learned masks 2/3 (`python -m training seeds`): moving regions grouped into seed objects (reference §3U
 1.1 and the seed rules of 1.3).
 
-Runs only with objects.masks: learned. Reads the stage-1 predictions (depth, residual flows) and the ground
-maps, and writes in `<run_dir>/masks/seeds/`:
+Runs only with objects.masks: learned. Reads the frames, the stage-1 predictions (depth, residual flows), the
+stage-1 pose network (masks.seeds.motion: optical, the default) and the ground maps, and writes in `<run_dir>/masks/seeds/`:
 
     <split>/<seq>/<frame:06d>.png        uint16 seed ids (0 = none) of every triplet centre frame of
                                          masks.seeds.splits (network resolution)
     stats.json                           per split: frames, seeds, groups dropped per seed rule
-    previews/seeds_<split>_<k>.png       RGB | residual flow | moving pixels | groups | seeds
+    previews/seeds_<split>_<k>.png       RGB | residual flow (optical: observed - rigid) | moving pixels | groups | seeds
     slots_model.pt, checkpoints/, metrics.csv, metrics.png, previews/step_*.png
                                          with method: slots (the slot-attention network and its training)
     config.yaml, manifest.json
@@ -36,7 +36,8 @@ from training import checkpoint as ckpt_io
 from training.artifacts import file_entry
 from training.config import PipelineConfig, to_dict
 from training.loop import Phase, train
-from training.masks.seeds import group_moving_regions, moving_pixels, seed_masks
+from training.masks.seeds import (flow_disagreement, group_moving_regions, moving_pixels, moving_pixels_optical,
+                                  optical_flow, rigid_flow, seed_masks)
 from training.networks.slot_attention import SlotAutoEncoder, slot_inputs, slot_loss
 from training.previews import colourise_flow, compose, write_png
 from training.stages import scene as scene_stage
@@ -64,6 +65,59 @@ def run(cfg: PipelineConfig, run_dir, dist=None, *, restart: bool = False):
 def frame_moving(pred: ScenePrediction, ground: np.ndarray, cfg: PipelineConfig) -> np.ndarray:
     """bool [H,W] moving pixels of a frame (training.masks.seeds.moving_pixels with ground = probability >= 0.5)."""
     return moving_pixels(pred.flow_magnitude(), ground >= 0.5, cfg.masks.seeds)
+
+
+class MotionCue:
+    """The moving pixels of a split's frames under masks.seeds.motion, and the flow the grouping cuts at.
+
+    network: stage 1's residual flows (the reference's cue). optical: DIS optical flow between the triplet's
+    frames (the dataset's frames at the network resolution) against the rigid flow of stage 1's depth moved by
+    the camera motion `pose(index, offset)` (4x4 reference -> source camera; `for_stage` uses stage 1's pose
+    network) (training.masks.seeds.flow_disagreement); the grouping then cuts where the flow unexplained by the
+    rigid motion (observed - rigid, both directions) jumps."""
+
+    def __init__(self, cfg: PipelineConfig, split: str, ds, preds: ScenePredictions, grounds: GroundMaps, pose=None):
+        self.cfg, self.split, self.ds, self.preds, self.grounds = cfg, split, ds, preds, grounds
+        self.sc = cfg.masks.seeds
+        if self.sc.motion == 'optical' and pose is None:
+            raise ValueError('masks.seeds.motion optical needs the camera motion (pose)')
+        self.pose = pose
+
+    @classmethod
+    def for_stage(cls, ctx: StageContext, split: str, ds) -> 'MotionCue':
+        pose = None
+        if ctx.cfg.masks.seeds.motion == 'optical':
+            model, _, _ = scene_stage.load_model(ctx.upstream_dir('scene'))
+            net = model.pose.eval()
+
+            @torch.no_grad()
+            def pose(index: int, off: int) -> np.ndarray:
+                frames = ds[index]['frames_raw']
+                return net.reference_to_source(frames[1][None], frames[off + 1][None], off)[0][0].numpy()
+        return cls(ctx.cfg, split, ds, ScenePredictions(ctx.upstream_dir('scene')),
+                   GroundMaps(ctx.upstream_dir('ground')), pose)
+
+    def frame(self, index: int) -> dict:
+        """{'moving': bool [H,W], 'edges_flow': float [4,H,W], 'shown': float [2,H,W] flow to draw,
+        'cue': float [H,W] (optical: the disagreement), 'depth', 'ground'} of sample `index`."""
+        seq, t = self.ds.sample_location(index)
+        pred = self.preds.frame(self.split, seq, t)
+        ground = self.grounds.frame(self.split, seq, t) >= 0.5
+        if self.sc.motion == 'network':
+            return {'moving': moving_pixels(pred.flow_magnitude(), ground, self.sc), 'depth': pred.depth,
+                    'edges_flow': np.concatenate([pred.flow_prev, pred.flow_next]), 'ground': ground,
+                    'shown': np.stack([pred.flow_prev, pred.flow_next]).mean(0), 'cue': pred.flow_magnitude()}
+        item = self.ds[index]
+        K = item['K'].numpy()
+        rgb = [(f.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for f in item['frames_raw']]
+        observed, rigid = [], []
+        for off in (-1, 1):
+            observed.append(optical_flow(rgb[1], rgb[off + 1]))
+            rigid.append(rigid_flow(pred.depth, K, self.pose(index, off)))
+        cue = flow_disagreement(observed, rigid, self.sc.optical_min_rigid_px)
+        residual = np.concatenate([np.nan_to_num(o - r) for o, r in zip(observed, rigid)])
+        return {'moving': moving_pixels_optical(cue, ground, self.sc), 'depth': pred.depth, 'edges_flow': residual,
+                'ground': ground, 'shown': np.stack([residual[:2], residual[2:]]).mean(0), 'cue': cue}
 
 
 # ------------------------------------------------------------------------------------- slot attention
@@ -188,7 +242,8 @@ def write_seeds(ctx: StageContext, split: str, net: SlotAutoEncoder | None) -> d
     grounds = GroundMaps(ctx.upstream_dir('ground'))
     seeds = LabelMaps(ctx.stage_dir, 'the seeds stage (python -m training seeds)')
     locations = [ds.sample_location(i) for i in range(len(ds))]
-    stats = {'frames': 0, 'frames_with_seeds': 0, 'seeds': 0, 'groups': {}}
+    stats = {'frames': 0, 'frames_with_seeds': 0, 'seeds': 0, 'groups': {}, 'motion': sc.motion}
+    cue = MotionCue.for_stage(ctx, split, ds)
     step = sc.slots.infer_batch_size
     slot_data = SlotSampleDataset(cfg, preds, grounds, split, locations) if net is not None else None
     H, W = cfg.data.height, cfg.data.width
@@ -202,11 +257,10 @@ def write_seeds(ctx: StageContext, split: str, net: SlotAutoEncoder | None) -> d
             groups_batch = slot_groups(net, x, H, W, sc.slots.mask_threshold)
         for j, k in enumerate(chunk):
             seq, t = locations[k]
-            pred = preds.frame(split, seq, t)
-            ground = grounds.frame(split, seq, t) >= 0.5
-            moving = moving_pixels(pred.flow_magnitude(), ground, sc)
+            c = cue.frame(k)
+            moving, ground = c['moving'], c['ground']
             if groups_batch is None:
-                groups = group_moving_regions(moving, pred.depth, np.concatenate([pred.flow_prev, pred.flow_next]), sc)
+                groups = group_moving_regions(moving, c['depth'], c['edges_flow'], sc)
             else:
                 groups = groups_batch[j]
             ids = seed_masks(groups, moving, ground, sc, stats['groups'])
@@ -237,7 +291,7 @@ def overlay_ids(rgb: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def write_previews(ctx: StageContext, split: str, net: SlotAutoEncoder | None, n: int = 4) -> list[str]:
-    """Frames with seeds first: RGB | residual flow | moving pixels | groups | seeds."""
+    """Frames with seeds first: RGB | residual flow (optical: observed - rigid) | moving pixels | groups | seeds."""
     cfg = ctx.cfg
     sc = cfg.masks.seeds
     ds = scene_stage.optional_dataset(cfg, split, ctx.dist)
@@ -250,21 +304,22 @@ def write_previews(ctx: StageContext, split: str, net: SlotAutoEncoder | None, n
     picked = sorted(order[:max(1, len(order) // 2)])
     picked = picked[::max(1, len(picked) // n)][:n]
     out = []
+    cue = MotionCue.for_stage(ctx, split, ds)
     for k, i in enumerate(picked):
         seq, t = ds.sample_location(i)
         rgb = (ds[i]['frames_raw'][1].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        pred = preds.frame(split, seq, t)
-        ground = grounds.frame(split, seq, t) >= 0.5
-        moving = moving_pixels(pred.flow_magnitude(), ground, sc)
+        c = cue.frame(i)
+        moving = c['moving']
         if net is None:
-            groups = group_moving_regions(moving, pred.depth, np.concatenate([pred.flow_prev, pred.flow_next]), sc)
+            groups = group_moving_regions(moving, c['depth'], c['edges_flow'], sc)
         else:
             data = SlotSampleDataset(cfg, preds, grounds, split, [(seq, t)])
             torch.manual_seed(sc.slots.loop.seed)
             groups = slot_groups(net, data[0]['x'][:1], cfg.data.height, cfg.data.width, sc.slots.mask_threshold)[0]
         ids = seeds.frame(split, seq, t)
         grey = np.repeat((moving * 255).astype(np.uint8)[..., None], 3, -1)
-        panels = {f'rgb {seq}/{t}': rgb, 'residual flow': colourise_flow(np.stack([pred.flow_prev, pred.flow_next]).mean(0)),
+        panels = {f'rgb {seq}/{t}': rgb,
+                  ('residual flow' if sc.motion == 'network' else 'observed - rigid flow'): colourise_flow(c['shown']),
                   'moving (not ground)': grey, f'groups ({sc.method})': _label_colours(groups.astype(np.int64)),
                   f'seeds ({int(ids.max())})': overlay_ids(rgb, ids)}
         path = ctx.stage_dir / 'previews' / f'seeds_{split}_{k}.png'
@@ -287,6 +342,11 @@ def execute(ctx: StageContext) -> dict | None:
     stats = {split: write_seeds(ctx, split, net) for split in sc.splits}
     write_json_atomic(stage_dir / 'stats.json', stats)
     if not stats.get('train', {}).get('seeds'):
+        if sc.motion == 'optical':
+            raise StageError('no seed masks in the training split: no moving object passes the seed rules where the '
+                             'observed flow disagrees with stage 1\'s depth and pose (masks.seeds.motion optical). '
+                             'Train stage 1 longer, lower masks.seeds.optical_log_ratio, relax '
+                             'masks.seeds.require_ground_contact, or record while other traffic moves')
         raise StageError('no seed masks in the training split: the stage-1 residual flow shows no moving object that '
                          'passes the seed rules. Lower masks.seeds.flow_threshold_px / contrast_factor, relax '
                          'masks.seeds.require_ground_contact, or record while other traffic moves')
