@@ -95,3 +95,35 @@ def test_check_inputs_are_fixed_and_in_range():
     assert [x.shape for x in a] == [(1, 3, 32, 64), (3, 3, 32, 64)]
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert all(x.min() >= 0 and x.max() <= 1 and x.dtype == np.float32 for x in a)
+
+
+def test_relu_zero_decoder_takes_the_same_weights_and_exports_without_float_islands(net, exported, tmp_path):
+    """final.decoder relu_zero: stage 1's (elu_reflect) weights load as they are, the border and the
+    activation are what change, and the exported graph has no Elu or Pad left for ONNX Runtime to run between
+    the convolutions (in INT8 those cost a dequantize/quantize pair each)."""
+    torch.manual_seed(0)
+    relu = DepthNet(18, 0.25, 0.1, 100.0, decoder='relu_zero').eval()
+    relu.load_state_dict(net.state_dict())                       # strict: the same parameters
+    x = torch.rand(1, 3, H, W)
+    with torch.no_grad():
+        a, b = DepthExportModule(net)(x), DepthExportModule(relu)(x)
+    assert not torch.allclose(a, b)                               # another function of the same weights
+    path = tmp_path / 'relu.onnx'
+    export_depth_onnx(relu, path, meta(), max_batch=2)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert 'Relu' in ops and not ops & {'Elu', 'Pad'}
+    assert {'Elu', 'Pad'} <= {n.op_type for n in onnx.load(str(exported[0])).graph.node}    # stage 1's style
+    with pytest.raises(ValueError, match='decoder style'):
+        DepthNet(18, 0.25, decoder='relu_reflect')
+
+
+def test_final_decoder_is_checked_and_hashed_only_when_changed():
+    from training.config import ConfigError, load_config
+    from training.stages import final as final_stage
+
+    plain = load_config('ci-tiny')
+    relu = load_config('ci-tiny', overrides=['final.decoder=relu_zero'])
+    assert 'decoder' not in final_stage.hash_parts(plain)[0]['final']     # finished runs stay up to date
+    assert final_stage.hash_parts(relu)[0]['final']['decoder'] == 'relu_zero'
+    with pytest.raises((ConfigError, ValueError), match='final.decoder'):
+        load_config('ci-tiny', overrides=['final.decoder=gelu'])

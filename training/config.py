@@ -170,6 +170,7 @@ class FinalStageConfig:
     static_weight: float = 0.0
     dynamic_photometric: bool = True
     pseudo_align: str = field(default='static', metadata={HASHED: UNLESS_DEFAULT})
+    decoder: str = field(default='elu_reflect', metadata={HASHED: UNLESS_DEFAULT})
     loop: LoopConfig = field(default_factory=LoopConfig)
     phases: list[PhaseConfig] = field(default_factory=lambda: _phases({'name': 'joint', 'steps': 1000, 'lr': 2e-5}))
 
@@ -182,6 +183,8 @@ class FinalStageConfig:
             raise ValueError(f"final.pseudo_loss must be 'l1' or 'relative', got {self.pseudo_loss!r}")
         if self.pseudo_align not in ('static', 'none'):
             raise ValueError(f"final.pseudo_align must be 'static' or 'none', got {self.pseudo_align!r}")
+        if self.decoder not in ('elu_reflect', 'relu_zero'):
+            raise ValueError(f"final.decoder must be 'elu_reflect' or 'relu_zero', got {self.decoder!r}")
 
 
 @dataclass

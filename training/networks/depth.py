@@ -4,6 +4,10 @@ Decoder (Godard et al. 2019): from the coarsest feature, for each level i = 4..0
 (reflection-padded 3x3 conv + ELU), nearest x2 upsampling, concatenation with the encoder skip at
 that resolution, a second ConvBlock; disparity heads (reflection-padded 3x3 conv + sigmoid) at the
 requested scales. Scale s has resolution H/2^s x W/2^s. Input H and W must be multiples of 32.
+
+Decoder styles (`decoder`): 'elu_reflect' is monodepth2's (above); 'relu_zero' uses zero padding and ReLU,
+which inference runtimes fuse into the convolution (ONNX Runtime: Conv+ReLU, and in INT8 QLinearConv with no
+float operator between the convolutions), with the same parameters (state dicts load across the styles).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from torch import nn
 from training.networks.resnet import ResNetEncoder
 
 DECODER_CHANNELS = (16, 32, 64, 128, 256)
+DECODER_STYLES = ('elu_reflect', 'relu_zero')
 
 
 def disp_to_depth(disp: torch.Tensor, min_depth: float, max_depth: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,26 +35,34 @@ def disp_to_depth(disp: torch.Tensor, min_depth: float, max_depth: float) -> tup
     return scaled, 1.0 / scaled
 
 
-class ConvBlock(nn.Module):
-    """Reflection-padded 3x3 conv followed by ELU; keeps H, W."""
+def _check_style(style: str) -> str:
+    if style not in DECODER_STYLES:
+        raise ValueError(f'decoder style must be one of {DECODER_STYLES}, got {style!r}')
+    return style
 
-    def __init__(self, in_channels: int, out_channels: int):
+
+class ConvBlock(nn.Module):
+    """Reflection-padded 3x3 conv followed by ELU (style relu_zero: zero-padded, ReLU); keeps H, W."""
+
+    def __init__(self, in_channels: int, out_channels: int, style: str = 'elu_reflect'):
         super().__init__()
-        self.pad = nn.ReflectionPad2d(1)
-        self.conv = nn.Conv2d(in_channels, out_channels, 3)
-        self.act = nn.ELU(inplace=True)
+        zero = _check_style(style) == 'relu_zero'
+        self.pad = nn.Identity() if zero else nn.ReflectionPad2d(1)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1 if zero else 0)
+        self.act = nn.ReLU(inplace=True) if zero else nn.ELU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(self.pad(x)))
 
 
 class DispHead(nn.Module):
-    """Reflection-padded 3x3 conv to one channel + sigmoid: disparity in [0,1]."""
+    """Reflection-padded (style relu_zero: zero-padded) 3x3 conv to one channel + sigmoid: disparity in [0,1]."""
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, style: str = 'elu_reflect'):
         super().__init__()
-        self.pad = nn.ReflectionPad2d(1)
-        self.conv = nn.Conv2d(in_channels, 1, 3)
+        zero = _check_style(style) == 'relu_zero'
+        self.pad = nn.Identity() if zero else nn.ReflectionPad2d(1)
+        self.conv = nn.Conv2d(in_channels, 1, 3, padding=1 if zero else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.conv(self.pad(x)))
@@ -62,14 +75,16 @@ class DepthDecoder(nn.Module):
         num_ch_enc: channel counts of the 5 encoder features (1/2 … 1/32).
         scales: output scales (0 = full input resolution … 3 = 1/8).
         num_ch_dec: decoder channels at levels 0..4 (full … 1/16 resolution).
+        style: 'elu_reflect' (monodepth2) or 'relu_zero' (module docstring).
 
     ``forward(features, scales=None)``: features as returned by ``ResNetEncoder`` → dict
     {s: disparity float32 [B,1,H/2^s,W/2^s] in [0,1]} for ``scales`` (default: all built heads).
     """
 
     def __init__(self, num_ch_enc: list[int] | tuple[int, ...], scales: tuple[int, ...] = (0, 1, 2, 3),
-                 num_ch_dec: tuple[int, ...] = DECODER_CHANNELS):
+                 num_ch_dec: tuple[int, ...] = DECODER_CHANNELS, style: str = 'elu_reflect'):
         super().__init__()
+        self.style = _check_style(style)
         if len(num_ch_enc) != 5 or len(num_ch_dec) != 5:
             raise ValueError('DepthDecoder needs 5 encoder and 5 decoder channel counts')
         if not scales or any(s not in (0, 1, 2, 3) for s in scales):
@@ -81,10 +96,10 @@ class DepthDecoder(nn.Module):
         self.upconv1 = nn.ModuleList()
         for i in range(5):  # index i = decoder level i (resolution 1/2^i after upsampling)
             cin = self.num_ch_enc[-1] if i == 4 else self.num_ch_dec[i + 1]
-            self.upconv0.append(ConvBlock(cin, self.num_ch_dec[i]))
+            self.upconv0.append(ConvBlock(cin, self.num_ch_dec[i], style))
             skip = self.num_ch_enc[i - 1] if i > 0 else 0
-            self.upconv1.append(ConvBlock(self.num_ch_dec[i] + skip, self.num_ch_dec[i]))
-        self.heads = nn.ModuleDict({str(s): DispHead(self.num_ch_dec[s]) for s in self.scales})
+            self.upconv1.append(ConvBlock(self.num_ch_dec[i] + skip, self.num_ch_dec[i], style))
+        self.heads = nn.ModuleDict({str(s): DispHead(self.num_ch_dec[s], style) for s in self.scales})
 
     def forward(self, features: list[torch.Tensor], scales: tuple[int, ...] | None = None) -> dict[int, torch.Tensor]:
         wanted = self.scales if scales is None else tuple(scales)
@@ -116,13 +131,15 @@ class DepthNet(nn.Module):
         init_depth: depth (metres) the untrained network predicts on average, set through the
             disparity heads' bias; None keeps the zero bias (sigmoid 0.5, about 2·min_depth).
             Metric training starts best near the scene's typical depth (see SceneModelConfig).
+        decoder: decoder style, 'elu_reflect' or 'relu_zero' (module docstring).
 
     ``forward(image)``: image float32 [B,3,H,W], RGB in [0,1], H and W multiples of 32 →
     dict {s: disp float32 [B,1,H/2^s,W/2^s] in [0,1]}; depth via ``disp_to_depth``.
     """
 
     def __init__(self, depth: int = 18, width_mult: float = 1.0, min_depth: float = 0.1, max_depth: float = 100.0,
-                 scales: tuple[int, ...] = (0, 1, 2, 3), init_depth: float | None = None):
+                 scales: tuple[int, ...] = (0, 1, 2, 3), init_depth: float | None = None,
+                 decoder: str = 'elu_reflect'):
         super().__init__()
         if not 0 < min_depth < max_depth:
             raise ValueError(f'need 0 < min_depth < max_depth, got {min_depth}, {max_depth}')
@@ -130,7 +147,7 @@ class DepthNet(nn.Module):
         self.max_depth = float(max_depth)
         self.encoder = ResNetEncoder(depth, width_mult, in_channels=3)
         dec = tuple(max(4, int(round(c * width_mult))) for c in DECODER_CHANNELS)
-        self.decoder = DepthDecoder(self.encoder.num_ch_enc, scales, dec)
+        self.decoder = DepthDecoder(self.encoder.num_ch_enc, scales, dec, decoder)
         if init_depth is not None:
             if not min_depth < init_depth < max_depth:
                 raise ValueError(f'init_depth {init_depth} must lie inside ({min_depth}, {max_depth})')

@@ -98,8 +98,8 @@ class FinalModel(SceneModel):
     """The stage-1 model with the pseudo-label term (batches carry pseudo_depth and pseudo_dynamic)."""
 
     def __init__(self, config, pseudo_weight: float = 0.1, pseudo_loss: str = 'l1', static_weight: float = 0.0,
-                 dynamic_photometric: bool = True, pseudo_align: str = 'static'):
-        super().__init__(config)
+                 dynamic_photometric: bool = True, pseudo_align: str = 'static', decoder: str = 'elu_reflect'):
+        super().__init__(config, decoder)
         self.pseudo_align = pseudo_align
         self.pseudo_weight = float(pseudo_weight)
         self.pseudo_loss = pseudo_loss
@@ -149,7 +149,7 @@ def execute(ctx: StageContext) -> dict | None:
     fc = cfg.final
     ckpt_io.seed_everything(fc.loop.seed)
     model = FinalModel(cfg.scene.model, fc.pseudo_weight, fc.pseudo_loss, fc.static_weight, fc.dynamic_photometric,
-                       fc.pseudo_align)
+                       fc.pseudo_align, fc.decoder)
     scene_model, _, scene_manifest = scene_stage.load_model(ctx.upstream_dir('scene'))
     model.load_state_dict(scene_model.state_dict())
     del scene_model

@@ -64,9 +64,10 @@ def hash_parts(cfg: PipelineConfig) -> tuple[dict, dict]:
     return train_part, {'predict_splits': scene['predict_splits'], 'export': to_dict(cfg.export)}
 
 
-def build_model(cfg: PipelineConfig) -> SceneModel:
-    """A fresh SceneModel of the configuration (seed the RNGs first for a reproducible init)."""
-    return SceneModel(cfg.scene.model)
+def build_model(cfg: PipelineConfig, decoder: str = 'elu_reflect') -> SceneModel:
+    """A fresh SceneModel of the configuration (seed the RNGs first for a reproducible init); `decoder` is the
+    depth decoder's style (stage 4's final.decoder)."""
+    return SceneModel(cfg.scene.model, decoder)
 
 
 def _phases(cfg: PipelineConfig, model: SceneModel) -> list[Phase]:
@@ -257,7 +258,7 @@ def load_model(stage_dir: str | os.PathLike, device: str | torch.device = 'cpu',
         raise FileNotFoundError(f'{stage_dir} has no {MANIFEST_NAME}: stage {stage!r} has not finished there; run '
                                 f'`python -m training {stage} --run-dir {stage_dir.parent}` first')
     cfg = load_config(config_file=stage_dir / 'config.yaml')
-    model = build_model(cfg)
+    model = build_model(cfg, cfg.final.decoder if stage == 'final' else 'elu_reflect')
     saved = ckpt_io.load(stage_dir / model_file, map_location='cpu')
     model.load_state_dict(saved['model'])
     return model.to(device).eval(), cfg, manifest

@@ -122,16 +122,19 @@ def dynamic_pixel_mask(flow_prev: torch.Tensor, flow_next: torch.Tensor, thresho
 class SceneModel(nn.Module):
     """Depth (``depth``), pose (``pose``) and residual motion (``motion``) networks with the stage-1 loss.
 
+    ``decoder``: the depth decoder's style (training.networks.depth: 'elu_reflect', or 'relu_zero' for stage 4's
+    final.decoder); not part of SceneModelConfig, which stage 1 hashes.
+
     ``forward(batch, phase)`` is ``loss(batch, phase)`` so the model can be wrapped in
     DistributedDataParallel (use ``find_unused_parameters=True``: the rigid and motion phases leave
     sub-modules without gradient).
     """
 
-    def __init__(self, config: SceneModelConfig | None = None):
+    def __init__(self, config: SceneModelConfig | None = None, decoder: str = 'elu_reflect'):
         super().__init__()
         self.config = cfg = config or SceneModelConfig()
         self.depth = DepthNet(cfg.encoder_depth, cfg.width_mult, cfg.min_depth, cfg.max_depth, cfg.scales,
-                              cfg.init_depth)
+                              cfg.init_depth, decoder)
         self.pose = PoseNet(cfg.pose_encoder_depth, cfg.pose_width_mult, cfg.rotation_scale, cfg.translation_scale)
         self.motion = ResidualMotionNet(cfg.motion_channels, cfg.motion_radius)
         if cfg.pretrained_depth_encoder:
