@@ -11,7 +11,7 @@ import torch
 
 from dynadepth_ros.instance_masks import centre_peaks, decode_instances
 from training.masks.config import SeedsStageConfig
-from training.masks.postprocess import PostprocessRules, merge_overlaps, postprocess
+from training.masks.postprocess import PostprocessRules, add_missed_seeds, merge_overlaps, postprocess
 from training.masks.seeds import (flow_disagreement, group_moving_regions, moving_pixels, moving_pixels_optical,
                                   optical_flow, rigid_flow, seed_masks)
 
@@ -294,6 +294,23 @@ def test_postprocess_merges_duplicates_splits_overlaps_and_removes_road_and_spar
                           PostprocessRules(min_area_fraction=0.01, min_fill=0.5), stats)
     assert int(ids.max()) == 2 and sc == [0.9, 0.7] and not ids[road].any()
     assert stats == {'road': 1, 'merged': 1, 'sparse': 1, 'kept': 2}
+
+
+def test_seeds_the_network_missed_join_its_masks_on_free_pixels_only():
+    net = np.zeros((H, W), np.uint16)
+    net[10:30, 10:30] = 1                              # the network found object A
+    seeds = np.zeros((H, W), np.uint16)
+    seeds[12:28, 12:28] = 4                            # A's seed: found (all inside mask 1)
+    seeds[20:40, 25:45] = 7                            # B: a quarter inside mask 1, missed
+    seeds[40:44, 80:90] = 9                            # C: missed entirely
+    out, added = add_missed_seeds(net, seeds)
+    assert added == 2 and int(out.max()) == 3
+    assert (out[net == 1] == 1).all()                  # the network's pixels stay its own
+    b = out[20:40, 25:45]
+    assert set(np.unique(b).tolist()) == {1, 2} and (b == 2).sum() == 400 - 5 * 10
+    assert (out[40:44, 80:90] == 3).all()
+    same, none = add_missed_seeds(net, None)
+    assert none == 0 and np.array_equal(same, net)
 
 
 # ---- slot attention ---------------------------------------------------------------------------------------------

@@ -108,3 +108,26 @@ def postprocess(masks: list[np.ndarray], scores: list[float], ground: np.ndarray
         out[m & (out == 0)] = len(out_scores)
         count('kept')
     return out, out_scores
+
+
+def add_missed_seeds(ids: np.ndarray, seeds: np.ndarray | None, found: float = 0.5) -> tuple[np.ndarray, int]:
+    """(uint16 ids, number added): the network's instance ids with every seed of the frame (uint16 [H,W], 0 =
+    none) that the network missed added as an instance of its own, on the pixels no network mask holds. A seed
+    counts as found when at least `found` of its pixels lie in network masks. Seeds are objects the motion
+    showed, which a network trained for minutes on them does not always find again (masks.instances.keep_seeds)."""
+    out = np.asarray(ids).astype(np.uint16).copy()
+    if seeds is None or not np.any(seeds):
+        return out, 0
+    taken = out > 0
+    nxt = int(out.max()) + 1
+    added = 0
+    for s in np.unique(seeds[seeds > 0]).tolist():
+        m = seeds == s
+        if (taken & m).sum() >= found * m.sum():
+            continue
+        free = m & ~taken
+        out[free] = nxt
+        taken |= free
+        nxt += 1
+        added += 1
+    return out, added

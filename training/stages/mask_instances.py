@@ -52,7 +52,7 @@ from training.data import build_dataset
 from training.data.triplets import Layer, TripletDataset
 from training.export import ExportError
 from training.loop import Phase, train
-from training.masks.postprocess import PostprocessRules, masks_of, postprocess
+from training.masks.postprocess import PostprocessRules, add_missed_seeds, masks_of, postprocess
 from training.networks.ground_net import GroundNet
 from training.networks.instance_net import InstanceNet, instance_loss, instance_targets
 from training.networks.segmentation import normalised_disparity
@@ -219,14 +219,16 @@ def decode_frame(cfg: PipelineConfig, outs: list[dict[str, np.ndarray]], j: int,
 
 def predict_split(ctx: StageContext, net: InstanceNet, split: str, threshold: float, tta: bool,
                   dest: LabelMaps) -> dict:
-    """Masks of every triplet centre frame of `split` into dest; returns counts."""
+    """Masks of every triplet centre frame of `split` into dest (with masks.instances.keep_seeds, plus the seeds
+    of the frame that the network missed: training.masks.postprocess.add_missed_seeds); returns counts."""
     cfg = ctx.cfg
+    seeds = LabelMaps(ctx.upstream_dir('seeds'), 'the seeds stage') if cfg.masks.instances.keep_seeds else None
     ds = scene_stage.optional_dataset(cfg, split, ctx.dist)
     if ds is None:
         return {}
     cache = InputCache(ctx.stage_dir)
     step = cfg.masks.instances.infer_batch_size
-    stats = {'frames': 0, 'frames_with_masks': 0, 'masks': 0, 'rules': {}}
+    stats = {'frames': 0, 'frames_with_masks': 0, 'masks': 0, 'rules': {}, 'seeds_added': 0}
     for s in tqdm(range(0, len(ds), step), desc=f'instances: predict {split}', disable=not cfg.runtime.progress,
                   mininterval=1.0, dynamic_ncols=True):
         idx = list(range(s, min(len(ds), s + step)))
@@ -238,6 +240,9 @@ def predict_split(ctx: StageContext, net: InstanceNet, split: str, threshold: fl
             outs.append(_flip_outputs(network_outputs(net, rgb.flip(-1), inputs.flip(-1))))
         for j, w in enumerate(where):
             ids, _ = decode_frame(cfg, outs, j, inputs[j, 1].numpy(), threshold, stats['rules'])
+            if seeds is not None and seeds.exists(split, *w):
+                ids, added = add_missed_seeds(ids, seeds.frame(split, *w))
+                stats['seeds_added'] += added
             dest.write(split, *w, ids)
             n = int(ids.max())
             stats['frames'] += 1
