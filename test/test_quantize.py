@@ -194,6 +194,21 @@ def test_exclude_keeps_the_named_nodes_in_float(files, tmp_path):
         quantize_model(files['model'], out, frames, exclude=['nonsense'], log=lambda *_: None)
 
 
+def test_full_res_alias_is_everything_after_the_last_upsampling():
+    from onnx import helper
+
+    from training.quantize import resolve_excludes
+
+    names = [('Conv', 'enc'), ('Resize', 'up1'), ('Conv', 'dec1'), ('Resize', 'up0'), ('Conv', 'dec0'),
+             ('Relu', 'act0'), ('Conv', 'head'), ('Sigmoid', 'disp')]
+    graph = helper.make_graph([helper.make_node(op, [f'x{i}'], [f'x{i + 1}'], name=n) for i, (op, n) in enumerate(names)],
+                              'g', [], [])
+    assert resolve_excludes(helper.make_model(graph), ['full-res']) == ['dec0', 'act0', 'head', 'disp']
+    flat = helper.make_graph([helper.make_node('Conv', ['a'], ['b'], name='c')], 'g', [], [])
+    with pytest.raises(QuantizeError, match='no node name'):
+        resolve_excludes(helper.make_model(flat), ['full-res'])              # no upsampling: no such level
+
+
 # ------------------------------------------------------------------ TensorRT (FakeGPU stand-in)
 @pytest.fixture(scope='module')
 def trt_models(files):

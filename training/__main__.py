@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='activation range method')
     p.add_argument('--per-tensor', action='store_true', help='one weight scale per tensor (default per channel)')
     p.add_argument('--exclude', action='append', default=[], metavar='NODE|OP|ALIAS',
-                   help='also keep these nodes in float (repeatable); aliases first-conv, head, depth-out, input-norm')
+                   help='also keep these nodes in float (repeatable); aliases first-conv, head, depth-out, input-norm, full-res')
     p.add_argument('--no-default-exclude', action='store_true',
                    help='quantize the depth conversion after the last convolution too (kept float by default)')
     p.add_argument('--frames', type=int, default=64, help='calibration frames (evenly spaced over the source)')

@@ -75,7 +75,7 @@ MIN_CALIBRATION_FRAMES = 16
 MIN_HOLDOUT_FRAMES = 4
 DEFAULT_MAX_ABS_REL = 0.03
 NODE_ASPECT_TOLERANCE = 0.05     # the node parameter aspect_tolerance's default
-EXCLUDE_ALIASES = ('first-conv', 'head', 'depth-out', 'input-norm')
+EXCLUDE_ALIASES = ('first-conv', 'head', 'depth-out', 'input-norm', 'full-res')
 DEFAULT_EXCLUDE = ('depth-out',)
 
 
@@ -229,7 +229,8 @@ def resolve_excludes(model, names) -> list[str]:
     """Node names for --exclude entries: a node name, an operator type (all its nodes), or an alias: `first-conv`
     (the first Conv in graph order), `head` (the last Conv and every node after it), `depth-out` (every node after
     the last Conv: the sigmoid disparity -> depth conversion), `input-norm` (every node before the first Conv: the
-    input normalisation). QuantizeError for others."""
+    input normalisation), `full-res` (every node after the last Resize: the decoder's full-resolution level, few
+    channels over many pixels, where int8 convolutions are slower than float ones). QuantizeError for others."""
     nodes = list(model.graph.node)
     convs = [i for i, n in enumerate(nodes) if n.op_type == 'Conv']
     out: list[str] = []
@@ -242,6 +243,9 @@ def resolve_excludes(model, names) -> list[str]:
             out += [n.name for n in nodes[convs[-1] + 1:]]
         elif name == 'input-norm' and convs:
             out += [n.name for n in nodes[:convs[0]]]
+        elif name == 'full-res' and any(n.op_type == 'Resize' for n in nodes):
+            last = max(i for i, n in enumerate(nodes) if n.op_type == 'Resize')
+            out += [n.name for n in nodes[last + 1:]]
         elif any(n.name == name for n in nodes):
             out.append(name)
         elif any(n.op_type == name for n in nodes):
