@@ -151,30 +151,25 @@ def _eval_bag_logged(args: list[str], log: Path) -> int:
         return eval_bag.main(args + ['--no-progress'])
 
 
-def run_model_demo(out: Path, sequence: Path, model: Path) -> tuple[dict, dict]:
-    """Offline and live evaluation of `model` on the sequence's bag; returns the two report dicts."""
-    bag = sequence / 'bag'
-    offline = out / 'eval_offline'
-    rc = _eval_bag_logged([str(bag), '--model', str(model), '--moving-ids-from', str(sequence), '--out', str(offline),
-                           '--backend', 'onnxruntime'], out / 'eval_offline.log')
-    if rc != 0:
-        raise RuntimeError(f'offline evaluation failed (exit {rc}); see {offline}/report.json and {out}/eval_offline.log')
+def replay_through_node(bag: Path, rec: Path, node_args: list[str], wait_topics: list[str], log_dir: Path, *,
+                        rate: float = 0.5, record_topics=('/depth',)) -> None:
+    """Start `depth_node --ros-args NODE_ARGS`, replay `bag` into it with dynadepth-replay at `rate` (after the
+    node subscribed to `wait_topics`), record `record_topics` into `rec` (replaced), stop the node (SIGINT).
+    The node's log and the replay summary go to log_dir (depth_node.log, replay_summary.json); RuntimeError
+    with the replay's error output when it fails."""
+    import shutil
+
     bin_dir = Path(sys.executable).parent
-    rec = out / 'live_depth_bag'
     if rec.exists():
-        import shutil
         shutil.rmtree(rec)
-    node_log = open(out / 'depth_node.log', 'w')
-    node = subprocess.Popen([str(bin_dir / 'depth_node'), '--ros-args', '-p', f'model_path:={model}',
-                             '-p', 'backend:=onnxruntime', '-r', 'image:=/camera/image_raw',
-                             '-r', 'camera_info:=/camera/camera_info', '-r', 'instance_mask:=/camera/instance_mask'],
+    log_dir.mkdir(parents=True, exist_ok=True)
+    node_log = open(log_dir / 'depth_node.log', 'w')
+    node = subprocess.Popen([str(bin_dir / 'depth_node'), '--ros-args', *node_args],
                             stdout=node_log, stderr=subprocess.STDOUT)
     try:
-        # half speed: the node is latest-frame-wins, so on a busy 2-core machine full rate would drop frames
-        res = subprocess.run([str(bin_dir / 'dynadepth-replay'), str(bag), '--rate', '0.5', '--record', str(rec),
-                              '--record-topics', '/depth', '/camera/image_raw', '--wait-subscribers',
-                              '/camera/image_raw', '/camera/camera_info', '--linger', '2.0',
-                              '--summary', str(out / 'replay_summary.json')], capture_output=True, text=True,
+        res = subprocess.run([str(bin_dir / 'dynadepth-replay'), str(bag), '--rate', str(rate), '--record', str(rec),
+                              '--record-topics', *record_topics, '--wait-subscribers', *wait_topics, '--linger', '2.0',
+                              '--summary', str(log_dir / 'replay_summary.json')], capture_output=True, text=True,
                              timeout=600)
     finally:
         node.send_signal(signal.SIGINT)
@@ -186,7 +181,24 @@ def run_model_demo(out: Path, sequence: Path, model: Path) -> tuple[dict, dict]:
         node_log.close()
     if res.returncode != 0:
         raise RuntimeError(f'replay through the live node failed: {res.stderr.strip()[-2000:]}\n'
-                           f'(node log: {out / "depth_node.log"})')
+                           f'(node log: {log_dir / "depth_node.log"})')
+
+
+def run_model_demo(out: Path, sequence: Path, model: Path) -> tuple[dict, dict]:
+    """Offline and live evaluation of `model` on the sequence's bag; returns the two report dicts."""
+    bag = sequence / 'bag'
+    offline = out / 'eval_offline'
+    rc = _eval_bag_logged([str(bag), '--model', str(model), '--moving-ids-from', str(sequence), '--out', str(offline),
+                           '--backend', 'onnxruntime'], out / 'eval_offline.log')
+    if rc != 0:
+        raise RuntimeError(f'offline evaluation failed (exit {rc}); see {offline}/report.json and {out}/eval_offline.log')
+    rec = out / 'live_depth_bag'
+    # half speed: the node is latest-frame-wins, so on a busy 2-core machine full rate would drop frames
+    replay_through_node(bag, rec, ['-p', f'model_path:={model}', '-p', 'backend:=onnxruntime',
+                                   '-r', 'image:=/camera/image_raw', '-r', 'camera_info:=/camera/camera_info',
+                                   '-r', 'instance_mask:=/camera/instance_mask'],
+                        ['/camera/image_raw', '/camera/camera_info'], out, rate=0.5,
+                        record_topics=['/depth', '/camera/image_raw'])
     live = out / 'eval_live'
     rc = _eval_bag_logged([str(bag), '--prediction-bag', str(rec), '--prediction-topic', '/depth',
                            '--moving-ids-from', str(sequence), '--out', str(live)], out / 'eval_live.log')

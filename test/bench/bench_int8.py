@@ -31,17 +31,19 @@ from bench_node import WORK, Client, bench_image, bench_model, start_node, stop_
 from test_node_graph import depth_node_cmd  # noqa: E402
 
 
-def quantized(model: Path, calib: Path, frames: int, fmt: str = 'qdq') -> Path:
-    """The INT8 (cpu target, format `fmt`) copy of `model` in the bench work folder, made once per model file."""
+def quantized(model: Path, calib: Path, frames: int, variant: str = 'qdq') -> Path:
+    """The INT8 (cpu target) copy of `model` in the bench work folder, made once per model file and variant:
+    'FORMAT[+EXCLUDE...]', e.g. 'qdq', 'qoperator', 'qdq+full-res' (the default exclusions plus those named)."""
     from dynadepth_ros.atomic_files import file_sha256
-    from training.quantize import describe_check, open_calibration, quantize_model
+    from training.quantize import DEFAULT_EXCLUDE, describe_check, open_calibration, quantize_model
 
     from dynadepth_ros.model_format import read_metadata
-    out = WORK / f'{model.stem}-{file_sha256(model)[:12]}_int8_{fmt}.onnx'
+    fmt, *extra = variant.split('+')
+    out = WORK / f'{model.stem}-{file_sha256(model)[:12]}_int8_{variant.replace("+", "_")}.onnx'
     if not out.exists():
         meta = read_metadata(model)
         cal = open_calibration(calib, meta.input_height, meta.input_width, split='train', frames=frames)
-        rep = quantize_model(model, out, cal, fmt=fmt, log=print)
+        rep = quantize_model(model, out, cal, fmt=fmt, exclude=list(DEFAULT_EXCLUDE) + extra, log=print)
         print(f'  check: {describe_check(rep["check"])}')
     return out
 
@@ -109,7 +111,8 @@ def main() -> int:
     ap.add_argument('--frames', type=int, default=64, help='calibration frames')
     ap.add_argument('--no-node', action='store_true', help='raw ONNX Runtime only')
     ap.add_argument('--formats', default='qdq,qoperator',
-                    help='INT8 formats made here for each model (qdq: ONNX Runtime and TensorRT; qoperator: ONNX Runtime)')
+                    help='INT8 variants made here for each model: FORMAT[+EXCLUDE...] (qdq: ONNX Runtime and TensorRT; '
+                         'qoperator: ONNX Runtime; +full-res etc.: also keep those nodes in float)')
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     models: dict[str, tuple[Path, Path | None]] = {}

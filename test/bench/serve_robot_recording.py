@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -29,35 +28,19 @@ from bench_env import REPO
 
 
 def run_model(label: str, model: Path, robot_bag: Path, gen_bag: Path, sequence: Path, out: Path, rate: float) -> dict:
+    from dynadepth_ros.demo import replay_through_node
+
     bin_dir = Path(sys.executable).parent
     d = out / label
-    d.mkdir(parents=True, exist_ok=True)
     rec = d / 'depth_bag'
-    if rec.exists():
-        import shutil
-        shutil.rmtree(rec)
-    log = open(d / 'depth_node.log', 'w')
-    node = subprocess.Popen([str(bin_dir / 'depth_node'), '--ros-args', '-p', f'model_path:={model}',
-                             '-p', 'backend:=onnxruntime', '-p', 'image_transport:=compressed',
-                             '-r', 'image:=/front/image_raw', '-r', 'camera_info:=/front/camera_info'],
-                            stdout=log, stderr=subprocess.STDOUT)
     t0 = time.perf_counter()
     try:
-        res = subprocess.run([str(bin_dir / 'dynadepth-replay'), str(robot_bag), '--rate', str(rate), '--record',
-                              str(rec), '--record-topics', '/depth', '--wait-subscribers',
-                              '/front/image_raw/compressed', '/front/camera_info', '--linger', '2.0',
-                              '--summary', str(d / 'replay_summary.json')], capture_output=True, text=True,
-                             timeout=900)
-    finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait()
-        log.close()
-    if res.returncode != 0:
-        raise SystemExit(f'{label}: replay failed: {res.stderr.strip()[-1500:]} (node log {d / "depth_node.log"})')
+        replay_through_node(robot_bag, rec, ['-p', f'model_path:={model}', '-p', 'backend:=onnxruntime',
+                                             '-p', 'image_transport:=compressed', '-r', 'image:=/front/image_raw',
+                                             '-r', 'camera_info:=/front/camera_info'],
+                            ['/front/image_raw/compressed', '/front/camera_info'], d, rate=rate)
+    except RuntimeError as exc:
+        raise SystemExit(f'{label}: {exc}')
     wall = time.perf_counter() - t0
     ev = subprocess.run([str(bin_dir / 'dynadepth-eval-bag'), str(gen_bag), '--prediction-bag', str(rec),
                          '--prediction-topic', '/depth', '--moving-ids-from', str(sequence), '--out', str(d / 'eval')],
