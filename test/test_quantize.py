@@ -201,8 +201,8 @@ def test_full_res_alias_is_everything_after_the_last_upsampling():
 
     names = [('Conv', 'enc'), ('Resize', 'up1'), ('Conv', 'dec1'), ('Resize', 'up0'), ('Conv', 'dec0'),
              ('Relu', 'act0'), ('Conv', 'head'), ('Sigmoid', 'disp')]
-    graph = helper.make_graph([helper.make_node(op, [f'x{i}'], [f'x{i + 1}'], name=n) for i, (op, n) in enumerate(names)],
-                              'g', [], [])
+    nodes = [helper.make_node(op, [f'x{i}'], [f'x{i + 1}'], name=n) for i, (op, n) in enumerate(names)]
+    graph = helper.make_graph(nodes, 'g', [], [])
     assert resolve_excludes(helper.make_model(graph), ['full-res']) == ['dec0', 'act0', 'head', 'disp']
     flat = helper.make_graph([helper.make_node('Conv', ['a'], ['b'], name='c')], 'g', [], [])
     with pytest.raises(QuantizeError, match='no node name'):

@@ -476,7 +476,7 @@ def test_the_optical_cue_of_the_seeds_stage_finds_the_moving_objects_given_right
         road[H_ // 2:] = ds[i]['mask'].numpy()[H_ // 2:] == 0    # pixels of no object (DIS misses its large flows)
         grounds.write('train', seq_name, t, road)
 
-    def pose(index, off):
+    def pose(index, off, frames):
         si, t = ds.samples[index]
         seq = ds.sequences[si]
         return np.linalg.inv(seq.pose(t + off)) @ seq.pose(t)

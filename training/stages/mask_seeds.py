@@ -2,12 +2,14 @@
 1.1 and the seed rules of 1.3).
 
 Runs only with objects.masks: learned. Reads the frames, the stage-1 predictions (depth, residual flows), the
-stage-1 pose network (masks.seeds.motion: optical, the default) and the ground maps, and writes in `<run_dir>/masks/seeds/`:
+stage-1 pose network (masks.seeds.motion: optical, the default) and the ground maps, and writes in
+`<run_dir>/masks/seeds/`:
 
     <split>/<seq>/<frame:06d>.png        uint16 seed ids (0 = none) of every triplet centre frame of
                                          masks.seeds.splits (network resolution)
     stats.json                           per split: frames, seeds, groups dropped per seed rule
-    previews/seeds_<split>_<k>.png       RGB | residual flow (optical: observed - rigid) | moving pixels | groups | seeds
+    previews/seeds_<split>_<k>.png       RGB | residual flow (optical: observed - rigid) | moving pixels |
+                                         groups | seeds
     slots_model.pt, checkpoints/, metrics.csv, metrics.png, previews/step_*.png
                                          with method: slots (the slot-attention network and its training)
     config.yaml, manifest.json
@@ -72,9 +74,10 @@ class MotionCue:
 
     network: stage 1's residual flows (the reference's cue). optical: DIS optical flow between the triplet's
     frames (the dataset's frames at the network resolution) against the rigid flow of stage 1's depth moved by
-    the camera motion `pose(index, offset)` (4x4 reference -> source camera; `for_stage` uses stage 1's pose
-    network) (training.masks.seeds.flow_disagreement); the grouping then cuts where the flow unexplained by the
-    rigid motion (observed - rigid, both directions) jumps."""
+    the camera motion `pose(index, offset, frames)` (4x4 reference -> source camera of sample `index`, whose
+    frames_raw [3,3,H,W] are given; `for_stage` uses stage 1's pose network), compared by
+    training.masks.seeds.flow_disagreement; the grouping then cuts where the flow unexplained by the rigid
+    motion (observed - rigid, both directions) jumps."""
 
     def __init__(self, cfg: PipelineConfig, split: str, ds, preds: ScenePredictions, grounds: GroundMaps, pose=None):
         self.cfg, self.split, self.ds, self.preds, self.grounds = cfg, split, ds, preds, grounds
@@ -91,8 +94,7 @@ class MotionCue:
             net = model.pose.eval()
 
             @torch.no_grad()
-            def pose(index: int, off: int) -> np.ndarray:
-                frames = ds[index]['frames_raw']
+            def pose(index: int, off: int, frames: torch.Tensor) -> np.ndarray:
                 return net.reference_to_source(frames[1][None], frames[off + 1][None], off)[0][0].numpy()
         return cls(ctx.cfg, split, ds, ScenePredictions(ctx.upstream_dir('scene')),
                    GroundMaps(ctx.upstream_dir('ground')), pose)
@@ -113,7 +115,7 @@ class MotionCue:
         observed, rigid = [], []
         for off in (-1, 1):
             observed.append(optical_flow(rgb[1], rgb[off + 1]))
-            rigid.append(rigid_flow(pred.depth, K, self.pose(index, off)))
+            rigid.append(rigid_flow(pred.depth, K, self.pose(index, off, item['frames_raw'])))
         cue = flow_disagreement(observed, rigid, self.sc.optical_min_rigid_px)
         residual = np.concatenate([np.nan_to_num(o - r) for o, r in zip(observed, rigid)])
         return {'moving': moving_pixels_optical(cue, ground, self.sc), 'depth': pred.depth, 'edges_flow': residual,
