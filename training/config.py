@@ -31,6 +31,7 @@ from dynadepth_ros.metrics import MAX_DEPTH, MIN_DEPTH
 from training.data.config import DataConfig
 from training.loop import LoopConfig
 from training.masks.config import MASK_SOURCES, MasksConfig
+from training.networks.depth import DECODER_STYLES
 from training.stages.dsa_model import DsaModelConfig
 from training.stages.labelling import LabellingConfig
 from training.stages.scene_model import SceneModelConfig
@@ -183,8 +184,8 @@ class FinalStageConfig:
             raise ValueError(f"final.pseudo_loss must be 'l1' or 'relative', got {self.pseudo_loss!r}")
         if self.pseudo_align not in ('static', 'none'):
             raise ValueError(f"final.pseudo_align must be 'static' or 'none', got {self.pseudo_align!r}")
-        if self.decoder not in ('elu_reflect', 'relu_zero'):
-            raise ValueError(f"final.decoder must be 'elu_reflect' or 'relu_zero', got {self.decoder!r}")
+        if self.decoder not in DECODER_STYLES:
+            raise ValueError(f'final.decoder must be one of {DECODER_STYLES}, got {self.decoder!r}')
 
 
 @dataclass

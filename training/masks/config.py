@@ -84,7 +84,8 @@ class SeedsStageConfig:
     least flow_threshold_px and at least contrast_factor x the frame's median magnitude (the reference's cue) —
     or `optical` — the flow OpenCV's DIS measures between the frames against the flow of a static world at
     stage 1's depth and pose: |log(observed / rigid)| at least optical_log_ratio where the rigid flow is at
-    least optical_min_rigid_px (training.masks.seeds.flow_disagreement); not ground either way. method: cluster (connected
+    least optical_min_rigid_px (training.masks.seeds.flow_disagreement); not ground either way.
+    method: cluster (connected
     components of the moving pixels, cut where the stage-1 depth jumps by more than depth_edge in log depth
     or the flow changes by more than flow_edge of its magnitude) | slots (slot attention, SlotsConfig).
     Seed rules per group: area above min_area_fraction of the image (reference 0.1 %), box below
