@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f'\n{names[0]} ({baseline.name}) vs {names[1]} ({model.name}), metric depth, dynamic pixels first '
               f'(lead = the car ahead in the ego lane):')
         print(comparison_table(cmp, *names))
-        print(f'\nper-object scale (median over each object of prediction / GT; moving / static = 1 when moving '
-              f'objects get the scene\'s scale):')
+        print('\nper-object scale (median over each object of prediction / GT; moving / static = 1 when moving '
+              'objects get the scene\'s scale):')
         print(object_scale_table(cmp, *names), end='')
         for n in names:
             t = cmp['models'][n]['inference_ms']

@@ -169,6 +169,32 @@ def test_centre_strip_needs_the_instance_to_touch_the_strip():
     assert not labels[3].dynamic
 
 
+def test_optical_rule_flags_an_object_that_moves_otherwise_than_its_depth_says():
+    """Both cars without residual flow (stage 1 explained them away). The flow disagreement: car 1 moved at
+    e^-1.2 of the flow its depth predicts (it travels with the camera), car 2 as predicted; car 1 is
+    dynamic by the optical cue alone, car 2 static; with the cue off, or where too little of car 1 has a
+    defined ratio (near the focus of expansion), car 1 is static."""
+    f = two_cars(flow1=BG_FLOW)
+    disagreement = np.full((H, W), 0.05, np.float32)
+    disagreement[CAR1] = -1.2
+    disagreement[CAR2] = 0.1
+
+    def label(cfg, d):
+        labels, _ = label_frame(f.mask, f.prediction(), K, cfg, disagreement=d)
+        return {lab.id: lab for lab in labels}
+    labels = label(base_cfg(optical_log_ratio=0.7), disagreement)
+    assert labels[1].dynamic and labels[1].extra['cues'] == ['optical']
+    assert labels[1].extra['optical_log_ratio'] == pytest.approx(-1.2) and labels[1].extra['optical_share'] == 1.0
+    assert not labels[2].dynamic
+    assert not label(base_cfg(), disagreement)[1].dynamic                      # off by default
+    assert not label(base_cfg(optical_log_ratio=0.7), None)[1].dynamic         # not measured
+    sparse = disagreement.copy()
+    sparse[CAR1] = np.nan
+    sparse[CAR1[0].start, CAR1[1]] = -1.2                                      # one row of 25 defined: 4 %
+    assert not label(base_cfg(optical_log_ratio=0.7, optical_min_share=0.1), sparse)[1].dynamic
+    assert label(base_cfg(optical_log_ratio=0.7, optical_min_share=0.03), sparse)[1].dynamic
+
+
 def test_small_instances_are_dropped():
     """Instances under min_area_fraction of the image (0.5 % of 96x128 = 62 px) are not labelled."""
     f = two_cars()
@@ -216,7 +242,8 @@ def test_labels_serialise_with_the_design_fields():
 
 
 @pytest.mark.parametrize('kw', [dict(flow_coverage=1.5), dict(min_area_fraction=-0.1), dict(flow_threshold_px=-1),
-                                dict(ground_angle_deg=90), dict(ground_step_px=0)])
+                                dict(ground_angle_deg=90), dict(ground_step_px=0), dict(optical_log_ratio=-0.5),
+                                dict(optical_min_share=2.0)])
 def test_labelling_config_rejects_invalid_settings(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         LabellingConfig(**kw)

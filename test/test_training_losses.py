@@ -1,4 +1,6 @@
 """Self-supervised losses: photometric error, auto-masking, smoothness, sparsity, odometry scale."""
+import json
+
 import pytest
 import torch
 
@@ -155,6 +157,58 @@ def test_final_model_skips_photometric_loss_on_labelled_dynamic_pixels_only_when
     assert keep.shape == (2, 1, H, W) and float(keep.sum()) == 2 * (H * W - 20)
     assert float(keep[:, 0, :4, :5].max()) == 0.0
     assert FinalModel(SceneModelConfig(), dynamic_photometric=False).photometric_keep({}, target) is None
+
+
+def test_final_model_leaves_unexplained_pixels_to_the_network_unless_they_are_labelled_dynamic():
+    """final.unexplained_motion: a mover no mask caught (flagged by the optical cue) gets neither the
+    photometric loss nor the static anchor to stage 1's depth (which would hold it pushed back); a flagged
+    pixel that is labelled dynamic keeps its pseudo label; the rest of the image is unchanged."""
+    from training.stages.final import FinalModel
+    from training.stages.scene_model import SceneModelConfig
+
+    dynamic = torch.zeros(2, H, W, dtype=torch.bool)
+    dynamic[:, :4, :5] = True
+    unexplained = torch.zeros(2, H, W, dtype=torch.bool)
+    unexplained[:, :4, :8] = True                    # 20 labelled dynamic + 12 not
+    unexplained[:, -3:, -3:] = True                  # 9 more, not labelled
+    label = torch.full((2, H, W), 10.0)
+    target = torch.rand(2, 3, H, W)
+    batch = {'pseudo_dynamic': dynamic, 'unexplained': unexplained, 'pseudo_depth': label}
+    model = FinalModel(SceneModelConfig(), pseudo_weight=1.0, pseudo_loss='relative', static_weight=1.0)
+    keep = model.photometric_keep(batch, target)
+    assert keep.shape == (2, 1, H, W) and float(keep.sum()) == 2 * (H * W - 21)
+    assert float(keep[:, 0, :4, 5:8].max()) == 0.0 and float(keep[:, 0, :4, :5].min()) == 1.0
+    # labelled dynamic pixels also leave with dynamic_photometric off
+    keep_off = FinalModel(SceneModelConfig(), dynamic_photometric=False).photometric_keep(batch, target)
+    assert float(keep_off.sum()) == 2 * (H * W - 41)
+    # a network that put the unexplained pixels 2x farther than stage 1's label (pushed back): no anchor pull
+    depth = torch.full((2, 1, H, W), 10.0)
+    far = unexplained[:, None] & ~dynamic[:, None]
+    depth[far] = 20.0
+    depth.requires_grad_()
+    total, logs = model.extra_loss(batch, {0: depth})
+    assert logs['static_anchor'] == pytest.approx(0.0, abs=1e-6) and logs['pseudo_loss'] == pytest.approx(0.0, abs=1e-6)
+    total.backward()
+    assert not depth.grad[far].any()
+    without, logs_without = model.extra_loss({k: v for k, v in batch.items() if k != 'unexplained'}, {0: depth})
+    assert logs_without['static_anchor'] > 0.01                       # the anchor would have pulled them back
+
+
+def test_unexplained_motion_is_off_by_default_checked_and_hashed_only_when_on():
+    from training.config import FinalStageConfig, load_config
+    from training.stages.final import hash_parts
+
+    assert FinalStageConfig().unexplained_motion == 0.0                  # the reference: off
+    for bad in (-0.5, float('nan')):
+        with pytest.raises(ValueError, match='final.unexplained_motion'):
+            FinalStageConfig(unexplained_motion=bad)
+
+    def final_hash(*overrides):
+        return json.dumps(hash_parts(load_config('ci-tiny', overrides=list(overrides)))[0], sort_keys=True)
+    assert final_hash() == final_hash('final.unexplained_motion=0')     # runs made before it stay up to date
+    assert final_hash() != final_hash('final.unexplained_motion=0.5')
+    assert final_hash('final.unexplained_motion=0.5') != final_hash('final.unexplained_motion=0.5',
+                                                                    'masks.seeds.optical_min_rigid_px=2')
 
 
 @pytest.mark.parametrize('mode', ['l1', 'relative'])

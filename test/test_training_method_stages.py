@@ -278,3 +278,48 @@ def test_bundle_installs_final_and_stage1_with_a_report(run, tmp_path):
     r = training_cmd('bundle', '--run-dir', str(other), '--dest', str(tmp_path / 'no'))
     assert r.returncode == 2 and 'another stage-1 model' in r.stderr
     assert not (tmp_path / 'no').exists()
+
+
+def test_distill_stage_trains_an_int8_friendly_final_network_from_the_final_one(run, tmp_path):
+    """distill.decoder=relu_zero: the optional stage after stage 4 distils the final network into a ReLU /
+    zero-padding decoder (no ELU, no reflection padding in the exported graph: the float islands of an INT8
+    model), exports it as a final model, and says how close it is to its teacher; without the setting the
+    stage refuses with the flag that enables it."""
+    import onnx
+    from dynadepth_ros.model_format import read_metadata
+
+    off = training_cmd('distill', *run['common'])
+    assert off.returncode != 0 and 'distill.decoder' in off.stdout + off.stderr
+    assert not (run['dir'] / 'distill' / 'manifest.json').exists()
+    distill = ('--set', 'distill.decoder=relu_zero', '--set', 'distill.phases.0.steps=6',
+               '--set', 'distill.loop.batch_size=2')
+    r = training_cmd('distill', *run['common'], *distill)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = run['dir'] / 'distill'
+    manifest = json.loads((out / 'manifest.json').read_text())
+    final = json.loads((run['dir'] / 'final' / 'manifest.json').read_text())
+    assert manifest['upstream']['final'] == final['config_hash'] == manifest['teacher']['config_hash']
+    assert manifest['agreement_val']['frames'] > 0 and 0 <= manifest['agreement_val']['mean_abs_log_ratio'] < 1
+    assert read_metadata(out / 'distill.onnx').stage == 'final'
+    ops = {n.op_type for n in onnx.load(str(out / 'distill.onnx')).graph.node}
+    assert 'Relu' in ops and 'Elu' not in ops
+    pads = [n for n in onnx.load(str(out / 'distill.onnx')).graph.node if n.op_type == 'Pad']
+    assert all(a.s != b'reflect' for n in pads for a in n.attribute if a.name == 'mode')
+    teacher_ops = {n.op_type for n in onnx.load(str(run['dir'] / 'final' / 'final.onnx')).graph.node}
+    assert 'Elu' in teacher_ops
+    assert list((out / 'previews').glob('*.png'))
+    # export.int8 then quantizes the distilled network (full-res level kept in float), and bundle --int8 ships it
+    r = training_cmd('run', *run['common'], *distill, '--no-evaluate', '--set', 'export.int8=true',
+                     '--set', 'export.int8_max_abs_rel=0.5')
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'distill: up to date' in r.stdout and 'int8: wrote' in r.stdout
+    int8 = out / 'distill_int8.onnx'
+    info = json.loads(read_metadata(int8).quantization)
+    assert 'full-res' in info['exclude_requested'] and info['excluded_nodes']
+    from dynadepth_ros.atomic_files import file_sha256
+    assert info['float_model_sha256'] == file_sha256(out / 'distill.onnx')
+    dest = tmp_path / 'models'
+    r = training_cmd('bundle', '--run-dir', str(run['dir']), '--dest', str(dest), '--int8')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (dest / 'dynadepth_int8.onnx').read_bytes() == int8.read_bytes()
+    assert 'distilled into a ReLU' in (dest / 'training_report.md').read_text()

@@ -112,7 +112,7 @@ def test_stage_status_reports_the_missing_upstream_stage(tmp_path):
 
 
 def test_registry_names_and_unknown_stages():
-    assert list(STAGES) == ['scene', 'ground', 'seeds', 'instances', 'objects', 'dsa', 'final']
+    assert list(STAGES) == ['scene', 'ground', 'seeds', 'instances', 'objects', 'dsa', 'final', 'distill']
     for name, spec in STAGES.items():
         mod = spec.load()
         assert mod.NAME == name and tuple(mod.REQUIRES) == spec.requires

@@ -6,9 +6,11 @@
     python -m training objects --preset cpu-small --run-dir runs/cpu-small     # stage 2 (needs scene)
     python -m training dsa --preset cpu-small --run-dir runs/cpu-small         # stage 3 (needs objects)
     python -m training run --preset cpu-small --run-dir runs/cpu-small         # every stage, resuming/skipping
-                                         # (--set export.int8=true: then final/final_int8.onnx, training/quantize.py)
+                                         # (--set export.int8=true: then final/final_int8.onnx, training/quantize.py;
+                                         #  with --set distill.decoder=relu_zero the distilled distill/distill_int8.onnx)
     python -m training evaluate --run-dir runs/cpu-small --stage dsa --split val  # labels, DSA, pseudo labels
     python -m training final --preset cpu-small --run-dir runs/cpu-small       # stage 4 (needs dsa)
+    python -m training distill --run-dir runs/cpu-small --set distill.decoder=relu_zero   # optional: INT8-friendly final
     python -m training compare --run-dir runs/cpu-small --split test           # stage 1 vs final, side by side
     python -m training export --run-dir runs/cpu-small --stage scene --out scene.onnx
     python -m training bundle --run-dir runs/cpu-small      # install final + stage-1 ONNX as the node's models
@@ -230,7 +232,7 @@ def _run_stages(args, names: list[str] | None) -> int:
         if names is None:
             run_pipeline(cfg, run_dir, dist, until=args.until, restart_from=args.restart_from,
                          evaluate=not args.no_evaluate, device=str(dist.device))
-            if cfg.export.int8 and args.until in (None, 'final') and dist.is_main:
+            if cfg.export.int8 and args.until in (None, 'final', 'distill') and dist.is_main:
                 from training.quantize import quantize_run
                 quantize_run(cfg, run_dir, log=lambda text: print(f'pipeline: {text}', flush=True))
         else:

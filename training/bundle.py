@@ -6,7 +6,9 @@ bundled models (what the node uses when model_path is empty) with their training
     dynadepth_ros/models/training_report.md/json  how they were made and what they measured
     dynadepth_ros/models/dynadepth_int8.onnx     with --int8: the INT8 copy of the final network (the run's
                                                  final/final_int8.onnx: `export.int8: true` or `python -m
-                                                 training quantize`), checked to be made from that final model
+                                                 training quantize`), checked to be made from that final model;
+                                                 or, when the run has the distill stage, its distilled network's
+                                                 (distill/distill_int8.onnx, distilled from that final model)
 
 Both ONNX files are validated (design §3 metadata, stages 'final' and 'scene', the same input size)
 and the final one must come from that stage-1 model (its manifest's upstream hash). Files are
@@ -40,9 +42,20 @@ def _manifest(run_dir: Path, stage: str) -> dict:
                           f'`python -m training run --run-dir {run_dir} ...` first') from exc
 
 
-def _int8_model(run_dir: Path, final_onnx: Path) -> tuple[Path, dict]:
-    """The run's final/final_int8.onnx and its quantization record, checked to be the INT8 copy of final_onnx."""
-    int8 = run_dir / 'final' / 'final_int8.onnx'
+def _int8_model(run_dir: Path, final_onnx: Path, final_manifest: dict) -> tuple[Path, dict]:
+    """The run's INT8 final model and its quantization record: distill/distill_int8.onnx (the final network
+    distilled into an INT8-friendly one, training.stages.distill) when the run has it and it was distilled from
+    this final model, else final/final_int8.onnx, checked to be the INT8 copy of final_onnx."""
+    distilled = run_dir / 'distill' / 'distill_int8.onnx'
+    source = final_onnx
+    if distilled.is_file():
+        dm = _manifest(run_dir, 'distill')
+        if dm.get('upstream', {}).get('final') != final_manifest.get('config_hash'):
+            raise BundleError(f'--int8: {distilled} was distilled from another final model than {final_onnx}; run the '
+                              f'distill stage again (python -m training run ... --set distill.decoder=...)')
+        int8, source = distilled, run_dir / 'distill' / 'distill.onnx'
+    else:
+        int8 = run_dir / 'final' / 'final_int8.onnx'
     if not int8.is_file():
         raise BundleError(f'--int8: {int8} does not exist; make it with `python -m training run ... --set '
                           f'export.int8=true` or `python -m training quantize {final_onnx} --calib DATA --out {int8}`')
@@ -51,11 +64,11 @@ def _int8_model(run_dir: Path, final_onnx: Path) -> tuple[Path, dict]:
         info = json.loads(meta.quantization)
     except ValueError:
         info = {}
-    if meta.precision != 'int8' or info.get('float_model_sha256') != file_sha256(final_onnx):
-        raise BundleError(f'--int8: {int8} is not the INT8 copy of {final_onnx} (precision {meta.precision}, made from '
-                          f'{str(info.get("float_model_sha256"))[:16]}); quantize this final model again')
+    if meta.precision != 'int8' or info.get('float_model_sha256') != file_sha256(source):
+        raise BundleError(f'--int8: {int8} is not the INT8 copy of {source} (precision {meta.precision}, made from '
+                          f'{str(info.get("float_model_sha256"))[:16]}); quantize that model again')
     return int8, {'metadata': {k: v for k, v in meta.to_props().items() if k != 'dynadepth.quantization'},
-                  'quantization': info}
+                  'quantization': info, 'distilled': source != final_onnx}
 
 
 def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '', int8: bool = False) -> dict:
@@ -72,7 +85,7 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '', int
         raise BundleError(f'expected stages final and scene, got {fm.stage!r} and {sm.stage!r}')
     if (fm.input_height, fm.input_width) != (sm.input_height, sm.input_width):
         raise BundleError('the final and stage-1 models have different input sizes')
-    int8_src, int8_info = _int8_model(run_dir, final_onnx) if int8 else (None, None)
+    int8_src, int8_info = _int8_model(run_dir, final_onnx, final_m) if int8 else (None, None)
     size = final_onnx.stat().st_size + scene_onnx.stat().st_size + (int8_src.stat().st_size if int8 else 0)
     if size > MAX_BUNDLE_BYTES:
         raise BundleError(f'the {"three" if int8 else "two"} models take {size / 2**20:.1f} MiB; the package bundles at most '
@@ -110,7 +123,9 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '', int
              f'{scene_m.get("config_hash")}', '']
     if int8:
         chk = int8_info['quantization'].get('check') or {}
-        lines.insert(-1, f'- `{int8_dst.name}`: its INT8 copy ({int8_info["quantization"].get("target")} layout, '
+        what = ('the final network distilled into a ReLU / zero-padding decoder (distill stage), in INT8'
+                if int8_info['distilled'] else 'its INT8 copy')
+        lines.insert(-1, f'- `{int8_dst.name}`: {what} ({int8_info["quantization"].get("target")} layout, '
                          f'{int8_dst.stat().st_size / 1e6:.1f} MB), calibrated on '
                          f'{int8_info["quantization"].get("calibration_frames")} frames of '
                          f'{int8_info["quantization"].get("source")}; against the final model on '

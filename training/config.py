@@ -7,6 +7,8 @@ Every value has one home:
     scene:   SceneStageConfig  stage 1: model (SceneModelConfig), loop settings, phase schedule
     masks:   MasksConfig       the stages that learn instance masks when the data has none
                                (objects.masks: learned; training/masks/config.py)
+    objects, dsa, final        stages 2-4
+    distill: DistillStageConfig  optional: the final network distilled into an INT8-friendly network
     eval:    EvalConfig        depth range and lead-car rule of `python -m training evaluate`
     export:  ExportConfig      ONNX export settings and the torch-vs-ONNX Runtime tolerance; export.int8:
                                `python -m training run` ends with the INT8 copy of the final model
@@ -164,7 +166,14 @@ class FinalStageConfig:
     reference aligns by a median too); 'none' uses the label as it is (k = 1: stage 4 starts from the
     stage-1 network whose scale the labels have, metric or not). k follows the network's own scale, so
     with 'static' a network that pulls every car nearer while it learns the labels lowers k and its
-    own targets with it, and nothing in the pseudo-label term holds the scene's scale."""
+    own targets with it, and nothing in the pseudo-label term holds the scene's scale.
+
+    unexplained_motion: > 0 leaves out of the photometric and static-anchor terms the pixels not labelled
+    dynamic whose optical flow disagrees with the flow stage 1's depth and camera motion predict by at least
+    this |log ratio| (training.masks.seeds.flow_disagreement; the ground network's road excepted when the run
+    has one): moving objects that no mask caught, which those terms might hold where stage 1 put them;
+    0 = off (the reference, and the default: with learned masks at cpu-small it changed nothing measurable,
+    docs/training.md)."""
 
     pseudo_weight: float = 0.1
     pseudo_loss: str = 'l1'
@@ -172,6 +181,7 @@ class FinalStageConfig:
     dynamic_photometric: bool = True
     pseudo_align: str = field(default='static', metadata={HASHED: UNLESS_DEFAULT})
     decoder: str = field(default='elu_reflect', metadata={HASHED: UNLESS_DEFAULT})
+    unexplained_motion: float = field(default=0.0, metadata={HASHED: UNLESS_DEFAULT})
     loop: LoopConfig = field(default_factory=LoopConfig)
     phases: list[PhaseConfig] = field(default_factory=lambda: _phases({'name': 'joint', 'steps': 1000, 'lr': 2e-5}))
 
@@ -186,6 +196,25 @@ class FinalStageConfig:
             raise ValueError(f"final.pseudo_align must be 'static' or 'none', got {self.pseudo_align!r}")
         if self.decoder not in DECODER_STYLES:
             raise ValueError(f'final.decoder must be one of {DECODER_STYLES}, got {self.decoder!r}')
+        if not self.unexplained_motion >= 0:
+            raise ValueError(f'final.unexplained_motion must be a |log ratio| >= 0 (0 = off), got {self.unexplained_motion}')
+
+
+@dataclass
+class DistillStageConfig:
+    """The optional stage after stage 4 (training.stages.distill): the final network distilled into a
+    network with decoder style `decoder` ('' = off, the stage does not run; relu_zero: ReLU and zero
+    padding, the decoder that quantizes to INT8 without float islands). The student starts from the final
+    weights and learns the teacher's full-resolution depth (mean |log ratio|) on the augmented train frames."""
+
+    decoder: str = ''
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(batch_size=8))
+    phases: list[PhaseConfig] = field(default_factory=lambda: _phases({'name': 'student', 'steps': 1000, 'lr': 1e-4,
+                                                                       'lr_decay_at': [700]}))
+
+    def __post_init__(self):
+        if self.decoder and self.decoder not in DECODER_STYLES:
+            raise ValueError(f"distill.decoder must be '' (off) or one of {DECODER_STYLES}, got {self.decoder!r}")
 
 
 @dataclass
@@ -215,10 +244,14 @@ class ExportConfig:
     tolerance: float = 1e-4
     # after the last stage, `python -m training run` writes final/final_int8.onnx (training/quantize.py) calibrated
     # on the run's train split, for int8_target cpu (ONNX Runtime) or tensorrt; made after the stages, with its
-    # own up-to-date check, so these are not in any stage's config hash (turning them on retrains nothing)
+    # own up-to-date check, so these are not in any stage's config hash (turning them on retrains nothing). With
+    # the distill stage on (distill.decoder), the distilled network is the one quantized: distill/distill_int8.onnx.
+    # int8_exclude: nodes kept in float besides training.quantize.DEFAULT_EXCLUDE (aliases there); full-res (the
+    # decoder level after the last upsampling) measured faster and closer to FP32 on CPU (docs/models.md)
     int8: bool = field(default=False, metadata={HASHED: False})
     int8_target: str = field(default='cpu', metadata={HASHED: False})
     int8_max_abs_rel: float = field(default=0.03, metadata={HASHED: False})
+    int8_exclude: list[str] = field(default_factory=lambda: ['full-res'], metadata={HASHED: False})
 
     def __post_init__(self):
         if self.int8_target not in ('cpu', 'tensorrt'):
@@ -251,6 +284,7 @@ class PipelineConfig:
     objects: ObjectsStageConfig = field(default_factory=ObjectsStageConfig)
     dsa: DsaStageConfig = field(default_factory=DsaStageConfig)
     final: FinalStageConfig = field(default_factory=FinalStageConfig)
+    distill: DistillStageConfig = field(default_factory=DistillStageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

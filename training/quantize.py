@@ -362,7 +362,8 @@ def quantize_model(model: str | Path, out: str | Path, frames: CalibrationFrames
             'uint8 asymmetric', 'weights': 'int8 symmetric ' + ('per channel' if per_channel else 'per tensor'),
             'calibration': method, 'source': frames.source, 'frame_size': list(frames.frame_size),
             'calibration_frames': int(len(frames.calib)), 'holdout_frames': int(len(frames.holdout)),
-            'excluded_nodes': excluded, 'float_model_sha256': file_sha256(model), 'check': check}
+            'exclude_requested': list(exclude), 'excluded_nodes': excluded, 'float_model_sha256': file_sha256(model),
+            'check': check}
     report = {'out': str(out), 'written': False, 'check': check, 'quantization': info,
               'seconds': time.perf_counter() - t0}
     if not check['passed'] and not force:
@@ -411,31 +412,43 @@ def int8_path(model: str | Path) -> Path:
 
 
 RUN_INT8_FILE = 'final_int8.onnx'
+DISTILL_INT8_FILE = 'distill_int8.onnx'
+
+
+def run_int8_source(cfg, run_dir: str | Path) -> tuple[Path, Path]:
+    """(float model, INT8 copy) that export.int8 makes in a run: the distilled network (distill/distill.onnx ->
+    distill/distill_int8.onnx) when the distill stage is on (distill.decoder), else final/final.onnx ->
+    final/final_int8.onnx."""
+    run_dir = Path(run_dir)
+    if getattr(cfg.distill, 'decoder', ''):
+        return run_dir / 'distill' / 'distill.onnx', run_dir / 'distill' / DISTILL_INT8_FILE
+    return run_dir / 'final' / 'final.onnx', run_dir / 'final' / RUN_INT8_FILE
 
 
 def quantize_run(cfg, run_dir: str | Path, log=print) -> dict | None:
-    """`export.int8: true` at the end of `python -m training run`: <run_dir>/final/final_int8.onnx, the INT8 copy
-    of the run's final model calibrated on the run's own train split (export.int8_target, export.int8_max_abs_rel).
-    Skipped (None) when the file is there and was made from this final.onnx for this target and tolerance."""
+    """`export.int8: true` at the end of `python -m training run`: the INT8 copy of the run's final model (or of its
+    distilled network, run_int8_source) calibrated on the run's own train split (export.int8_target,
+    export.int8_max_abs_rel, export.int8_exclude). Skipped (None) when the file is there and was made from this
+    float model for this target, tolerance and exclusions."""
     from training.data import open_split
 
-    final = Path(run_dir) / 'final' / 'final.onnx'
-    out = final.with_name(RUN_INT8_FILE)
+    final, out = run_int8_source(cfg, run_dir)
     if not final.is_file():
-        raise QuantizeError(f'export.int8: {final} does not exist; the final stage has not finished')
+        raise QuantizeError(f'export.int8: {final} does not exist; the {final.parent.name} stage has not finished')
     target, tol = cfg.export.int8_target, float(cfg.export.int8_max_abs_rel)
+    exclude = list(dict.fromkeys(list(DEFAULT_EXCLUDE) + list(cfg.export.int8_exclude)))
     if out.is_file():
         try:
             done = json.loads(read_metadata(out).quantization)
         except (ModelFormatError, ValueError):
             done = {}
         if (done.get('float_model_sha256') == file_sha256(final) and done.get('target') == target
-                and (done.get('check') or {}).get('max_abs_rel') == tol):
+                and (done.get('check') or {}).get('max_abs_rel') == tol and done.get('exclude_requested') == exclude):
             log(f'int8: up to date ({out})')
             return None
     meta = check_float_model(final)
     frames = frames_from_source(open_split(cfg.data, 'train'), meta.input_height, meta.input_width,
                                 name=f'{cfg.data.root} (train split of the run)')
-    report = quantize_model(final, out, frames, target=target, max_abs_rel=tol, log=log)
+    report = quantize_model(final, out, frames, target=target, max_abs_rel=tol, exclude=exclude, log=log)
     log(f'int8: wrote {out}; {describe_check(report["check"])}')
     return report

@@ -16,6 +16,9 @@ both), each for --seconds:
         the raw rate: depth images received per second (latest-frame-wins drops the rest)
 Printed: per round, and the medians over rounds with INT8 / FP32 next to each other: the ratio is the median of the
 ratios within each round (the rounds see different load). Goal: INT8 raw >= 1.8x the FP32 raw of the bundled final.
+--baseline NAME also sets every variant of every model against NAME's FP32, round by round (e.g. a distilled
+network's INT8 against the bundled final's FP32: `--model bundled=dynadepth.onnx --model distilled=distill.onnx
+--baseline bundled`).
 """
 from __future__ import annotations
 
@@ -110,6 +113,7 @@ def main() -> int:
     ap.add_argument('--calib', type=Path, default=REPO / 'data' / 'synthetic' / 'cpu-small')
     ap.add_argument('--frames', type=int, default=64, help='calibration frames')
     ap.add_argument('--no-node', action='store_true', help='raw ONNX Runtime only')
+    ap.add_argument('--baseline', metavar='NAME', help="also compare every variant with this model's FP32")
     ap.add_argument('--formats', default='qdq,qoperator',
                     help='INT8 variants made here for each model: FORMAT[+EXCLUDE...] (qdq: ONNX Runtime and TensorRT; '
                          'qoperator: ONNX Runtime; +full-res etc.: also keep those nodes in float)')
@@ -122,6 +126,8 @@ def main() -> int:
         models[name] = (Path(fp32), Path(int8) if int8 else None)
     if not models:
         models = {'bundled final': (BUNDLED_MODEL, None), 'resnet18 192x640': (bench_model(None), None)}
+    if args.baseline and args.baseline not in models:
+        ap.error(f'--baseline {args.baseline!r} is not one of the models ({", ".join(models)})')
     formats = [f for f in args.formats.split(',') if f]
     pairs = {name: {'fp32': fp32, **({'int8': int8} if int8 else
                                      {f'int8-{f}': quantized(fp32, args.calib, args.frames, f) for f in formats})}
@@ -173,6 +179,16 @@ def main() -> int:
                 ratios = [b / a for a, b in zip(f, q)]
                 print(f'  {n:18s} {kind:4s} fp32 {np.median(f):7.2f}  {k:14s} {np.median(q):7.2f}  {k}/fp32 '
                       f'{np.median(ratios):.2f}x (median of the per-round ratios {", ".join(f"{r:.2f}" for r in ratios)})')
+    if args.baseline:
+        print(f'AGAINST THE FP32 OF {args.baseline!r} (median of the per-round ratios)')
+        for kind in ('raw', 'node'):
+            base = res[(args.baseline, 'fp32')][kind]
+            if not base:
+                continue
+            for n, p in pairs.items():
+                for k in p:
+                    ratios = [b / a for a, b in zip(base, res[(n, k)][kind])]
+                    print(f'  {kind:4s} {n:18s} {k:14s} {np.median(ratios):.2f}x ({", ".join(f"{r:.2f}" for r in ratios)})')
     load = os.getloadavg()
     print(f'load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}')
     return 0

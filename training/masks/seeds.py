@@ -107,6 +107,21 @@ def flow_disagreement(observed, rigid, min_rigid_px: float) -> np.ndarray:
         return np.where(den > 0, num / np.maximum(den, 1), np.nan).astype(np.float32)
 
 
+def triplet_disagreement(rgb, depth: np.ndarray, K: np.ndarray, poses: dict, min_rigid_px: float
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(flow_disagreement [H,W], unexplained flow [4,H,W]) of a triplet's centre frame: optical_flow from
+    rgb[1] (uint8 [H,W,3], the centre) to rgb[0] and rgb[2] against the rigid_flow of `depth` (metres [H,W])
+    under poses {-1: T, 1: T} (4x4 centre -> neighbour camera); the unexplained flow is observed - rigid
+    per direction (0 where either is unknown)."""
+    observed, rigid = [], []
+    for off in (-1, 1):
+        observed.append(optical_flow(rgb[1], rgb[off + 1]))
+        rigid.append(rigid_flow(depth, K, poses[off]))
+    cue = flow_disagreement(observed, rigid, min_rigid_px)
+    residual = np.concatenate([np.nan_to_num(o - r) for o, r in zip(observed, rigid)])
+    return cue, residual
+
+
 def moving_pixels_optical(disagreement: np.ndarray, ground: np.ndarray | None, cfg: SeedsStageConfig) -> np.ndarray:
     """bool [H,W]: |flow_disagreement| >= cfg.optical_log_ratio (the observed flow at least e^x times or at most
     1/e^x times what stage 1's depth predicts for a static world), minus `ground`."""

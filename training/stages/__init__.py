@@ -29,6 +29,7 @@ class StageSpec:
     has_depth_model: bool = True
     folder: str = ''                               # under the run dir; '' = the stage's name
     learned_masks_only: bool = False               # runs only with objects.masks: learned
+    optional: bool = False                         # runs only when enabled(cfg) (distill: distill.decoder set)
     requires_learned: tuple[str, ...] = ()         # further stages it reads with objects.masks: learned
 
     def load(self):
@@ -37,6 +38,16 @@ class StageSpec:
     def requires_for(self, cfg) -> tuple[str, ...]:
         """The stages whose outputs this stage reads under `cfg`."""
         return self.requires + (self.requires_learned if learned_masks(cfg) else ())
+
+
+def enabled(spec: 'StageSpec', cfg) -> bool:
+    """Whether `cfg` runs stage `spec` (the mask stages only with learned masks, distill only when
+    distill.decoder is set)."""
+    if spec.learned_masks_only and not learned_masks(cfg):
+        return False
+    if spec.optional and not getattr(getattr(cfg, 'distill', None), 'decoder', ''):
+        return False
+    return True
 
 
 def learned_masks(cfg) -> bool:
@@ -71,14 +82,18 @@ STAGES: dict[str, StageSpec] = {
     'final': StageSpec('final', 'training.stages.final',
                        'stage 4: the final depth network, stage-1 losses + pseudo-label loss on dynamic pixels; '
                        'exports final.onnx', requires=('scene', 'dsa')),
+    'distill': StageSpec('distill', 'training.stages.distill',
+                         'optional: the final network distilled into a network that quantizes to INT8 without '
+                         'float islands (only with distill.decoder set, e.g. relu_zero); exports distill.onnx',
+                         requires=('final',), optional=True),
 }
 PLANNED_STAGES: tuple[str, ...] = ()
 
 
 def stages_for(cfg) -> list[str]:
-    """The registered stages `cfg` runs, in order (the mask stages only with objects.masks: learned)."""
-    learned = learned_masks(cfg)
-    return [n for n, s in STAGES.items() if learned or not s.learned_masks_only]
+    """The registered stages `cfg` runs, in order (the mask stages only with objects.masks: learned, distill
+    only with distill.decoder set)."""
+    return [n for n, s in STAGES.items() if enabled(s, cfg)]
 
 
 def stage_dir(run_dir, name: str):

@@ -25,6 +25,13 @@ cues are measured, each recorded in the labels file:
   instance touches the central `centre_strip` share of the image columns and stands on the ground
   ahead (its bottom below the horizon of the fitted plane).
 
+- optical (optical_log_ratio > 0; needs the frame's flow disagreement, training.masks.seeds.
+  flow_disagreement of DIS optical flow against the rigid flow of stage 1's depth and camera motion): the
+  median over the instance's pixels where it is defined of log(|observed| / |rigid|) is at least the
+  threshold away from 0 — the object moved otherwise than stage 1's depth says a static object would, the
+  cue that finds the cars that travel with the camera, which stage 1 explains away with no residual flow.
+  Counted only where at least `optical_min_share` of the instance's pixels have a defined ratio.
+
 An instance is dynamic when any enabled cue fires (thresholds in LabellingConfig; 0 disables).
 """
 from __future__ import annotations
@@ -52,15 +59,18 @@ class LabellingConfig:
     ground_tolerance: float = 0.0       # |log(contact ratio)| >= log(1 + tol) → dynamic; 0 = off
     contact_clear_min: float = 0.5      # ... only when this share of the contact has background just below it
     centre_strip: float = 0.05          # share of the width around the centre column (reference 1/20); 0 = off
+    # hashed only when not at the default (training.config HASHED/UNLESS_DEFAULT; that module imports this one)
+    optical_log_ratio: float = field(default=0.0, metadata={'hashed': 'unless_default'})   # 0 = off (docstring)
+    optical_min_share: float = field(default=0.1, metadata={'hashed': 'unless_default'})
     ground_angle_deg: float = 15.0      # ground pixels: normal within this angle of the vertical
     ground_step_px: int = 2             # normals from neighbours this many pixels away
 
     def __post_init__(self):
-        for name in ('min_area_fraction', 'flow_coverage', 'background_quantile', 'centre_strip'):
+        for name in ('min_area_fraction', 'flow_coverage', 'background_quantile', 'centre_strip', 'optical_min_share'):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f'objects.labelling.{name} must be in [0, 1], got {v}')
-        for name in ('flow_threshold_px', 'contrast_factor', 'contrast_min_px', 'ground_tolerance'):
+        for name in ('flow_threshold_px', 'contrast_factor', 'contrast_min_px', 'ground_tolerance', 'optical_log_ratio'):
             if getattr(self, name) < 0:
                 raise ValueError(f'objects.labelling.{name} must be >= 0, got {getattr(self, name)}')
         if not 0 < self.ground_angle_deg < 90:
@@ -118,8 +128,9 @@ def touches_centre(m: np.ndarray, fraction: float) -> bool:
 
 def instance_cues(m: np.ndarray, pred: ScenePrediction, magnitude: np.ndarray, background: np.ndarray,
                   plane: Plane | None, K: np.ndarray, cfg: LabellingConfig,
-                  instances_below: np.ndarray | None = None) -> dict:
-    """The cues of one instance mask m (bool [H,W]); see the module docstring."""
+                  instances_below: np.ndarray | None = None, disagreement: np.ndarray | None = None) -> dict:
+    """The cues of one instance mask m (bool [H,W]); see the module docstring. disagreement: the frame's
+    flow disagreement [H,W] (NaN where undefined), for the optical cue."""
     if instances_below is None:
         instances_below = m.astype(np.int32)
     vals = magnitude[m]
@@ -136,7 +147,14 @@ def instance_cues(m: np.ndarray, pred: ScenePrediction, magnitude: np.ndarray, b
     if plane is not None and len(u):
         zg = plane.depth_at(K, u, v + 0.5)
         on_ground = bool(np.isfinite(zg).mean() > 0.5)
+    optical = {}
+    if disagreement is not None:
+        d = disagreement[m]
+        d = d[np.isfinite(d)]
+        optical = {'optical_share': float(d.size / max(1, int(m.sum()))),
+                   'optical_log_ratio': float(np.median(d)) if d.size else None}
     return {
+        **optical,
         'flow_coverage': float((vals >= cfg.flow_threshold_px).mean()) if vals.size else 0.0,
         'flow_median_px': float(np.median(vals)) if vals.size else 0.0,
         'background_flow_px': bg_q,
@@ -160,12 +178,18 @@ def decide(cues: dict, cfg: LabellingConfig) -> tuple[bool, list[str]]:
         fired.append('ground')
     if cues.get('centre'):
         fired.append('centre')
+    lr = cues.get('optical_log_ratio')
+    if cfg.optical_log_ratio > 0 and lr is not None and cues.get('optical_share', 0.0) >= cfg.optical_min_share \
+            and abs(lr) >= cfg.optical_log_ratio:
+        fired.append('optical')
     return bool(fired), fired
 
 
 def label_frame(mask: np.ndarray, pred: ScenePrediction, K: np.ndarray, cfg: LabellingConfig,
-                classes: dict[int, str] | None = None, seed: int = 0) -> tuple[list[InstanceLabel], dict[int, np.ndarray]]:
-    """Labels of the instances of one frame (network resolution) and their (road-free) masks."""
+                classes: dict[int, str] | None = None, seed: int = 0, disagreement: np.ndarray | None = None
+                ) -> tuple[list[InstanceLabel], dict[int, np.ndarray]]:
+    """Labels of the instances of one frame (network resolution) and their (road-free) masks; disagreement:
+    the frame's optical flow disagreement (the optical cue; None = not measured)."""
     inst = candidate_instances(mask, classes, cfg)
     if not inst:
         return [], {}
@@ -175,7 +199,7 @@ def label_frame(mask: np.ndarray, pred: ScenePrediction, K: np.ndarray, cfg: Lab
     background = (objects == 0) & (pred.depth > 0)
     labels = []
     for i, m in inst.items():
-        cues = instance_cues(m, pred, magnitude, background, plane, K, cfg, objects)
+        cues = instance_cues(m, pred, magnitude, background, plane, K, cfg, objects, disagreement)
         dyn, fired = decide(cues, cfg)
         extra = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in cues.items()}
         extra['cues'] = fired

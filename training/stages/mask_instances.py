@@ -278,7 +278,6 @@ def export_instance_onnx(ground: GroundNet, instances: InstanceNet, out_path: Pa
     import onnxruntime as ort
 
     module = InstanceExportModule(copy.deepcopy(ground).cpu().float(), copy.deepcopy(instances).cpu().float()).eval()
-    h, w = meta.input_height, meta.input_width
     example = (torch.from_numpy(images[:2].astype(np.float32)), torch.from_numpy(depths[:2].astype(np.float32)))
     with atomic_path(out_path) as tmp:
         batch = torch.export.Dim('batch', min=1, max=int(max_batch))

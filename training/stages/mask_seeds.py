@@ -22,7 +22,6 @@ measures both against a dataset's own masks.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -38,8 +37,8 @@ from training import checkpoint as ckpt_io
 from training.artifacts import file_entry
 from training.config import PipelineConfig, to_dict
 from training.loop import Phase, train
-from training.masks.seeds import (flow_disagreement, group_moving_regions, moving_pixels, moving_pixels_optical,
-                                  optical_flow, rigid_flow, seed_masks)
+from training.masks.seeds import (group_moving_regions, moving_pixels, moving_pixels_optical, seed_masks,
+                                  triplet_disagreement)
 from training.networks.slot_attention import SlotAutoEncoder, slot_inputs, slot_loss
 from training.previews import colourise_flow, compose, write_png
 from training.stages import scene as scene_stage
@@ -88,14 +87,7 @@ class MotionCue:
 
     @classmethod
     def for_stage(cls, ctx: StageContext, split: str, ds) -> 'MotionCue':
-        pose = None
-        if ctx.cfg.masks.seeds.motion == 'optical':
-            model, _, _ = scene_stage.load_model(ctx.upstream_dir('scene'))
-            net = model.pose.eval()
-
-            @torch.no_grad()
-            def pose(index: int, off: int, frames: torch.Tensor) -> np.ndarray:
-                return net.reference_to_source(frames[1][None], frames[off + 1][None], off)[0][0].numpy()
+        pose = stage1_pose(ctx.upstream_dir('scene')) if ctx.cfg.masks.seeds.motion == 'optical' else None
         return cls(ctx.cfg, split, ds, ScenePredictions(ctx.upstream_dir('scene')),
                    GroundMaps(ctx.upstream_dir('ground')), pose)
 
@@ -109,17 +101,35 @@ class MotionCue:
             return {'moving': moving_pixels(pred.flow_magnitude(), ground, self.sc), 'depth': pred.depth,
                     'edges_flow': np.concatenate([pred.flow_prev, pred.flow_next]), 'ground': ground,
                     'shown': np.stack([pred.flow_prev, pred.flow_next]).mean(0), 'cue': pred.flow_magnitude()}
-        item = self.ds[index]
-        K = item['K'].numpy()
-        rgb = [(f.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for f in item['frames_raw']]
-        observed, rigid = [], []
-        for off in (-1, 1):
-            observed.append(optical_flow(rgb[1], rgb[off + 1]))
-            rigid.append(rigid_flow(pred.depth, K, self.pose(index, off, item['frames_raw'])))
-        cue = flow_disagreement(observed, rigid, self.sc.optical_min_rigid_px)
-        residual = np.concatenate([np.nan_to_num(o - r) for o, r in zip(observed, rigid)])
+        cue, residual = optical_cue(self.ds[index], pred.depth, lambda off, frames: self.pose(index, off, frames),
+                                    self.sc.optical_min_rigid_px)
         return {'moving': moving_pixels_optical(cue, ground, self.sc), 'depth': pred.depth, 'edges_flow': residual,
                 'ground': ground, 'shown': np.stack([residual[:2], residual[2:]]).mean(0), 'cue': cue}
+
+
+def stage1_pose(scene_dir):
+    """pose(index, offset, frames_raw [3,3,H,W]) -> 4x4 centre -> neighbour camera from stage 1's pose network
+    (the camera motion MotionCue and the final stage's unexplained-motion mask compare the flow with)."""
+    model, _, _ = scene_stage.load_model(scene_dir)
+    return pose_of(model.pose)
+
+
+def pose_of(net):
+    """pose(index, offset, frames_raw) of a stage-1 pose network (stage1_pose)."""
+    net = net.eval()
+
+    @torch.no_grad()
+    def pose(index: int, off: int, frames: torch.Tensor) -> np.ndarray:
+        return net.reference_to_source(frames[1][None], frames[off + 1][None], off)[0][0].numpy()
+    return pose
+
+
+def optical_cue(item: dict, depth: np.ndarray, pose, min_rigid_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """training.masks.seeds.triplet_disagreement of a dataset sample (its frames_raw and K, network
+    resolution) with stage 1's `depth` and camera motion pose(offset, frames_raw)."""
+    rgb = [(f.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for f in item['frames_raw']]
+    poses = {off: pose(off, item['frames_raw']) for off in (-1, 1)}
+    return triplet_disagreement(rgb, depth, item['K'].numpy(), poses, min_rigid_px)
 
 
 # ------------------------------------------------------------------------------------- slot attention

@@ -43,6 +43,7 @@ from training.loop import Phase, train
 from training.previews import colourise_depth, colourise_flow, compose, write_png
 from training.stages import scene as scene_stage
 from training.stages.labelling import label_frame
+from training.stages.mask_seeds import optical_cue, pose_of
 from training.stages.object_model import ObjectModel
 from training.stages.outputs import ObjectLabels, ObjectOutputs, ScenePredictions, frame_key, learned_masks_root
 from training.stages.runner import StageContext, data_settings, run_stage
@@ -57,6 +58,8 @@ def hash_parts(cfg: PipelineConfig) -> tuple[dict, dict]:
     o = to_dict(cfg.objects)
     train_part = {'stage': NAME, 'data': data_settings(cfg), 'objects': {k: v for k, v in o.items()
                                                                           if k not in ('infer_batch_size',)}}
+    if cfg.objects.labelling.optical_log_ratio > 0:     # the optical cue compares flows above this rigid flow
+        train_part['optical_min_rigid_px'] = cfg.masks.seeds.optical_min_rigid_px
     return train_part, {}
 
 
@@ -134,6 +137,7 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
              'cues': {}, 'splat_vs_id_iou': []}
     loader = DataLoader(ds, batch_size=oc.infer_batch_size, shuffle=False, num_workers=cfg.runtime.num_workers)
     check = oc.check_splat_against_ids and stable_ids(cfg)   # ids are stable only there
+    pose = pose_of(scene_model.pose) if oc.labelling.optical_log_ratio > 0 else None
     splat_needed = mode == 'splat' or check
     for batch in tqdm(loader, desc=f'objects: label {split}', disable=not cfg.runtime.progress, mininterval=1.0,
                       dynamic_ncols=True):
@@ -148,8 +152,13 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
             pred = preds.frame(split, seq_name, t)
             mask = batch['mask'][j].numpy()
             K = batch['K'][j].numpy().astype(np.float64)
+            disagreement = None
+            if oc.labelling.optical_log_ratio > 0:
+                disagreement, _ = optical_cue({'frames_raw': raw[j], 'K': batch['K'][j]}, pred.depth,
+                                              lambda off, frames: pose(idx, off, frames),
+                                              cfg.masks.seeds.optical_min_rigid_px)
             labels, inst = label_frame(mask, pred, K, oc.labelling, instance_classes(seq, t),
-                                       seed=idx)
+                                       seed=idx, disagreement=disagreement)
             frames[frame_key(seq_name, t)] = labels
             stats['frames'] += 1
             for lab in labels:

@@ -160,9 +160,13 @@ def stage_status(name: str, cfg: PipelineConfig, run_dir: str | os.PathLike) -> 
 
 
 def check_enabled(spec, cfg: PipelineConfig) -> None:
-    """StageError when `spec` is a learned-mask stage and cfg reads the data's masks."""
+    """StageError when `spec` is a learned-mask stage and cfg reads the data's masks, or the optional
+    distill stage and distill.decoder is not set."""
     from training.stages import learned_masks
 
+    if spec.optional and not cfg.distill.decoder:
+        raise StageError(f'stage {spec.name!r} runs only with distill.decoder set (`--set distill.decoder=relu_zero`: '
+                         f'the final network distilled into a network that quantizes to INT8 without float islands)')
     if spec.learned_masks_only and not learned_masks(cfg):
         raise StageError(f'stage {spec.name!r} learns instance masks for data without them; this configuration '
                          f'reads the data\'s masks (objects.masks: {cfg.objects.masks}). Set objects.masks=learned '

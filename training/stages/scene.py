@@ -248,16 +248,22 @@ def write_predictions(model: SceneModel, cfg: PipelineConfig, stage_dir: Path, m
     return counts
 
 
-def load_model(stage_dir: str | os.PathLike, device: str | torch.device = 'cpu', model_file: str = MODEL_FILE,
-               stage: str = NAME):
-    """(SceneModel with the trained weights in eval mode, PipelineConfig, manifest) of a finished stage that
-    saves a SceneModel (stage 1, and stage 4 with model_file='final_model.pt', stage='final')."""
+def finished_stage(stage_dir: str | os.PathLike, stage: str):
+    """(Path, PipelineConfig, manifest) of a finished stage's folder; FileNotFoundError naming the command
+    that finishes it when it has no manifest."""
     stage_dir = Path(stage_dir)
     manifest = read_manifest(stage_dir)
     if manifest is None:
         raise FileNotFoundError(f'{stage_dir} has no {MANIFEST_NAME}: stage {stage!r} has not finished there; run '
                                 f'`python -m training {stage} --run-dir {stage_dir.parent}` first')
-    cfg = load_config(config_file=stage_dir / 'config.yaml')
+    return stage_dir, load_config(config_file=stage_dir / 'config.yaml'), manifest
+
+
+def load_model(stage_dir: str | os.PathLike, device: str | torch.device = 'cpu', model_file: str = MODEL_FILE,
+               stage: str = NAME):
+    """(SceneModel with the trained weights in eval mode, PipelineConfig, manifest) of a finished stage that
+    saves a SceneModel (stage 1, and stage 4 with model_file='final_model.pt', stage='final')."""
+    stage_dir, cfg, manifest = finished_stage(stage_dir, stage)
     model = build_model(cfg, cfg.final.decoder if stage == 'final' else 'elu_reflect')
     saved = ckpt_io.load(stage_dir / model_file, map_location='cpu')
     model.load_state_dict(saved['model'])
