@@ -128,16 +128,24 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '', int
         lines.insert(-1, f'- `{int8_dst.name}`: {what} ({int8_info["quantization"].get("target")} layout, '
                          f'{int8_dst.stat().st_size / 1e6:.1f} MB), calibrated on '
                          f'{int8_info["quantization"].get("calibration_frames")} frames of '
-                         f'{int8_info["quantization"].get("source")}; against the final model on '
+                         f'{int8_info["quantization"].get("source")}; against '
+                         f'{"its float model" if int8_info["distilled"] else "the final model"} on '
                          f'{chk.get("frames")} held-out frames: mean relative difference '
                          f'{chk.get("abs_rel_vs_fp32", float("nan")):.4f}, largest {chk.get("max_abs_diff_m", float("nan")):.3g} m')
     if command:
-        lines += ['Made with:', '', '```', command, f'python -m training bundle --run-dir {run_dir}', '```', '']
-    for key, m in (('final', final_m), ('stage 1', scene_m)):
+        lines += ['Made with:', '', '```', command, f'python -m training bundle --run-dir {run_dir}' + (' --int8' if int8 else ''),
+                  '```', '']
+    distill_m = _manifest(run_dir, 'distill') if int8 and int8_info['distilled'] else None
+    for key, m in (('final', final_m), ('stage 1', scene_m)) + ((('distill', distill_m),) if distill_m else ()):
         t = m.get('training') or {}
         lines.append(f'- {key}: {t.get("steps")} steps of batch {t.get("batch_size")}, '
                      f'{t.get("seconds_per_step") or 0:.2f} s/step, export max relative difference to torch '
                      f'{((m.get("onnx") or {}).get("check") or {}).get("max_rel_diff", float("nan")):.1e}')
+    if distill_m and (distill_m.get('agreement_val') or {}).get('frames'):
+        a = distill_m['agreement_val']
+        lines.append(f'- distilled ({(distill_m.get("training") or {}).get("decoder")} decoder) against the final '
+                     f'network on {a["frames"]} val frames: mean |log ratio| {a["mean_abs_log_ratio"]:.4f}, '
+                     f'{100 * a["within_5pct"]:.1f} % of the pixels within 5 %')
     for name, text in tables.items():
         lines += ['', f'## {name}', '', text.strip()]
     write_text_atomic(model.parent / 'training_report.md', '\n'.join(lines) + '\n')
