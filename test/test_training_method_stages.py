@@ -323,3 +323,37 @@ def test_distill_stage_trains_an_int8_friendly_final_network_from_the_final_one(
     assert r.returncode == 0, r.stderr[-3000:]
     assert (dest / 'dynadepth_int8.onnx').read_bytes() == int8.read_bytes()
     assert 'distilled into a ReLU' in (dest / 'training_report.md').read_text()
+
+
+def test_optical_cues_in_labelling_and_stage_4_run_through_the_real_stages(run, tmp_path):
+    """objects.labelling.optical_log_ratio (the optical cue of the stage-2 labelling) and final.unexplained_motion
+    (stage 4 leaves unexplained motion out of the photometric and anchor terms) on a copy of the run: stage 2
+    records the cue for every instance, stage 4 writes one unexplained-motion mask per train and val frame,
+    previews and the share it flagged, and both are new stages (the options are in their hashes)."""
+    import shutil
+
+    import cv2
+
+    copy = tmp_path / 'run'
+    shutil.copytree(run['dir'] / 'scene', copy / 'scene', copy_function=os.link)
+    common = ('--preset', 'ci-tiny', '--run-dir', str(copy), '--set', f'data.root={run["data"]}',
+              '--set', 'runtime.progress=false')
+    r = training_cmd('run', *common, '--no-evaluate', '--set', 'objects.labelling.optical_log_ratio=0.01',
+                     '--set', 'masks.seeds.optical_min_rigid_px=0.0', '--set', 'final.unexplained_motion=0.01')
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'scene: up to date' in r.stdout
+    labels = json.loads((copy / 'objects' / 'labels' / 'train.json').read_text())
+    cues = [lab for labs in labels.values() for lab in labs]
+    assert cues and all('optical_log_ratio' in lab and 'optical_share' in lab for lab in cues)
+    assert any('optical' in lab['cues'] for lab in cues)
+    final = json.loads((copy / 'final' / 'manifest.json').read_text())
+    assert final['training']['unexplained_motion'] == 0.01
+    counts = json.loads((run['dir'] / 'scene' / 'manifest.json').read_text())['predictions']['counts']
+    for split in ('train', 'val'):
+        pngs = sorted((copy / 'final' / 'unexplained' / split).rglob('*.png'))
+        assert len(pngs) == counts[split] == final['unexplained_motion'][split]['frames']
+        assert cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED).shape == (64, 192)
+    assert 0 < final['unexplained_motion']['train']['share'] <= 1
+    assert (copy / 'final' / 'previews' / final['unexplained_motion']['previews'][0]).is_file()
+    orig = json.loads((run['dir'] / 'final' / 'manifest.json').read_text())
+    assert final['config_hash'] != orig['config_hash']
