@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training import checkpoint as ckpt_io
 from dynadepth_ros.atomic_files import write_json_atomic
+from training import checkpoint as ckpt_io
 from training.artifacts import file_entry, read_manifest
 from training.config import PipelineConfig, to_dict
 from training.data import build_dataset
