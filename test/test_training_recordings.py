@@ -302,6 +302,9 @@ def test_dry_run_writes_only_the_config(sources, tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == ['recordings.yaml']
     text = (run_dir / 'recordings.yaml').read_text()
     assert 'extends: ci-tiny' in text and f'{bag}@' in text and 'mask_topic: null' in text and 'masks: learned' in text
+    # without masks, stage 2 also labels by the optical cue (the learned masks' movers have no residual flow)
+    from training.config import load_config
+    assert load_config(config_file=run_dir / 'recordings.yaml').objects.labelling.optical_log_ratio == 0.7
 
 
 def test_time_split_of_whole_recordings_and_stretches():
