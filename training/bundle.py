@@ -45,9 +45,10 @@ def _manifest(run_dir: Path, stage: str) -> dict:
 def _int8_model(run_dir: Path, final_onnx: Path, final_manifest: dict) -> tuple[Path, dict]:
     """The run's INT8 final model and its quantization record: distill/distill_int8.onnx (the final network
     distilled into an INT8-friendly one, training.stages.distill) when the run has it and it was distilled from
-    this final model, else final/final_int8.onnx, checked to be the INT8 copy of final_onnx."""
+    this final model (its manifest returned as 'distill_manifest'), else final/final_int8.onnx (None there),
+    checked to be the INT8 copy of final_onnx."""
     distilled = run_dir / 'distill' / 'distill_int8.onnx'
-    source = final_onnx
+    source, dm = final_onnx, None
     if distilled.is_file():
         dm = _manifest(run_dir, 'distill')
         if dm.get('upstream', {}).get('final') != final_manifest.get('config_hash'):
@@ -68,7 +69,7 @@ def _int8_model(run_dir: Path, final_onnx: Path, final_manifest: dict) -> tuple[
         raise BundleError(f'--int8: {int8} is not the INT8 copy of {source} (precision {meta.precision}, made from '
                           f'{str(info.get("float_model_sha256"))[:16]}); quantize that model again')
     return int8, {'metadata': {k: v for k, v in meta.to_props().items() if k != 'dynadepth.quantization'},
-                  'quantization': info, 'distilled': source != final_onnx}
+                  'quantization': info, 'distill_manifest': dm}
 
 
 def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '', int8: bool = False) -> dict:
@@ -107,7 +108,8 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '', int
     }
     if int8:
         report['models'][int8_dst.name] = {'stage': 'final', 'precision': 'int8', 'bytes': int8_dst.stat().st_size,
-                                           **int8_info}
+                                           'metadata': int8_info['metadata'], 'quantization': int8_info['quantization'],
+                                           'distilled': int8_info['distill_manifest'] is not None}
     tables = {}
     for name, rel in (('stage 1 vs final, test split', 'compare_test.md'),
                       ('the method on the val split', 'dsa/method_eval_val.md')):
@@ -124,18 +126,18 @@ def bundle(run_dir: str | Path, dest: Path | None = None, command: str = '', int
     if int8:
         chk = int8_info['quantization'].get('check') or {}
         what = ('the final network distilled into a ReLU / zero-padding decoder (distill stage), in INT8'
-                if int8_info['distilled'] else 'its INT8 copy')
+                if int8_info['distill_manifest'] else 'its INT8 copy')
         lines.insert(-1, f'- `{int8_dst.name}`: {what} ({int8_info["quantization"].get("target")} layout, '
                          f'{int8_dst.stat().st_size / 1e6:.1f} MB), calibrated on '
                          f'{int8_info["quantization"].get("calibration_frames")} frames of '
                          f'{int8_info["quantization"].get("source")}; against '
-                         f'{"its float model" if int8_info["distilled"] else "the final model"} on '
+                         f'{"its float model" if int8_info["distill_manifest"] else "the final model"} on '
                          f'{chk.get("frames")} held-out frames: mean relative difference '
                          f'{chk.get("abs_rel_vs_fp32", float("nan")):.4f}, largest {chk.get("max_abs_diff_m", float("nan")):.3g} m')
     if command:
         lines += ['Made with:', '', '```', command, f'python -m training bundle --run-dir {run_dir}' + (' --int8' if int8 else ''),
                   '```', '']
-    distill_m = _manifest(run_dir, 'distill') if int8 and int8_info['distilled'] else None
+    distill_m = int8_info['distill_manifest'] if int8 else None
     for key, m in (('final', final_m), ('stage 1', scene_m)) + ((('distill', distill_m),) if distill_m else ()):
         t = m.get('training') or {}
         lines.append(f'- {key}: {t.get("steps")} steps of batch {t.get("batch_size")}, '

@@ -420,7 +420,7 @@ def run_int8_source(cfg, run_dir: str | Path) -> tuple[Path, Path]:
     distill/distill_int8.onnx) when the distill stage is on (distill.decoder), else final/final.onnx ->
     final/final_int8.onnx."""
     run_dir = Path(run_dir)
-    if getattr(cfg.distill, 'decoder', ''):
+    if cfg.distill.decoder:
         return run_dir / 'distill' / 'distill.onnx', run_dir / 'distill' / DISTILL_INT8_FILE
     return run_dir / 'final' / 'final.onnx', run_dir / 'final' / RUN_INT8_FILE
 

@@ -111,12 +111,7 @@ def stage1_pose(scene_dir):
     """pose(index, offset, frames_raw [3,3,H,W]) -> 4x4 centre -> neighbour camera from stage 1's pose network
     (the camera motion MotionCue and the final stage's unexplained-motion mask compare the flow with)."""
     model, _, _ = scene_stage.load_model(scene_dir)
-    return pose_of(model.pose)
-
-
-def pose_of(net):
-    """pose(index, offset, frames_raw) of a stage-1 pose network (stage1_pose)."""
-    net = net.eval()
+    net = model.pose.eval()
 
     @torch.no_grad()
     def pose(index: int, off: int, frames: torch.Tensor) -> np.ndarray:

@@ -43,7 +43,7 @@ from training.loop import Phase, train
 from training.previews import colourise_depth, colourise_flow, compose, write_png
 from training.stages import scene as scene_stage
 from training.stages.labelling import label_frame
-from training.stages.mask_seeds import optical_cue, pose_of
+from training.stages.mask_seeds import optical_cue
 from training.stages.object_model import ObjectModel
 from training.stages.outputs import ObjectLabels, ObjectOutputs, ScenePredictions, frame_key, learned_masks_root
 from training.stages.runner import StageContext, data_settings, run_stage
@@ -137,13 +137,13 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
              'cues': {}, 'splat_vs_id_iou': []}
     loader = DataLoader(ds, batch_size=oc.infer_batch_size, shuffle=False, num_workers=cfg.runtime.num_workers)
     check = oc.check_splat_against_ids and stable_ids(cfg)   # ids are stable only there
-    pose = pose_of(scene_model.pose) if oc.labelling.optical_log_ratio > 0 else None
     splat_needed = mode == 'splat' or check
+    optical = oc.labelling.optical_log_ratio > 0
     for batch in tqdm(loader, desc=f'objects: label {split}', disable=not cfg.runtime.progress, mininterval=1.0,
                       dynamic_ncols=True):
         raw = batch['frames_raw']
         poses = {}
-        if splat_needed:
+        if splat_needed or optical:           # the camera motion of the batch, for splatting and the optical cue
             for off in OFFSETS:
                 poses[off] = scene_model.pose.reference_to_source(raw[:, 1], raw[:, off + 1], off)[0]
         for j, idx in enumerate(batch['index'].tolist()):
@@ -153,9 +153,9 @@ def label_split(ctx: StageContext, scene_model, split: str, mode: str) -> dict:
             mask = batch['mask'][j].numpy()
             K = batch['K'][j].numpy().astype(np.float64)
             disagreement = None
-            if oc.labelling.optical_log_ratio > 0:
+            if optical:
                 disagreement, _ = optical_cue({'frames_raw': raw[j], 'K': batch['K'][j]}, pred.depth,
-                                              lambda off, frames: pose(idx, off, frames),
+                                              lambda off, frames: poses[off][j].numpy(),
                                               cfg.masks.seeds.optical_min_rigid_px)
             labels, inst = label_frame(mask, pred, K, oc.labelling, instance_classes(seq, t),
                                        seed=idx, disagreement=disagreement)
