@@ -125,7 +125,10 @@ class DsaStageConfig:
     """Stage 3: the Depth Scale Alignment network (DsaModelConfig), its training on static objects,
     and the pseudo labels. box_margin_px: the object's box is its tight box grown by this many pixels
     on each side, the same in training and inference (the reference dilated only at inference); it must
-    be at least ground_step_px, the distance of the neighbours the ground normals come from."""
+    be at least ground_step_px, the distance of the neighbours the ground normals come from.
+    extend_to_ground: each object reaches down to the first ground pixel below it in every column (for learned
+    masks, which stop short of a car's bottom): the anchor reads the ground there and the pseudo label covers
+    the gap (training.stages.dsa_model.dsa_inputs)."""
 
     model: DsaModelConfig = field(default_factory=DsaModelConfig)
     box_margin_px: int = 2
@@ -136,6 +139,7 @@ class DsaStageConfig:
     phases: list[PhaseConfig] = field(default_factory=lambda: _phases(
         {'name': 'dsa', 'steps': 1500, 'lr': 1e-3, 'lr_decay_at': [600, 1200]}))
     infer_batch_size: int = 32
+    extend_to_ground: bool = field(default=False, metadata={HASHED: UNLESS_DEFAULT})
 
     def __post_init__(self):
         if self.ground_step_px < 1:

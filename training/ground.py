@@ -146,6 +146,32 @@ def contact_pixels(mask: np.ndarray, rows: int = 1) -> tuple[np.ndarray, np.ndar
     return u[keep], v[keep]
 
 
+def ground_below(mask: np.ndarray, ground: np.ndarray, blocked: np.ndarray | None = None,
+                 max_rows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the ground starts below an object whose mask may stop short of its bottom (learned masks: a car's
+    dark lower body and wheels often fall outside it). For each column of `mask`, (u, lowest mask row, first
+    `ground` row below it); the last is -1 where no ground is reached within `max_rows` rows (default: the
+    mask's height) before a `blocked` pixel (another object) or the image's bottom."""
+    mask = mask.astype(bool)
+    u, v = bottom_pixels(mask)
+    vg = np.full(len(u), -1, np.int64)
+    if not len(u):
+        return u, v, vg
+    h = mask.shape[0]
+    rows = np.flatnonzero(mask.any(1))
+    reach = int(max_rows if max_rows is not None else rows[-1] - rows[0] + 1)
+    for k, (uu, vv) in enumerate(zip(u.tolist(), v.tolist())):
+        end = min(h, vv + 1 + max(1, reach))
+        col_ground = np.asarray(ground[vv + 1:end, uu], bool)
+        if not col_ground.any():
+            continue
+        first = int(np.argmax(col_ground))
+        if blocked is not None and np.asarray(blocked[vv + 1:vv + 1 + first, uu], bool).any():
+            continue            # another object lies between this one and the ground
+        vg[k] = vv + 1 + first
+    return u, v, vg
+
+
 def contact_ratio(depth: np.ndarray, mask: np.ndarray, plane: Plane | None, K: np.ndarray) -> float | None:
     """Median over the mask's contact pixels (contact_pixels) of depth / ground-plane depth there; None
     when the plane is unknown or the contact lies above the horizon. 1 = the object stands where the

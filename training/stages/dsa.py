@@ -75,7 +75,7 @@ def object_inputs(cfg: PipelineConfig, item: dict, oid: int, object_depth: np.nd
     return dsa_inputs(item[image_key][1].numpy(), item['scene_depth'].numpy(), without_road(item['mask'].numpy(), roads),
                       oid, object_depth, item['K'].numpy().astype(np.float64), dc.box_margin_px,
                       dc.model.max_depth, dc.ground_angle_deg, dc.ground_step_px, ground=ground,
-                      use_anchor=dc.model.use_anchor, anchor=dc.model.anchor)
+                      use_anchor=dc.model.use_anchor, anchor=dc.model.anchor, extend_to_ground=dc.extend_to_ground)
 
 
 def _tensors(inp, scene_depth: np.ndarray) -> dict:
@@ -196,6 +196,14 @@ def frame_scales(cfg: PipelineConfig, net: DsaNet, item: dict, object_depths: di
     return [(oid, float(b), inp) for (oid, inp), b in zip(inputs, beta)]
 
 
+def object_label(inp, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels, depth [H,W]) of one dynamic object in the pseudo label: β·D̃ on its mask and, with
+    dsa.extend_to_ground, on the gap down to the ground below it (dsa_model.dsa_inputs' `fill`)."""
+    if inp.fill is None:
+        return inp.mask, beta * inp.norm_depth
+    return inp.mask | (inp.fill > 0), beta * (inp.norm_depth + inp.fill)
+
+
 def compose_pseudo_label(scene_depth: np.ndarray, objects: list[tuple[np.ndarray, np.ndarray]]) -> PseudoLabel:
     """Scene depth with each object's pixels (mask, depth) replaced, the nearer object winning on overlaps."""
     best = np.full(scene_depth.shape, np.inf, np.float32)
@@ -231,8 +239,7 @@ def write_pseudo_labels(ctx: StageContext, net: DsaNet, split: str) -> dict:
             item = ds.load(idx, extra={'scene_depth': Layer(pred.depth, 'depth')})
             entries = frame_scales(cfg, net, item, {oid: depth[oid] for oid in dyn if oid in depth},
                                    roads=sample_road_ids(cfg, ds, idx))
-            for oid, beta, inp in entries:
-                objects.append((inp.mask, beta * inp.norm_depth))
+            objects.extend(object_label(inp, beta) for _, beta, inp in entries)
             scales[frame_key(seq, t)] = [{'id': oid, 'beta': round(beta, 5), 'log_anchor': round(inp.log_anchor, 5),
                                           'anchor_ok': inp.anchor_ok} for oid, beta, inp in entries]
             n_objects += len(entries)

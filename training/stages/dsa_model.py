@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.ground import contact_pixels, ground_mask, ground_plane
+from training.ground import contact_pixels, ground_below, ground_mask, ground_plane
 from training.networks.resnet import ResNetEncoder
 
 N_SCALARS = 8
@@ -85,12 +85,14 @@ class DsaInput:
     mask: np.ndarray         # bool [H,W] the object
     norm_depth: np.ndarray   # float32 [H,W] D̃ (0 outside the mask)
     context: np.ndarray      # bool [H,W] the ground pixels the input shows
+    fill: np.ndarray | None = None   # float32 [H,W] D̃ of the pixels between the mask and the ground below it
+                                     # (extend_to_ground; 0 elsewhere): the object's pseudo label covers them too
 
 
 def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, object_id: int,
                object_depth: np.ndarray, K: np.ndarray, box_margin: int, max_depth: float,
                ground_angle_deg: float = 15.0, ground_step: int = 2, ground: np.ndarray | None = None,
-               use_anchor: bool = True, anchor: str = 'upright') -> DsaInput | None:
+               use_anchor: bool = True, anchor: str = 'upright', extend_to_ground: bool = False) -> DsaInput | None:
     """The DSA input of one object (module docstring); None when the object has no depth in its mask.
 
     rgb float32 [3,H,W] in [0,1]; scene_depth float32 [H,W]; instances int [H,W] ids (0 none);
@@ -100,6 +102,13 @@ def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, 
     median ground depth at the contact pixels by the median of D̃ over the whole object (the object stands
     upright where it touches the ground), so the anchor does not depend on the shape of the object
     network's depth in the object's lowest rows, which stage 2 gets wrong near the road (module docstring).
+    extend_to_ground: the object reaches down to the first ground pixel below its mask in each column
+    (training.ground.ground_below; not past another object). Learned masks stop short of a car's bottom
+    (on the cpu-small train split by a median 2 rows, covering 57 % of the car), so the ray through the mask's
+    lowest pixel meets the ground behind the car: the anchor put those cars at 1.22x their depth (docs/training.md).
+    With it the contact is the top edge of the first ground pixel (in the columns within a row of the lowest
+    such), and `fill` gives the gap's pixels the D̃ of their column's lowest object pixel (a car's back is upright).
+    When fewer than half of the columns reach the ground, the mask's own contact counts and nothing is filled.
     """
     if box_margin < ground_step:
         raise ValueError(f'box_margin ({box_margin}) must be >= ground_step ({ground_step}): ground normals come from '
@@ -118,13 +127,26 @@ def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, 
     ctx = np.zeros((h, w), np.float32)
     ctx[context] = np.log1p(scene_depth[context]) / math.log1p(max_depth)
 
+    fill = None
+    u, v = contact_pixels(m)
+    edge = v + 0.5                                  # the bottom edge of the lowest pixel
+    if extend_to_ground:
+        ub, vb, vg = ground_below(m, ground, blocked=(instances > 0) & ~m)
+        found = vg >= 0
+        if found.sum() >= max(1, 0.5 * len(ub)):
+            fill = np.zeros((h, w), np.float32)
+            for uu, v0, v1 in zip(ub[found].tolist(), vb[found].tolist(), vg[found].tolist()):
+                fill[v0 + 1:v1, uu] = norm[v0, uu]
+            keep = vg[found] >= vg[found].max() - 1
+            u, v = ub[found][keep], vb[found][keep]
+            edge = vg[found][keep].astype(np.float64)   # the top edge of the first ground pixel
+
     anchor_ok = False
     log_anchor = 0.0
     if use_anchor:
         plane = ground_plane(scene_depth, K, context)
-        u, v = contact_pixels(m)
         if plane is not None and len(u):
-            zg = plane.depth_at(K, u, v + 0.5)
+            zg = plane.depth_at(K, u, edge)
             dn = norm[v, u]
             ok = np.isfinite(zg) & (zg > 0) & (zg < 10 * max_depth) & (dn > 0)
             if ok.sum() >= max(1, 0.5 * len(u)):
@@ -143,7 +165,7 @@ def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, 
                         (cols[-1] - cols[0] + 1) / w, float(rows[-1] >= h - 1), context.mean()], np.float32)
     image = np.concatenate([rgb.astype(np.float32), ctx[None], norm[None]], 0)
     return DsaInput(image=image, scalars=scalars, log_anchor=log_anchor, anchor_ok=anchor_ok, mask=m,
-                    norm_depth=norm, context=context)
+                    norm_depth=norm, context=context, fill=fill)
 
 
 class DsaNet(nn.Module):
