@@ -187,3 +187,22 @@ def test_backproject_lands_ground_pixels_on_the_plane():
     assert np.allclose(P[is_ground][:, 1], CAM_HEIGHT)
     assert np.allclose(P[..., 2], depth)
     assert isinstance(Plane(np.array([0, 1.0, 0]), 1.5, 10).depth_at(K, 10, 80), np.ndarray)
+
+
+def test_ground_below_finds_where_the_ground_starts_under_each_column():
+    """Per column of the mask: its lowest row and the first ground row below it; -1 where another object comes
+    first, where no ground lies within reach (max_rows) or before the image's bottom."""
+    from training.ground import ground_below
+
+    mask = np.zeros((12, 6), bool)
+    mask[2:5, 1:5] = True
+    mask[6, 2] = True                        # column 2 reaches lower
+    ground = np.zeros((12, 6), bool)
+    ground[8:, :4] = True                    # no ground under column 4
+    blocked = np.zeros((12, 6), bool)
+    blocked[6, 3] = True                     # another object between column 3 and the ground
+    u, v, vg = ground_below(mask, ground, blocked)
+    assert u.tolist() == [1, 2, 3, 4] and v.tolist() == [4, 6, 4, 4]
+    assert vg.tolist() == [8, 8, -1, -1]
+    assert ground_below(mask, ground, blocked, max_rows=2)[2].tolist() == [-1, 8, -1, -1]   # 4 rows below column 1
+    assert ground_below(np.zeros((4, 4), bool), ground[:4, :4])[0].size == 0
