@@ -195,6 +195,26 @@ def test_optical_rule_flags_an_object_that_moves_otherwise_than_its_depth_says()
     assert label(base_cfg(optical_log_ratio=0.7, optical_min_share=0.03), sparse)[1].dynamic
 
 
+def test_optical_rule_has_its_own_threshold_for_oncoming_traffic():
+    """Car 1 comes towards the camera (its flow e^0.5 times what its depth predicts for a static object: an
+    oncoming car's learned mask has a median of 0.47-0.97), car 2 as predicted: with optical_log_ratio 0.7 on
+    both sides car 1 is static, with optical_log_ratio_towards 0.35 it is dynamic by the optical cue; a car
+    that moved e^-0.5 times (less than the 0.7 asked on that side) stays static."""
+    f = two_cars(flow1=BG_FLOW)
+    disagreement = np.full((H, W), 0.05, np.float32)
+    disagreement[CAR1] = 0.5
+    disagreement[CAR2] = 0.1
+
+    def label(cfg, d):
+        labels, _ = label_frame(f.mask, f.prediction(), K, cfg, disagreement=d)
+        return {lab.id: lab for lab in labels}
+    assert not label(base_cfg(optical_log_ratio=0.7), disagreement)[1].dynamic
+    labels = label(base_cfg(optical_log_ratio=0.7, optical_log_ratio_towards=0.35), disagreement)
+    assert labels[1].dynamic and labels[1].extra['cues'] == ['optical'] and not labels[2].dynamic
+    disagreement[CAR1] = -0.5
+    assert not label(base_cfg(optical_log_ratio=0.7, optical_log_ratio_towards=0.35), disagreement)[1].dynamic
+
+
 def test_small_instances_are_dropped():
     """Instances under min_area_fraction of the image (0.5 % of 96x128 = 62 px) are not labelled."""
     f = two_cars()
@@ -243,6 +263,7 @@ def test_labels_serialise_with_the_design_fields():
 
 @pytest.mark.parametrize('kw', [dict(flow_coverage=1.5), dict(min_area_fraction=-0.1), dict(flow_threshold_px=-1),
                                 dict(ground_angle_deg=90), dict(ground_step_px=0), dict(optical_log_ratio=-0.5),
+                                dict(optical_log_ratio_towards=-0.1),
                                 dict(optical_min_share=2.0)])
 def test_labelling_config_rejects_invalid_settings(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):

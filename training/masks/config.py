@@ -83,8 +83,11 @@ class SeedsStageConfig:
     Moving pixels (motion): `network` — stage 1's residual flow magnitude (Σ|flow_prev| + Σ|flow_next|)/2 at
     least flow_threshold_px and at least contrast_factor x the frame's median magnitude (the reference's cue) —
     or `optical` — the flow OpenCV's DIS measures between the frames against the flow of a static world at
-    stage 1's depth and pose: |log(observed / rigid)| at least optical_log_ratio where the rigid flow is at
-    least optical_min_rigid_px (training.masks.seeds.flow_disagreement); not ground either way.
+    stage 1's depth and pose: log(observed / rigid) at most -optical_log_ratio (the object moved less than a
+    static one would: traffic that travels with the camera) or at least optical_log_ratio_towards (it moved
+    more: oncoming traffic, whose observed flow is the sum of both speeds, so the ratio is about ln 2 = 0.69
+    for a car as fast as the camera, less after stage 1 has pulled it nearer; 0 = optical_log_ratio), where the
+    rigid flow is at least optical_min_rigid_px (training.masks.seeds.flow_disagreement); not ground either way.
     method: cluster (connected
     components of the moving pixels, cut where the stage-1 depth jumps by more than depth_edge in log depth
     or the flow changes by more than flow_edge of its magnitude) | slots (slot attention, SlotsConfig).
@@ -97,6 +100,7 @@ class SeedsStageConfig:
     method: str = 'cluster'
     motion: str = 'optical'
     optical_log_ratio: float = 1.0
+    optical_log_ratio_towards: float = 0.4
     optical_min_rigid_px: float = 1.0
     flow_threshold_px: float = 0.3
     contrast_factor: float = 3.0
@@ -118,6 +122,9 @@ class SeedsStageConfig:
             raise ValueError(f"masks.seeds.motion must be 'network' or 'optical', got {self.motion!r}")
         if self.method == 'slots' and self.motion != 'network':
             raise ValueError("masks.seeds.method slots groups stage 1's residual flow: set masks.seeds.motion: network")
+        if self.optical_log_ratio_towards < 0:
+            raise ValueError(f'masks.seeds.optical_log_ratio_towards must be >= 0 (0 = optical_log_ratio), got '
+                             f'{self.optical_log_ratio_towards}')
         if self.optical_log_ratio <= 0 or self.optical_min_rigid_px < 0:
             raise ValueError(f'masks.seeds.optical_log_ratio must be > 0 and optical_min_rigid_px >= 0, got '
                              f'{self.optical_log_ratio}, {self.optical_min_rigid_px}')

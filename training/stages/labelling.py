@@ -27,9 +27,11 @@ cues are measured, each recorded in the labels file:
 
 - optical (optical_log_ratio > 0; needs the frame's flow disagreement, training.masks.seeds.
   flow_disagreement of DIS optical flow against the rigid flow of stage 1's depth and camera motion): the
-  median over the instance's pixels where it is defined of log(|observed| / |rigid|) is at least the
-  threshold away from 0 — the object moved otherwise than stage 1's depth says a static object would, the
-  cue that finds the cars that travel with the camera, which stage 1 explains away with no residual flow.
+  median over the instance's pixels where it is defined of log(|observed| / |rigid|) is at most
+  -optical_log_ratio or at least optical_log_ratio_towards (0 = the same threshold) — the object moved
+  otherwise than stage 1's depth says a static object would: less (the cars that travel with the camera,
+  which stage 1 explains away with no residual flow) or more (oncoming traffic, whose ratio stays near
+  ln 2 = 0.69 or below, measured 0.5-0.97 on the learned masks of oncoming cars, docs/training.md).
   Counted only where at least `optical_min_share` of the instance's pixels have a defined ratio.
 
 An instance is dynamic when any enabled cue fires (thresholds in LabellingConfig; 0 disables).
@@ -61,6 +63,7 @@ class LabellingConfig:
     centre_strip: float = 0.05          # share of the width around the centre column (reference 1/20); 0 = off
     # hashed only when not at the default (training.config HASHED/UNLESS_DEFAULT; that module imports this one)
     optical_log_ratio: float = field(default=0.0, metadata={'hashed': 'unless_default'})   # 0 = off (docstring)
+    optical_log_ratio_towards: float = field(default=0.0, metadata={'hashed': 'unless_default'})  # 0 = the same
     optical_min_share: float = field(default=0.1, metadata={'hashed': 'unless_default'})
     ground_angle_deg: float = 15.0      # ground pixels: normal within this angle of the vertical
     ground_step_px: int = 2             # normals from neighbours this many pixels away
@@ -70,7 +73,8 @@ class LabellingConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f'objects.labelling.{name} must be in [0, 1], got {v}')
-        for name in ('flow_threshold_px', 'contrast_factor', 'contrast_min_px', 'ground_tolerance', 'optical_log_ratio'):
+        for name in ('flow_threshold_px', 'contrast_factor', 'contrast_min_px', 'ground_tolerance', 'optical_log_ratio',
+                     'optical_log_ratio_towards'):
             if getattr(self, name) < 0:
                 raise ValueError(f'objects.labelling.{name} must be >= 0, got {getattr(self, name)}')
         if not 0 < self.ground_angle_deg < 90:
@@ -179,8 +183,9 @@ def decide(cues: dict, cfg: LabellingConfig) -> tuple[bool, list[str]]:
     if cues.get('centre'):
         fired.append('centre')
     lr = cues.get('optical_log_ratio')
+    towards = cfg.optical_log_ratio_towards or cfg.optical_log_ratio
     if cfg.optical_log_ratio > 0 and lr is not None and cues.get('optical_share', 0.0) >= cfg.optical_min_share \
-            and abs(lr) >= cfg.optical_log_ratio:
+            and (lr <= -cfg.optical_log_ratio or lr >= towards):
         fired.append('optical')
     return bool(fired), fired
 
