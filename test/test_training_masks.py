@@ -450,6 +450,13 @@ def test_mask_scores_count_matches_at_iou_half_by_size():
     assert r['0.1-0.5 %']['static'] == 1 and r['0.1-0.5 %']['recall_static'] == 1.0
     assert r['all']['masks'] == 4 and r['all']['precision_moving'] == 0.25 and r['all']['precision_object'] == 0.5
     assert r['>= 0.5 %']['recall_moving'] == 0.5
+    # pixel recall per motion against the camera's travel (where the data gives velocities): object 1 is oncoming
+    # and 90 % covered, object 2 travels with the camera and a quarter covered
+    s = MaskScores()
+    s.add(pred, gt, moving={1, 2}, motions={1: 'oncoming', 2: 'same'})
+    by = s.summary()['pixel_recall_by_motion']
+    assert by == {'oncoming': {'pixels': 100, 'recall': 0.9}, 'same': {'pixels': 400, 'recall': 0.25}}
+    assert MaskScores().summary()['pixel_recall_by_motion'] == {}
 
 
 def test_the_pipeline_runs_the_mask_stages_only_when_learning_masks(tmp_path):

@@ -13,6 +13,9 @@ instance's area for recall, the learned mask's for precision):
     precision (object)   learned masks matched to any data instance / learned masks
     pixel recall / precision   moving pixels covered by any learned mask / moving pixels, and learned
                          pixels on moving instances / learned pixels
+    pixel recall by motion     the same per motion against the camera's direction of travel (same / oncoming
+                         / crossing, dynadepth_ros.object_scale.motion_class), where the data has the
+                         instances' velocities (the synthetic generator's instances/<frame>.json)
 
 Stage 2 labels only instances of at least objects.labelling.min_area_fraction of the image (0.5 %), so the
 bins from 0.5 % on are the ones the method uses. Writes <mask stage dir>/eval_<split>.json and .md.
@@ -67,10 +70,19 @@ class MaskScores:
         self.n = {k: {bin_name(b): 0 for b in SIZE_BINS} for k in ('moving', 'moving_hit', 'static', 'static_hit',
                                                                     'masks', 'masks_moving', 'masks_object')}
         self.pixels = {'moving': 0, 'moving_covered': 0, 'learned': 0, 'learned_on_moving': 0}
+        self.by_motion: dict[str, list[int]] = {}       # motion -> [moving pixels, covered]
         self.frames = 0
 
-    def add(self, pred: np.ndarray, gt: np.ndarray, moving: set[int], iou: float = 0.5) -> None:
+    def add(self, pred: np.ndarray, gt: np.ndarray, moving: set[int], iou: float = 0.5,
+            motions: dict[int, str] | None = None) -> None:
+        """One frame: learned ids `pred` and the data's ids `gt` [H,W], the moving data ids, and optionally
+        each moving id's motion ('same' / 'oncoming' / 'crossing') for the pixel recall by motion."""
         total = pred.size
+        for g, motion in (motions or {}).items():
+            m = gt == g
+            row = self.by_motion.setdefault(motion, [0, 0])
+            row[0] += int(m.sum())
+            row[1] += int((m & (pred > 0)).sum())
         p_ids, g_ids, m, pa, ga = iou_matrix(pred, gt)
         hit = m >= iou
         for j, g in enumerate(g_ids.tolist()):
@@ -105,6 +117,8 @@ class MaskScores:
                        'precision_object': ratio(s['masks_object'], s['masks'])}
         p = self.pixels
         return {'frames': self.frames, 'by_size': rows,
+                'pixel_recall_by_motion': {k: {'pixels': n, 'recall': ratio(c, n)}
+                                           for k, (n, c) in sorted(self.by_motion.items())},
                 'pixel_recall_moving': ratio(p['moving_covered'], p['moving']),
                 'pixel_precision_moving': ratio(p['learned_on_moving'], p['learned'])}
 
@@ -112,8 +126,10 @@ class MaskScores:
 def evaluate_masks(run_dir: str | os.PathLike, split: str = 'val', which: str = 'instances', iou: float = 0.5,
                    progress: bool = True) -> dict:
     """Scores of the `which` masks (instances | seeds) of a run on `split`; writes eval_<split>.json/.md beside them."""
+    from dynadepth_ros.object_scale import motion_class
     from training.config import load_config
     from training.data import build_dataset
+    from training.evaluate import frame_instances, travel_direction
     from training.stages import stage_dir
     from training.stages.outputs import LabelMaps
 
@@ -139,7 +155,13 @@ def evaluate_masks(run_dir: str | os.PathLike, split: str = 'val', which: str = 
             missing_gt += 1
             continue
         pred = maps.frame(split, seq_name, t)
-        scores.add(pred, resize_nearest(np.asarray(gt, np.int32), *pred.shape), set(moving), iou)
+        records = frame_instances(seq, t)
+        motions = None
+        if records is not None:
+            ego = travel_direction(seq, t, cfg.data.frame_gap)
+            motions = {int(r['id']): motion_class(r.get('velocity'), ego) for r in records
+                       if int(r['id']) in moving}
+        scores.add(pred, resize_nearest(np.asarray(gt, np.int32), *pred.shape), set(moving), iou, motions)
     if not scores.frames:
         raise ValueError(f'no {split} frame has both {which} masks and the data\'s own masks with moving flags '
                          f'({missing_gt} without): this measurement needs data such as the synthetic generator\'s')
@@ -163,5 +185,10 @@ def masks_markdown(r: dict) -> str:
         lines.append(f'| {b} | {v["moving"]} | {f(v["recall_moving"])} | {v["static"]} | {f(v["recall_static"])} | '
                      f'{v["masks"]} | {f(v["precision_moving"])} | {f(v["precision_object"])} |')
     lines += ['', f'Pixels: {f(r["pixel_recall_moving"])} of the moving objects\' pixels lie in a learned mask; '
-                  f'{f(r["pixel_precision_moving"])} of the learned masks\' pixels are on moving objects.', '']
+                  f'{f(r["pixel_precision_moving"])} of the learned masks\' pixels are on moving objects.']
+    by_motion = r.get('pixel_recall_by_motion') or {}
+    if by_motion:
+        lines += ['', 'Moving pixels in a learned mask, by motion against the camera\'s direction of travel: ' +
+                  ', '.join(f'{k} {f(v["recall"])} (of {v["pixels"]} px)' for k, v in by_motion.items()) + '.']
+    lines.append('')
     return '\n'.join(lines)
