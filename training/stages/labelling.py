@@ -31,7 +31,7 @@ cues are measured, each recorded in the labels file:
   -optical_log_ratio or at least optical_log_ratio_towards (0 = the same threshold) — the object moved
   otherwise than stage 1's depth says a static object would: less (the cars that travel with the camera,
   which stage 1 explains away with no residual flow) or more (oncoming traffic, whose ratio stays near
-  ln 2 = 0.69 or below, measured 0.5-0.97 on the learned masks of oncoming cars, docs/training.md).
+  ln 2 = 0.69 or below: the seeds on oncoming cars have medians of 0.47-0.97, docs/training.md).
   Counted only where at least `optical_min_share` of the instance's pixels have a defined ratio.
 
 An instance is dynamic when any enabled cue fires (thresholds in LabellingConfig; 0 disables).
