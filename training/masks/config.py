@@ -85,7 +85,7 @@ class SeedsStageConfig:
     or `optical` — the flow OpenCV's DIS measures between the frames against the flow of a static world at
     stage 1's depth and pose: log(observed / rigid) at most -optical_log_ratio (the object moved less than a
     static one would: traffic that travels with the camera) or at least optical_log_ratio_towards (it moved
-    more: oncoming traffic, whose observed flow is the sum of both speeds, so the ratio is about ln 2 = 0.69
+    more: oncoming traffic, whose observed flow is the sum of both speeds, so the log ratio is about ln 2 = 0.69
     for a car as fast as the camera, less after stage 1 has pulled it nearer; 0 = optical_log_ratio), where the
     rigid flow is at least optical_min_rigid_px (training.masks.seeds.flow_disagreement); not ground either way.
     method: cluster (connected
