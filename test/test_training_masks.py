@@ -113,14 +113,14 @@ def test_flow_disagreement_is_the_log_ratio_and_undecided_near_the_focus_of_expa
 
 def test_optical_cue_has_its_own_threshold_for_oncoming_traffic():
     """An oncoming car as fast as the camera shows about twice the flow of a static one (log ratio ln 2 = 0.69),
-    one that travels with the camera almost none (-2.3): with 1.0 on both sides only the second moves; the
-    positive side's own threshold (optical_log_ratio_towards, default 0.4) finds the oncoming one, not the
-    static scene's small errors; 0 falls back to the symmetric rule."""
+    one that travels with the camera almost none (-2.3): with 1.0 on both sides (the default) only the second
+    moves; the positive side's own threshold (optical_log_ratio_towards 0.4) finds the oncoming one too, not
+    the static scene's small errors; a higher one does not."""
     d = np.array([[np.log(2.0), -2.3, 0.2, -0.5, np.nan]], np.float32)
-    default = moving_pixels_optical(d, None, SeedsStageConfig(optical_log_ratio=1.0))
-    assert default.tolist() == [[True, True, False, False, False]]
-    symmetric = moving_pixels_optical(d, None, SeedsStageConfig(optical_log_ratio=1.0, optical_log_ratio_towards=0))
+    symmetric = moving_pixels_optical(d, None, SeedsStageConfig(optical_log_ratio=1.0))
     assert symmetric.tolist() == [[False, True, False, False, False]]
+    towards = moving_pixels_optical(d, None, SeedsStageConfig(optical_log_ratio=1.0, optical_log_ratio_towards=0.4))
+    assert towards.tolist() == [[True, True, False, False, False]]
     strict = moving_pixels_optical(d, None, SeedsStageConfig(optical_log_ratio=1.0, optical_log_ratio_towards=0.8))
     assert strict.tolist() == [[False, True, False, False, False]]
     with pytest.raises(ValueError, match='optical_log_ratio_towards'):

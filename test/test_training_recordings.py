@@ -309,7 +309,6 @@ def test_dry_run_writes_only_the_config(sources, tmp_path):
     from training.config import load_config
     written = load_config(config_file=run_dir / 'recordings.yaml')
     assert written.objects.labelling.optical_log_ratio == 0.7 and written.dsa.extend_to_ground
-    assert written.objects.labelling.optical_log_ratio_towards == 0.35         # oncoming traffic
 
 
 def test_time_split_of_whole_recordings_and_stretches():

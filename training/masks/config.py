@@ -86,8 +86,9 @@ class SeedsStageConfig:
     stage 1's depth and pose: log(observed / rigid) at most -optical_log_ratio (the object moved less than a
     static one would: traffic that travels with the camera) or at least optical_log_ratio_towards (it moved
     more: oncoming traffic, whose observed flow is the sum of both speeds, so the log ratio is about ln 2 = 0.69
-    for a car as fast as the camera, less after stage 1 has pulled it nearer; 0 = optical_log_ratio), where the
-    rigid flow is at least optical_min_rigid_px (training.masks.seeds.flow_disagreement); not ground either way.
+    for a car as fast as the camera, less after stage 1 has pulled it nearer; 0, the default, = optical_log_ratio:
+    0.4 finds more oncoming cars but the final network trained on them was not better, docs/training.md), where
+    the rigid flow is at least optical_min_rigid_px (training.masks.seeds.flow_disagreement); not ground either way.
     method: cluster (connected
     components of the moving pixels, cut where the stage-1 depth jumps by more than depth_edge in log depth
     or the flow changes by more than flow_edge of its magnitude) | slots (slot attention, SlotsConfig).
@@ -100,7 +101,7 @@ class SeedsStageConfig:
     method: str = 'cluster'
     motion: str = 'optical'
     optical_log_ratio: float = 1.0
-    optical_log_ratio_towards: float = 0.4
+    optical_log_ratio_towards: float = field(default=0.0, metadata={'hashed': 'unless_default'})
     optical_min_rigid_px: float = 1.0
     flow_threshold_px: float = 0.3
     contrast_factor: float = 3.0

@@ -126,13 +126,15 @@ def triplet_disagreement(rgb, depth: np.ndarray, K: np.ndarray, poses: dict, min
 def moving_pixels_optical(disagreement: np.ndarray, ground: np.ndarray | None, cfg: SeedsStageConfig) -> np.ndarray:
     """bool [H,W]: flow_disagreement at most -cfg.optical_log_ratio (the observed flow at most 1/e^x times what
     stage 1's depth predicts for a static world: traffic that travels with the camera) or at least
-    cfg.optical_log_ratio_towards (at least e^y times: oncoming traffic; 0 = optical_log_ratio), minus `ground`.
+    cfg.optical_log_ratio_towards (at least e^y times: oncoming traffic; 0, the default, = optical_log_ratio),
+    minus `ground`.
 
     Why two thresholds: a car as fast as the camera coming towards it shows twice the flow of a static one
     (log ratio ln 2 = 0.69, less where stage 1 put it nearer), one that travels with it shows almost none
     (log ratio -2 to -3). Measured on the synthetic val / test frames (2026-12-07, docs/training.md): 1.0 on
     both sides flags 5 % / 11 % of the oncoming cars' pixels, 0.4 on the positive side 29 % / 26 %, at 2 % /
-    4 % of the static pixels (1 % / 2 % before)."""
+    4 % of the static pixels (1 % / 2 % with 1.0); the final network trained from those masks was not better
+    on moving objects (val worse), so the default stays symmetric."""
     d = np.nan_to_num(np.asarray(disagreement, np.float32), nan=0.0)
     towards = cfg.optical_log_ratio_towards or cfg.optical_log_ratio
     moving = np.isfinite(np.asarray(disagreement, np.float32)) & ((d <= -cfg.optical_log_ratio) | (d >= towards))

@@ -20,7 +20,6 @@ from training.recordings.time_split import TimeSplit, split_by_time
 CONFIG_NAME = 'recordings.yaml'
 
 LEARNED_OPTICAL_LABELLING = 0.7     # objects.labelling.optical_log_ratio written for recordings without masks
-LEARNED_OPTICAL_TOWARDS = 0.35      # ... and its optical_log_ratio_towards (oncoming traffic)
 
 
 @dataclasses.dataclass
@@ -55,10 +54,7 @@ class RecordingsPlan:
             # learned masks are mostly moving objects that stage 1 explained away (no residual flow): the optical
             # cue labels them (cpu-small, docs/training.md: movers' pixels labelled dynamic 8.5 % -> 17.2 %, test
             # AbsRel on moving objects 1.04x -> 0.92x stage 1)
-            # oncoming cars show more flow than a static world, by about ln 2 at most: their learned masks' median
-            # log ratio is 0.47-0.97 (synthetic val/test), so that side is labelled from 0.35
-            tree['objects'] = {'masks': 'learned', 'labelling': {'optical_log_ratio': LEARNED_OPTICAL_LABELLING,
-                                                                 'optical_log_ratio_towards': LEARNED_OPTICAL_TOWARDS}}
+            tree['objects'] = {'masks': 'learned', 'labelling': {'optical_log_ratio': LEARNED_OPTICAL_LABELLING}}
             # learned masks stop short of a car's bottom: stage 3 reads its contact where the ground starts below it
             # (cpu-small train split: labelled movers' pseudo depth 1.17x -> 1.06x their true depth; docs/training.md)
             tree['dsa'] = {'extend_to_ground': True}
