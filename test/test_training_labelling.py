@@ -197,7 +197,7 @@ def test_optical_rule_flags_an_object_that_moves_otherwise_than_its_depth_says()
 
 def test_optical_rule_has_its_own_threshold_for_oncoming_traffic():
     """Car 1 comes towards the camera (its flow e^0.5 times what its depth predicts for a static object: an
-    oncoming car's learned mask has a median of 0.47-0.97), car 2 as predicted: with optical_log_ratio 0.7 on
+    oncoming car's seed has a median of 0.47-0.97), car 2 as predicted: with optical_log_ratio 0.7 on
     both sides car 1 is static, with optical_log_ratio_towards 0.35 it is dynamic by the optical cue; a car
     that moved e^-0.5 times (less than the 0.7 asked on that side) stays static."""
     f = two_cars(flow1=BG_FLOW)
