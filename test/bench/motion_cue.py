@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument('--model', type=Path, default=REPO / 'dynadepth_ros' / 'models' / 'dynadepth_stage1.onnx')
     ap.add_argument('--data-preset', default='cpu-small', help='the preset whose synthetic data is scored')
     ap.add_argument('--variant', action='append', metavar='LABEL=NEG:POS',
-                    help='default: symmetric=1.0:0 (the baseline) and towards=1.0:0.4 (the default)')
+                    help='default: symmetric=1.0:0 (the baseline, the seeds stage\'s default) and towards=1.0:0.4')
     args = ap.parse_args(argv)
     variants = {}
     for v in args.variant or ['symmetric=1.0:0', 'towards=1.0:0.4']:

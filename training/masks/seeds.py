@@ -5,6 +5,7 @@
     optical_flow(a, b) / rigid_flow(depth, K, T)   float32 [2,H,W]: the observed flow between two frames (DIS,
                                                    OpenCV) and the flow a static scene at `depth` would have
     flow_disagreement(observed, rigid, min_px)     float32 [H,W] log(|observed| / |rigid|), NaN where undecided
+    moved_otherwise(log_ratio, less, more)         bool: a log ratio <= -less or >= more (0 = less)
     moving_pixels_optical(disagreement, ground, cfg)  bool [H,W]: disagreement <= -optical_log_ratio or >=
                                                    optical_log_ratio_towards, not ground
                                                    (motion: optical)
@@ -123,6 +124,15 @@ def triplet_disagreement(rgb, depth: np.ndarray, K: np.ndarray, poses: dict, min
     return cue, residual
 
 
+def moved_otherwise(log_ratio, less: float, more: float = 0.0):
+    """bool (per element of an array, or one for a scalar): a flow_disagreement log ratio at most -less (the
+    object moved less than a static one at its depth would) or at least `more` (it moved more; 0 = less); never
+    where it is undefined (NaN). The one rule of the seeds' moving pixels and stage 2's optical labelling cue."""
+    lr = np.asarray(log_ratio, np.float64)
+    with np.errstate(invalid='ignore'):
+        return np.isfinite(lr) & ((lr <= -less) | (lr >= (more or less)))
+
+
 def moving_pixels_optical(disagreement: np.ndarray, ground: np.ndarray | None, cfg: SeedsStageConfig) -> np.ndarray:
     """bool [H,W]: flow_disagreement at most -cfg.optical_log_ratio (the observed flow at most 1/e^x times what
     stage 1's depth predicts for a static world: traffic that travels with the camera) or at least
@@ -135,10 +145,7 @@ def moving_pixels_optical(disagreement: np.ndarray, ground: np.ndarray | None, c
     both sides flags 5 % / 11 % of the oncoming cars' pixels, 0.4 on the positive side 29 % / 26 %, at 2 % /
     4 % of the static pixels (1 % / 2 % with 1.0); the final network trained from those masks was not better
     on moving objects (val worse), so the default stays symmetric."""
-    raw = np.asarray(disagreement, np.float32)
-    d = np.nan_to_num(raw, nan=0.0)
-    towards = cfg.optical_log_ratio_towards or cfg.optical_log_ratio
-    moving = np.isfinite(raw) & ((d <= -cfg.optical_log_ratio) | (d >= towards))
+    moving = moved_otherwise(np.asarray(disagreement, np.float32), cfg.optical_log_ratio, cfg.optical_log_ratio_towards)
     if ground is not None:
         moving &= ~ground.astype(bool)
     return moving

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from training.ground import Plane, bottom_pixels, contact_pixels, contact_ratio, ground_mask, ground_plane
+from training.masks.seeds import moved_otherwise
 from training.stages.outputs import InstanceLabel, ScenePrediction
 
 
@@ -183,9 +184,8 @@ def decide(cues: dict, cfg: LabellingConfig) -> tuple[bool, list[str]]:
     if cues.get('centre'):
         fired.append('centre')
     lr = cues.get('optical_log_ratio')
-    towards = cfg.optical_log_ratio_towards or cfg.optical_log_ratio
     if cfg.optical_log_ratio > 0 and lr is not None and cues.get('optical_share', 0.0) >= cfg.optical_min_share \
-            and (lr <= -cfg.optical_log_ratio or lr >= towards):
+            and moved_otherwise(lr, cfg.optical_log_ratio, cfg.optical_log_ratio_towards):
         fired.append('optical')
     return bool(fired), fired
 
