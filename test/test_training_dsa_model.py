@@ -146,6 +146,34 @@ def test_extend_to_ground_stops_at_another_object():
     assert ext.fill is None and ext.log_anchor == plain.log_anchor
 
 
+def test_cap_puts_an_object_cut_off_by_the_image_bottom_no_farther_than_stage_1():
+    """A near box whose contact with the ground lies below the image (true contact row 70 of 64): the ground at
+    its lowest visible row lies behind it, so the plain anchor puts it too far. bottom_edge='cap' takes the
+    anchor as an upper bound and uses the stage-1 scale when that is nearer; objects standing in view and stage-1
+    depths beyond the bound keep the anchor."""
+    rgb, depth, inst, obj, z0 = make_scene(bottom=70, height_px=30)
+    assert inst[-1].any() and z0 < contact_depth(H - 1)
+    plain = dsa_inputs(rgb, depth, inst, 1, obj, K, MARGIN, MAX_DEPTH)
+    assert math.exp(plain.log_anchor) == pytest.approx(contact_depth(H - 1), rel=0.05)     # 1.5x too far
+    cap = dsa_inputs(rgb, depth, inst, 1, obj, K, MARGIN, MAX_DEPTH, bottom_edge='cap')
+    assert cap.anchor_ok and math.exp(cap.log_anchor) == pytest.approx(z0, rel=1e-4)
+    # a learned mask stopping short of that car: the rows below it are the car's body, not ground (with and
+    # without extend_to_ground, which finds no ground there)
+    short = short_mask((rgb, depth, inst, obj, z0), rows=6)
+    for ext in (False, True):
+        inp = dsa_inputs(*short[:3], 1, short[3], K, MARGIN, MAX_DEPTH, bottom_edge='cap', extend_to_ground=ext)
+        assert inp.fill is None and math.exp(inp.log_anchor) == pytest.approx(z0, rel=1e-4)
+        assert math.exp(dsa_inputs(*short[:3], 1, short[3], K, MARGIN, MAX_DEPTH, extend_to_ground=ext).log_anchor) > 1.3 * z0
+    # stage 1 farther than the bound: the bound stays
+    far = make_scene(bottom=70, height_px=30, truth=3.0)
+    capped = dsa_inputs(far[0], far[1], far[2], 1, far[3], K, MARGIN, MAX_DEPTH, bottom_edge='cap')
+    assert capped.log_anchor == pytest.approx(plain.log_anchor)
+    # an object standing in view keeps its anchor even where stage 1 puts it nearer
+    near = make_scene(bottom=49, truth=0.5)
+    assert dsa_inputs(near[0], near[1], near[2], 1, near[3], K, MARGIN, MAX_DEPTH, bottom_edge='cap').log_anchor == \
+        dsa_inputs(near[0], near[1], near[2], 1, near[3], K, MARGIN, MAX_DEPTH).log_anchor
+
+
 def test_untrained_net_returns_the_anchor():
     """The zero-initialised last layer makes the untrained network the geometric estimate, β = exp(log β₀) > 0."""
     torch.manual_seed(0)
@@ -366,3 +394,14 @@ def test_extend_to_ground_is_off_by_default_and_hashed_only_when_on():
     assert not load_config('ci-tiny').dsa.extend_to_ground
     assert dsa_hash() == dsa_hash('dsa.extend_to_ground=false')
     assert dsa_hash() != dsa_hash('dsa.extend_to_ground=true')
+
+
+def test_bottom_edge_is_checked_and_hashed_only_when_changed():
+    """dsa.bottom_edge: one of the rules; at its default it leaves earlier runs' stage-3 hash as it was."""
+    from training.config import DsaStageConfig, to_dict
+
+    assert DsaStageConfig().bottom_edge == 'anchor'
+    with pytest.raises(ValueError, match='dsa.bottom_edge'):
+        DsaStageConfig(bottom_edge='clip')
+    assert 'bottom_edge' not in to_dict(DsaStageConfig())
+    assert to_dict(DsaStageConfig(bottom_edge='cap'))['bottom_edge'] == 'cap'

@@ -120,6 +120,9 @@ class ObjectsStageConfig:
             raise ValueError(f'objects.splits must include train and name only train/val/test, got {self.splits}')
 
 
+BOTTOM_EDGE_RULES = ('anchor', 'cap')
+
+
 @dataclass
 class DsaStageConfig:
     """Stage 3: the Depth Scale Alignment network (DsaModelConfig), its training on static objects,
@@ -128,7 +131,13 @@ class DsaStageConfig:
     be at least ground_step_px, the distance of the neighbours the ground normals come from.
     extend_to_ground: each object reaches down to the first ground pixel below it in every column (for learned
     masks, which stop short of a car's bottom): the anchor reads the ground there and the pseudo label covers
-    the gap (training.stages.dsa_model.dsa_inputs)."""
+    the gap (training.stages.dsa_model.dsa_inputs).
+    bottom_edge: an object with no ground below its mask down to the image's bottom (a near car that goes on below
+    the image) has its contact with the ground out of view, and the ground the anchor reads at its lowest row lies
+    behind it: 'anchor' (default) uses it as it is;
+    'cap' takes it as the upper bound it is and uses the scale that puts the object at its stage-1 depth when that
+    is nearer (with learned masks at cpu-small the anchor put such cars at 1.59x their depth and the final network
+    carried it to every object within 5 m, docs/training.md)."""
 
     model: DsaModelConfig = field(default_factory=DsaModelConfig)
     box_margin_px: int = 2
@@ -140,8 +149,11 @@ class DsaStageConfig:
         {'name': 'dsa', 'steps': 1500, 'lr': 1e-3, 'lr_decay_at': [600, 1200]}))
     infer_batch_size: int = 32
     extend_to_ground: bool = field(default=False, metadata={HASHED: UNLESS_DEFAULT})
+    bottom_edge: str = field(default='anchor', metadata={HASHED: UNLESS_DEFAULT})
 
     def __post_init__(self):
+        if self.bottom_edge not in BOTTOM_EDGE_RULES:
+            raise ValueError(f'dsa.bottom_edge must be one of {BOTTOM_EDGE_RULES}, got {self.bottom_edge!r}')
         if self.ground_step_px < 1:
             raise ValueError(f'dsa.ground_step_px must be >= 1, got {self.ground_step_px}')
         if self.box_margin_px < self.ground_step_px:

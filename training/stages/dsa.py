@@ -75,7 +75,8 @@ def object_inputs(cfg: PipelineConfig, item: dict, oid: int, object_depth: np.nd
     return dsa_inputs(item[image_key][1].numpy(), item['scene_depth'].numpy(), without_road(item['mask'].numpy(), roads),
                       oid, object_depth, item['K'].numpy().astype(np.float64), dc.box_margin_px,
                       dc.model.max_depth, dc.ground_angle_deg, dc.ground_step_px, ground=ground,
-                      use_anchor=dc.model.use_anchor, anchor=dc.model.anchor, extend_to_ground=dc.extend_to_ground)
+                      use_anchor=dc.model.use_anchor, anchor=dc.model.anchor, extend_to_ground=dc.extend_to_ground,
+                      bottom_edge=dc.bottom_edge)
 
 
 def _tensors(inp, scene_depth: np.ndarray) -> dict:

@@ -89,10 +89,23 @@ class DsaInput:
                                      # (extend_to_ground; 0 elsewhere): the object's pseudo label covers them too
 
 
+def out_of_view(mask: np.ndarray, ground: np.ndarray) -> bool:
+    """True when an object's contact with the ground is below the image: in at least half of the columns of its
+    contact pixels (training.ground.contact_pixels) no ground pixel lies between the mask and the image's bottom.
+    A mask that reaches the bottom row is one such; so is a learned mask that stops short of a near car whose
+    lower body fills the rows below it."""
+    u, v = contact_pixels(mask)
+    if not len(u):
+        return False
+    open_below = [not np.asarray(ground[vv + 1:, uu], bool).any() for uu, vv in zip(u.tolist(), v.tolist())]
+    return float(np.mean(open_below)) >= 0.5
+
+
 def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, object_id: int,
                object_depth: np.ndarray, K: np.ndarray, box_margin: int, max_depth: float,
                ground_angle_deg: float = 15.0, ground_step: int = 2, ground: np.ndarray | None = None,
-               use_anchor: bool = True, anchor: str = 'upright', extend_to_ground: bool = False) -> DsaInput | None:
+               use_anchor: bool = True, anchor: str = 'upright', extend_to_ground: bool = False,
+               bottom_edge: str = 'anchor') -> DsaInput | None:
     """The DSA input of one object (module docstring); None when the object has no depth in its mask.
 
     rgb float32 [3,H,W] in [0,1]; scene_depth float32 [H,W]; instances int [H,W] ids (0 none);
@@ -109,6 +122,10 @@ def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, 
     With it the contact is the top edge of the first ground pixel (in the columns within a row of the lowest
     such), and `fill` gives the gap's pixels the D̃ of their column's lowest object pixel (a car's back is upright).
     When fewer than half of the columns reach the ground, the mask's own contact counts and nothing is filled.
+    bottom_edge 'cap': when the object's contact with the ground is out of view (out_of_view: no ground below
+    its mask down to the image's bottom), the ground read at its lowest row lies behind it, so the anchor is only
+    an upper bound: the scale that puts the object's median at the median scene depth of its pixels replaces it
+    when that is smaller ('anchor': used as it is).
     """
     if box_margin < ground_step:
         raise ValueError(f'box_margin ({box_margin}) must be >= ground_step ({ground_step}): ground normals come from '
@@ -155,6 +172,12 @@ def dsa_inputs(rgb: np.ndarray, scene_depth: np.ndarray, instances: np.ndarray, 
                 else:
                     log_anchor = float(np.log(np.median(zg[ok] / dn[ok])))
                 anchor_ok = True
+                if bottom_edge == 'cap' and fill is None and out_of_view(m, ground):
+                    scene = scene_depth[m]
+                    scene = scene[np.isfinite(scene) & (scene > 0)]
+                    if scene.size:
+                        log_scene = float(np.log(float(np.median(scene)) / float(np.median(norm[m]))))
+                        log_anchor = min(log_anchor, log_scene)
         if not anchor_ok:
             ref = scene_depth[context] if context.any() else scene_depth[~box & (scene_depth > 0)]
             if ref.size:
