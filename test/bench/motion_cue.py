@@ -30,6 +30,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
+def split_frames(ds, every: int):
+    """(sequence, frame index, sample, frames_raw [3,3,H,W] numpy) of every `every`-th triplet of a dataset."""
+    for i in range(0, len(ds), every):
+        si, t = ds.samples[i]
+        item = ds[i]
+        yield ds.sequences[si], t, item, item['frames_raw'].numpy()
+
+
 def main(argv=None) -> int:
     import onnxruntime as ort
 
@@ -70,11 +78,7 @@ def main(argv=None) -> int:
     counts = {k: {c: np.zeros(3) for c in classes} for k in variants}      # pixels, flagged, in a seed
     scores = {k: MaskScores() for k in variants}
     frames = 0
-    for i in range(0, len(ds), args.every):
-        si, t = ds.samples[i]
-        seq = ds.sequences[si]
-        item = ds[i]
-        raw = item['frames_raw'].numpy()
+    for seq, t, item, raw in split_frames(ds, args.every):
         depth = sess.run(None, {sess.get_inputs()[0].name: raw[1:2]})[0][0, 0]
         K, poses = item['K'].numpy(), item['odom_pose'].numpy()
         rgb = [(f.transpose(1, 2, 0) * 255).round().astype(np.uint8) for f in raw]

@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     from dynadepth_ros.object_scale import MOTIONS, motion_class
+    from motion_cue import split_frames
     from training.config import load_config
     from training.data import build_dataset, prepare_data
     from training.evaluate import frame_instances, travel_direction
@@ -61,11 +62,7 @@ def main(argv=None) -> int:
     lo, hi = cfg.eval.min_depth, cfg.eval.max_depth
     rows = []           # (motion, pixels, median GT, [summed AbsRel per model], [median ratio per model])
     frames = 0
-    for i in range(0, len(ds), args.every):
-        si, t = ds.samples[i]
-        seq = ds.sequences[si]
-        item = ds[i]
-        raw = item['frames_raw'].numpy()
+    for seq, t, item, raw in split_frames(ds, args.every):
         gt, ids, moving = item['gt_depth'].numpy()[0], item['mask'].numpy(), item['moving'].numpy().astype(bool)
         if not (gt > 0).any():
             continue
