@@ -134,10 +134,9 @@ class DsaStageConfig:
     the gap (training.stages.dsa_model.dsa_inputs).
     bottom_edge: an object with no ground below its mask down to the image's bottom (a near car that goes on below
     the image) has its contact with the ground out of view, and the ground the anchor reads at its lowest row lies
-    behind it: 'anchor' (default) uses it as it is;
-    'cap' takes it as the upper bound it is and uses the scale that puts the object at its stage-1 depth when that
-    is nearer (with learned masks at cpu-small the anchor put such cars at 1.59x their depth and the final network
-    carried it to every object within 5 m, docs/training.md)."""
+    behind it: 'anchor' (default) uses it as it is; 'cap' takes it as the upper bound it is and uses the scale that
+    puts the object at its stage-1 depth when that is nearer (with learned masks at cpu-small the anchor put such
+    cars at 1.59x their depth and the final network carried it to every object within 5 m, docs/training.md)."""
 
     model: DsaModelConfig = field(default_factory=DsaModelConfig)
     box_margin_px: int = 2
