@@ -1,5 +1,6 @@
 """Self-supervised losses: photometric error, auto-masking, smoothness, sparsity, odometry scale."""
 import json
+import math
 
 import pytest
 import torch
@@ -252,3 +253,53 @@ def test_pseudo_align_at_its_default_leaves_earlier_runs_up_to_date():
     assert 'pseudo_align' not in to_dict(FinalStageConfig())
     assert to_dict(FinalStageConfig(pseudo_align='none'))['pseudo_align'] == 'none'
     assert to_dict(FinalStageConfig(), all_fields=True)['pseudo_align'] == 'static'
+
+
+def test_scale_hold_is_zero_for_a_reshaped_scene_at_stage_1s_scale_and_pulls_a_shrunk_one_back():
+    """final.scale_weight: a network that moved the static scene around (nearer here, farther there) but kept its
+    mean log scale costs nothing (unlike the static anchor, which pulls every pixel to stage 1); one that shrank
+    the whole scene 20 % pays |log 0.8| and is pushed farther on every static pixel and never on dynamic ones."""
+    from training.stages.final import FinalModel, scale_hold_loss, static_anchor_loss
+    from training.stages.scene_model import SceneModelConfig
+
+    torch.manual_seed(0)
+    label = 5 + 20 * torch.rand(2, 1, H, W)
+    dynamic = torch.zeros(2, 1, H, W, dtype=torch.bool)
+    dynamic[:, :, :4, :6] = True            # as many even as odd columns stay static
+    wave = torch.ones_like(label)
+    wave[..., ::2] = 1.25
+    wave[..., 1::2] = 0.8                              # log 1.25 = -log 0.8: same mean log scale
+    reshaped = label * wave
+    assert float(scale_hold_loss({0: reshaped}, label, dynamic)) == pytest.approx(0.0, abs=1e-5)
+    assert float(static_anchor_loss({0: reshaped}, label, dynamic)) > 0.1
+    shrunk = (0.8 * label).requires_grad_()
+    hold = scale_hold_loss({0: shrunk, 1: shrunk}, label, dynamic)
+    assert float(hold) == pytest.approx(-math.log(0.8), rel=1e-4)
+    hold.backward()
+    assert (shrunk.grad[~dynamic] < 0).all() and not shrunk.grad[dynamic].any()
+    # an image with almost no static pixels is left out, not divided by zero
+    nearly_all = torch.ones_like(dynamic)
+    nearly_all[1, 0, 0, :3] = False
+    one_image = scale_hold_loss({0: 0.8 * label}, label, nearly_all)
+    assert float(one_image) == 0.0
+    # wired into the model's extra loss only when asked
+    batch = {'pseudo_depth': label[:, 0], 'pseudo_dynamic': dynamic[:, 0]}
+    _, logs = FinalModel(SceneModelConfig(), pseudo_weight=1.0, scale_weight=1.0).extra_loss(batch, {0: 0.8 * label})
+    assert logs['scale_hold'] == pytest.approx(-math.log(0.8), rel=1e-4)
+    _, logs = FinalModel(SceneModelConfig(), pseudo_weight=1.0).extra_loss(batch, {0: 0.8 * label})
+    assert 'scale_hold' not in logs
+
+
+def test_scale_weight_is_off_by_default_checked_and_hashed_only_when_on():
+    from training.config import FinalStageConfig, load_config
+    from training.stages.final import hash_parts
+
+    assert FinalStageConfig().scale_weight == 0.0
+    for bad in (-1.0, float('nan')):
+        with pytest.raises(ValueError, match='final.scale_weight'):
+            FinalStageConfig(scale_weight=bad)
+
+    def final_hash(*overrides):
+        return json.dumps(hash_parts(load_config('ci-tiny', overrides=list(overrides)))[0], sort_keys=True)
+    assert final_hash() == final_hash('final.scale_weight=0')
+    assert final_hash() != final_hash('final.scale_weight=1.0')

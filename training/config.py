@@ -188,7 +188,12 @@ class FinalStageConfig:
     this |log ratio| (training.masks.seeds.flow_disagreement; the ground network's road excepted when the run
     has one): moving objects that no mask caught, which those terms might hold where stage 1 put them;
     0 = off (the reference, and the default: with learned masks at cpu-small it changed nothing measurable,
-    docs/training.md)."""
+    docs/training.md).
+
+    scale_weight: > 0 adds scale_weight x |mean over the label's static pixels of log(D / P)| per image and scale:
+    it holds the scene's scale at stage 1's (the pseudo-label term otherwise shrinks the whole scene while it
+    pulls the labelled cars nearer) and, unlike static_weight, leaves the shape of the static scene free, so
+    unmasked parts of moving objects are not held at their stage-1 depth; 0 = off (the default)."""
 
     pseudo_weight: float = 0.1
     pseudo_loss: str = 'l1'
@@ -197,6 +202,7 @@ class FinalStageConfig:
     pseudo_align: str = field(default='static', metadata={HASHED: UNLESS_DEFAULT})
     decoder: str = field(default='elu_reflect', metadata={HASHED: UNLESS_DEFAULT})
     unexplained_motion: float = field(default=0.0, metadata={HASHED: UNLESS_DEFAULT})
+    scale_weight: float = field(default=0.0, metadata={HASHED: UNLESS_DEFAULT})
     loop: LoopConfig = field(default_factory=LoopConfig)
     phases: list[PhaseConfig] = field(default_factory=lambda: _phases({'name': 'joint', 'steps': 1000, 'lr': 2e-5}))
 
@@ -205,6 +211,8 @@ class FinalStageConfig:
             raise ValueError(f'final.pseudo_weight must be >= 0, got {self.pseudo_weight}')
         if self.static_weight < 0:
             raise ValueError(f'final.static_weight must be >= 0, got {self.static_weight}')
+        if not self.scale_weight >= 0:
+            raise ValueError(f'final.scale_weight must be >= 0 (0 = off), got {self.scale_weight}')
         if self.pseudo_loss not in ('l1', 'relative'):
             raise ValueError(f"final.pseudo_loss must be 'l1' or 'relative', got {self.pseudo_loss!r}")
         if self.pseudo_align not in ('static', 'none'):

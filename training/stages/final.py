@@ -23,7 +23,8 @@ Two options depart from the reference (config final.*; defaults = the reference)
 'relative' divides each pixel's error by its label (the metres form, through the sigmoid-disparity
 output, weights a pixel's pull by depth squared, so the least certain, distant labels dominate), and
 static_weight > 0 adds the relative L1 to the label on the static pixels (the stage-1 depth there),
-which holds the static scene where stage 1 had it; pseudo_align 'none' drops k (k = 1: the labels
+which holds the static scene where stage 1 had it; scale_weight > 0 adds |mean log(D / P)| over each image's
+static pixels, which holds only the scene's scale there and leaves its shape free; pseudo_align 'none' drops k (k = 1: the labels
 have the scale of the stage-1 network stage 4 starts from, and a k that follows the network lets the
 whole scene drift nearer with the dynamic pixels). What cpu-small uses and why is in its preset.
 """
@@ -105,11 +106,31 @@ def static_anchor_loss(depths: dict[int, torch.Tensor], label: torch.Tensor, dyn
     return torch.stack([((d - label).abs() / label.clamp(min=1e-3))[static].mean() for d in depths.values()]).mean()
 
 
+def scale_hold_loss(depths: dict[int, torch.Tensor], label: torch.Tensor, dynamic: torch.Tensor,
+                    min_pixels: int = 10) -> torch.Tensor:
+    """Mean over scales and images of |mean of log(D / P) over the label's static pixels| (P the stage-1 depth):
+    zero whenever each image's static scene keeps stage 1's scale on average, whatever its shape. Images with
+    fewer than min_pixels static pixels are left out."""
+    static = (~dynamic.bool()) & (label > 0)
+    counts = static.flatten(1).sum(1)
+    keep = counts >= min_pixels
+    if not keep.any():
+        return torch.zeros((), device=label.device)
+    log_label = torch.log(label.clamp(min=1e-3))
+    terms = []
+    for d in depths.values():
+        ratio = torch.where(static, torch.log(d.clamp(min=1e-3)) - log_label, torch.zeros_like(d))
+        per_image = ratio.flatten(1).sum(1) / counts.clamp(min=1)
+        terms.append(per_image[keep].abs().mean())
+    return torch.stack(terms).mean()
+
+
 class FinalModel(SceneModel):
     """The stage-1 model with the pseudo-label term (batches carry pseudo_depth and pseudo_dynamic)."""
 
     def __init__(self, config, pseudo_weight: float = 0.1, pseudo_loss: str = 'l1', static_weight: float = 0.0,
-                 dynamic_photometric: bool = True, pseudo_align: str = 'static', decoder: str = 'elu_reflect'):
+                 dynamic_photometric: bool = True, pseudo_align: str = 'static', decoder: str = 'elu_reflect',
+                 scale_weight: float = 0.0):
         """Batches may also carry `unexplained` (final.unexplained_motion): pixels that are not labelled
         dynamic there leave the photometric and static-anchor terms."""
         super().__init__(config, decoder)
@@ -117,6 +138,7 @@ class FinalModel(SceneModel):
         self.pseudo_weight = float(pseudo_weight)
         self.pseudo_loss = pseudo_loss
         self.static_weight = float(static_weight)
+        self.scale_weight = float(scale_weight)
         self.dynamic_photometric = bool(dynamic_photometric)
 
     def photometric_keep(self, batch, target):
@@ -148,6 +170,10 @@ class FinalModel(SceneModel):
             anchor = static_anchor_loss(depths, label, dynamic)
             total = total + self.static_weight * anchor
             logs['static_anchor'] = anchor.item()
+        if self.scale_weight > 0:
+            hold = scale_hold_loss(depths, label, dynamic)
+            total = total + self.scale_weight * hold
+            logs['scale_hold'] = hold.item()
         return total, logs
 
 
@@ -247,7 +273,7 @@ def execute(ctx: StageContext) -> dict | None:
     fc = cfg.final
     ckpt_io.seed_everything(fc.loop.seed)
     model = FinalModel(cfg.scene.model, fc.pseudo_weight, fc.pseudo_loss, fc.static_weight, fc.dynamic_photometric,
-                       fc.pseudo_align, fc.decoder)
+                       fc.pseudo_align, fc.decoder, fc.scale_weight)
     scene_model, _, scene_manifest = scene_stage.load_model(ctx.upstream_dir('scene'))
     model.load_state_dict(scene_model.state_dict())
     del scene_model
@@ -289,7 +315,7 @@ def execute(ctx: StageContext) -> dict | None:
                      'batch_size': fc.loop.batch_size, 'world_size': dist.world_size,
                      'resumed_from': result.resumed_from, 'steps_this_run': result.trained_steps,
                      'seconds_per_step': result.seconds_per_step, 'pseudo_weight': fc.pseudo_weight,
-                     'pseudo_loss': fc.pseudo_loss, 'static_weight': fc.static_weight,
+                     'pseudo_loss': fc.pseudo_loss, 'static_weight': fc.static_weight, 'scale_weight': fc.scale_weight,
                      'dynamic_photometric': fc.dynamic_photometric, 'pseudo_align': fc.pseudo_align,
                      'unexplained_motion': cfg.final.unexplained_motion},
         'unexplained_motion': unexplained_stats,
