@@ -12,8 +12,8 @@ import torch
 from dynadepth_ros.instance_masks import centre_peaks, decode_instances
 from training.masks.config import SeedsStageConfig
 from training.masks.postprocess import PostprocessRules, add_missed_seeds, merge_overlaps, postprocess
-from training.masks.seeds import (flow_disagreement, group_moving_regions, moving_pixels, moving_pixels_optical,
-                                  optical_flow, rigid_flow, seed_masks)
+from training.masks.seeds import (floating_pixels, flow_disagreement, group_moving_regions, moving_pixels,
+                                  moving_pixels_optical, optical_flow, rigid_flow, seed_masks)
 
 H, W = 48, 96
 
@@ -154,6 +154,70 @@ def test_optical_cue_finds_an_object_that_travels_with_the_camera():
     assert moving[wall_px].mean() < 0.05
     with pytest.raises(ValueError, match='motion: network'):
         SeedsStageConfig(method='slots', motion='optical')
+
+
+def _street(camera_height=1.5):
+    """A level road seen by a camera camera_height m above it: (K, plane, depth of the road [H,W] with +inf above
+    the horizon, ground bool [H,W]) at H x W."""
+    from training.ground import Plane
+    K = np.array([[60.0, 0, W / 2], [0, 60.0, 12.0], [0, 0, 1]])
+    plane = Plane(normal=np.array([0.0, 1.0, 0.0]), height=camera_height, inliers=100)
+    v, u = np.mgrid[0:H, 0:W]
+    road = plane.depth_at(K, u + 0.5, v + 0.5)
+    ground = np.isfinite(road) & (road < 80)
+    return K, plane, np.where(np.isfinite(road), road, 80.0).astype(np.float32), ground
+
+
+def test_floating_cue_finds_an_object_stage_1_put_far_behind_where_it_stands():
+    """masks.seeds.floating_log_ratio: the lead truck that travels at the camera's speed, which stage 1 pushed to
+    40 m although it stands on the road at ~8 m, is flagged; the same truck at its right depth is not; a building
+    seen over the roof of a car stage 1 got right is not (the column's run starts at the car's contact depth);
+    an object cut by the image's bottom and a frame without a road plane flag nothing."""
+    K, plane, road, ground = _street()
+    contact = int(np.argmax(road[:, 0] < 8.0))            # the first row whose road is nearer than 8 m
+    zc = float(plane.depth_at(K, np.array([0.5]), np.array([contact + 0.0]))[0])
+    truck = np.zeros((H, W), bool)
+    truck[contact - 14:contact, 30:50] = True              # stands on the road at row `contact`
+    for stage1_depth, flagged in ((40.0, True), (zc, False), (1.2 * zc, False)):
+        depth = road.copy()
+        depth[truck] = stage1_depth
+        g = ground & ~truck
+        out = floating_pixels(depth, g, K, plane, log_ratio=0.5)
+        assert out[truck].mean() > 0.95 if flagged else not out[truck].any()
+        assert not out[~truck].any()
+    # a building 40 m away seen above a car (12 rows tall) that stands at the contact and that stage 1 got right
+    depth = road.copy()
+    scene = np.zeros((H, W), bool)
+    scene[:contact, 60:80] = True
+    depth[:contact, 60:80] = 40.0
+    depth[contact - 12:contact, 60:80] = zc
+    assert not floating_pixels(depth, ground & ~scene, K, plane, log_ratio=0.5).any()
+    assert floating_pixels(depth, ground & ~scene, K, plane, log_ratio=0.5, rows=13)[:contact - 12, 60:80].all()
+    # contact out of view, no plane, off
+    depth = road.copy()
+    depth[H - 10:, 30:50] = 40.0
+    assert not floating_pixels(depth, ground & ~(depth == 40.0), K, plane, log_ratio=0.5).any()
+    depth[truck] = 40.0
+    assert not floating_pixels(depth, ground & ~truck, K, None, log_ratio=0.5).any()
+    assert not floating_pixels(depth, ground & ~truck, K, plane, log_ratio=0.0).any()
+
+
+def test_floating_cue_is_off_by_default_checked_and_hashed_only_when_on():
+    import json
+
+    from training.config import load_config
+    from training.stages.mask_seeds import hash_parts
+
+    assert SeedsStageConfig().floating_log_ratio == 0.0
+    for bad in ({'floating_log_ratio': -0.1}, {'floating_log_ratio': float('nan')}, {'floating_rows': 0}):
+        with pytest.raises(ValueError, match='floating'):
+            SeedsStageConfig(**bad)
+
+    def seeds_hash(*overrides):
+        return json.dumps(hash_parts(load_config('ci-tiny', overrides=['objects.masks=learned', *overrides]))[0],
+                          sort_keys=True)
+    assert seeds_hash() == seeds_hash('masks.seeds.floating_log_ratio=0')
+    assert seeds_hash() != seeds_hash('masks.seeds.floating_log_ratio=0.5')
 
 
 def test_grouping_cuts_at_depth_edges_and_keeps_one_object_whole():

@@ -3,10 +3,10 @@ the camera's travel, for several thresholds next to a baseline in one run.
 
     .venv/bin/python test/bench/motion_cue.py [--split val] [--every 2] \
         [--model dynadepth_ros/models/dynadepth_stage1.onnx] [--data-preset cpu-small] \
-        [--variant sym=1.0:0] [--variant towards=1.0:0.4] ...
+        [--variant sym=1.0:0] [--variant towards=1.0:0.4] [--variant floating=1.0:0:0.5] ...
 
-Each variant is LABEL=NEG:POS: masks.seeds.optical_log_ratio NEG (the side of traffic that travels with the camera)
-and optical_log_ratio_towards POS (oncoming; 0 = NEG). For every --every-th triplet centre frame of the split
+Each variant is LABEL=NEG:POS[:FLOAT]: masks.seeds.optical_log_ratio NEG (the side of traffic that travels with the
+camera), optical_log_ratio_towards POS (oncoming; 0 = NEG) and floating_log_ratio FLOAT (0 or left out = off). For every --every-th triplet centre frame of the split
 of a synthetic dataset (the preset's data folder, made if missing): depth from a stage-1 ONNX model (default:
 the bundled one; any scene.onnx of a run), the camera motion from the data's own poses (the seeds stage uses
 stage 1's pose network: this isolates the cue from the pose), the ground from the depth's normals
@@ -45,29 +45,34 @@ def main(argv=None) -> int:
     from training.config import load_config
     from training.data import build_dataset, prepare_data
     from training.evaluate import frame_instances, travel_direction
-    from training.ground import ground_mask
+    from training.ground import ground_mask, ground_plane
     from training.masks.evaluate import MaskScores
-    from training.masks.seeds import (flow_disagreement, group_moving_regions, moving_pixels_optical, optical_flow,
-                                      rigid_flow, seed_masks)
+    from training.masks.seeds import (floating_pixels, flow_disagreement, group_moving_regions, moving_pixels_optical,
+                                      optical_flow, rigid_flow, seed_masks)
 
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--split', default='val')
     ap.add_argument('--every', type=int, default=2, help='every n-th triplet centre frame')
     ap.add_argument('--model', type=Path, default=REPO / 'dynadepth_ros' / 'models' / 'dynadepth_stage1.onnx')
     ap.add_argument('--data-preset', default='cpu-small', help='the preset whose synthetic data is scored')
-    ap.add_argument('--variant', action='append', metavar='LABEL=NEG:POS',
+    ap.add_argument('--data-root', type=Path, default=None,
+                    help='score this synthetic dataset folder instead (same layout and resolution as the preset\'s, '
+                         'e.g. a test split from dynadepth-synth --seed S, as test/bench/fresh_world.py renders)')
+    ap.add_argument('--variant', action='append', metavar='LABEL=NEG:POS[:FLOAT]',
                     help='default: symmetric=1.0:0 (the baseline, the seeds stage\'s default) and towards=1.0:0.4')
     args = ap.parse_args(argv)
     variants = {}
     for v in args.variant or ['symmetric=1.0:0', 'towards=1.0:0.4']:
         label, _, th = v.partition('=')
-        neg, _, pos = th.partition(':')
-        variants[label] = (float(neg), float(pos or 0))
+        neg, pos, flt = (th.split(':') + ['0', '0'])[:3]
+        variants[label] = (float(neg), float(pos or 0), float(flt or 0))
 
-    cfg = load_config(preset=args.data_preset, overrides=['objects.masks=learned'])
+    overrides = ['objects.masks=learned'] + ([f'data.root={args.data_root}'] if args.data_root else [])
+    cfg = load_config(preset=args.data_preset, overrides=overrides)
     if cfg.data.source != 'synthetic':
         raise SystemExit(f'{args.data_preset}: this measurement needs the synthetic generator\'s data')
-    prepare_data(cfg.data)
+    if args.data_root is None:
+        prepare_data(cfg.data)
     ds = build_dataset(cfg.data, args.split, augment=False)
     sess = ort.InferenceSession(str(args.model), providers=['CPUExecutionProvider'])
     H, W = cfg.data.height, cfg.data.width
@@ -94,9 +99,13 @@ def main(argv=None) -> int:
                    if int(r['id']) in moving_ids}
         regions = {c: np.isin(gt, [g for g, m in motions.items() if m == c]) for c in MOTIONS}
         regions['static'] = ~moving_gt & ~ground
-        for label, (neg, pos) in variants.items():
-            sc = dataclasses.replace(cfg.masks.seeds, optical_log_ratio=neg, optical_log_ratio_towards=pos)
+        plane = ground_plane(depth, K, ground)
+        for label, (neg, pos, flt) in variants.items():
+            sc = dataclasses.replace(cfg.masks.seeds, optical_log_ratio=neg, optical_log_ratio_towards=pos,
+                                     floating_log_ratio=flt)
             moving = moving_pixels_optical(cue, ground, sc)
+            if flt > 0:
+                moving |= floating_pixels(depth, ground, K, plane, flt, sc.floating_rows)
             seeds = seed_masks(group_moving_regions(moving, depth, residual, sc), moving, ground, sc)
             scores[label].add(seeds, gt, moving_ids, motions=motions)
             for c, m in regions.items():
@@ -105,17 +114,17 @@ def main(argv=None) -> int:
 
     print(f'{frames} {args.split} frames of {cfg.data.root}; depth {args.model.name}; camera motion from the data\'s '
           f'poses; flagged / in a seed, share of each class\'s pixels')
-    print('| variant (neg:pos) | ' + ' | '.join(classes) + ' | seeds pixel recall / precision | moving > 2 % '
+    print('| variant (neg:pos:floating) | ' + ' | '.join(classes) + ' | seeds pixel recall / precision | moving > 2 % '
           'recall / precision | moving > 0.5 % recall / precision |')
     print('|---' * (len(classes) + 4) + '|')
-    for label, (neg, pos) in variants.items():
+    for label, (neg, pos, flt) in variants.items():
         r = scores[label].summary()
         b = r['by_size']
 
         def f(v):
             return '-' if v is None else f'{v:.3f}'
         cells = [f'{c[1] / c[0]:.3f} / {c[2] / c[0]:.3f}' if c[0] else '-' for c in counts[label].values()]
-        print(f'| {label} ({neg:g}:{pos:g}) | ' + ' | '.join(cells) +
+        print(f'| {label} ({neg:g}:{pos:g}:{flt:g}) | ' + ' | '.join(cells) +
               f' | {f(r["pixel_recall_moving"])} / {f(r["pixel_precision_moving"])}'
               f' | {f(b[">= 2 %"]["recall_moving"])} / {f(b[">= 2 %"]["precision_moving"])}'
               f' | {f(b[">= 0.5 %"]["recall_moving"])} / {f(b[">= 0.5 %"]["precision_moving"])} |')

@@ -96,6 +96,11 @@ class SeedsStageConfig:
     max_box_fraction of the image (50 %), mask / box above min_fill (0.5), box touching the ground
     (require_ground_contact; ground within contact_px rows below it); the seed is the box's moving
     non-ground pixels, closed with a close_px x close_px kernel (5).
+
+    floating_log_ratio > 0 adds to the moving pixels (either motion) the objects stage 1 put at least
+    e^floating_log_ratio times farther than the ground where they stand, within floating_rows rows of their
+    contact (training.masks.seeds.floating_pixels): a vehicle that travels at the camera's speed, which shows no
+    flow and which the optical cue cannot decide near the focus of expansion; 0 = off (the default).
     """
 
     method: str = 'cluster'
@@ -103,6 +108,8 @@ class SeedsStageConfig:
     optical_log_ratio: float = 1.0
     optical_log_ratio_towards: float = field(default=0.0, metadata={'hashed': 'unless_default'})
     optical_min_rigid_px: float = 1.0
+    floating_log_ratio: float = field(default=0.0, metadata={'hashed': 'unless_default'})
+    floating_rows: int = field(default=4, metadata={'hashed': 'unless_default'})
     flow_threshold_px: float = 0.3
     contrast_factor: float = 3.0
     depth_edge: float = 0.15
@@ -129,6 +136,9 @@ class SeedsStageConfig:
         if self.optical_log_ratio <= 0 or self.optical_min_rigid_px < 0:
             raise ValueError(f'masks.seeds.optical_log_ratio must be > 0 and optical_min_rigid_px >= 0, got '
                              f'{self.optical_log_ratio}, {self.optical_min_rigid_px}')
+        if not self.floating_log_ratio >= 0 or self.floating_rows < 1:
+            raise ValueError(f'masks.seeds.floating_log_ratio must be >= 0 (0 = off) and floating_rows >= 1, got '
+                             f'{self.floating_log_ratio}, {self.floating_rows}')
         for name in ('min_area_fraction', 'max_box_fraction', 'min_fill'):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f'masks.seeds.{name} must be in [0, 1], got {getattr(self, name)}')

@@ -9,6 +9,8 @@
     moving_pixels_optical(disagreement, ground, cfg)  bool [H,W]: disagreement <= -optical_log_ratio or >=
                                                    optical_log_ratio_towards, not ground
                                                    (motion: optical)
+    floating_pixels(depth, ground, K, plane, ...)  bool [H,W]: non-ground pixels much farther than the ground
+                                                   where their column meets it (floating_log_ratio > 0)
     group_moving_regions(moving, depth, flow, cfg) int32 [H,W] group ids (0 = none): connected components of
                                                    the moving pixels, cut where depth or flow jump
     seed_masks(groups, moving, ground, cfg)        uint16 [H,W] seed ids: the reference's seed rules per group
@@ -149,6 +151,56 @@ def moving_pixels_optical(disagreement: np.ndarray, ground: np.ndarray | None, c
     if ground is not None:
         moving &= ~ground.astype(bool)
     return moving
+
+
+def floating_pixels(depth: np.ndarray, ground: np.ndarray, K: np.ndarray, plane, log_ratio: float,
+                    rows: int = 4, edge: float = 0.5) -> np.ndarray:
+    """bool [H,W]: pixels of an object that stage 1 put far behind where it stands on the ground — the
+    signature of a vehicle that travels at the camera's speed (no flow, so a static-world network pushes it
+    towards infinity; the optical cue leaves it undecided, its rigid flow is under a pixel near the focus of
+    expansion).
+
+    Per column, every run of non-ground pixels that ends directly above a ground pixel stands there: its contact
+    depth is `plane`'s depth (training.ground.Plane; stage 1's road) at the boundary between the two. The run's
+    pixels whose depth is at least e^log_ratio times the contact depth are flagged when the run is that far
+    within `rows` rows of its contact: an upright object stage 1 got right starts at its contact depth and a
+    farther one seen above it (a building over a car's roof) starts only above the nearer object. Above those
+    first rows (where stage 1's depth climbs from the road to the object) the flagged stretch ends at the first
+    step of more than `edge` in log depth between two rows: the background seen over the object. Runs that
+    reach the image's bottom (contact out of view) are skipped, and so are contacts too close to the horizon to
+    be read: where the road one row higher is more than e^(log_ratio / 2) times farther (there a one-row error
+    in where the ground ends would make a static object look floating).
+    depth float [H,W] metres (> 0); ground bool [H,W]; K 3x3 at this resolution; plane None -> nothing flagged."""
+    depth = np.asarray(depth, np.float32)
+    ground = np.asarray(ground, bool)
+    h, w = depth.shape
+    out = np.zeros((h, w), bool)
+    if plane is None or log_ratio <= 0:
+        return out
+    # rows where a non-ground pixel sits directly on a ground pixel: (u, v of the run's lowest pixel)
+    base = ~ground[:-1] & ground[1:]
+    vs, us = np.nonzero(base)
+    if not len(us):
+        return out
+    contact = plane.depth_at(K, us + 0.5, vs + 1.0)
+    row_up = plane.depth_at(K, us + 0.5, vs + 0.0)
+    logd = np.log(np.maximum(depth, 1e-6))
+    for u, v, zc, zu in zip(us.tolist(), vs.tolist(), contact.tolist(), row_up.tolist()):
+        if not (np.isfinite(zc) and zc > 0 and np.isfinite(zu) and math.log(zu / zc) <= log_ratio / 2):
+            continue
+        col_ground = ground[:v + 1, u]
+        top = int(np.flatnonzero(col_ground)[-1]) + 1 if col_ground.any() else 0
+        run = logd[top:v + 1, u][::-1] - math.log(zc)          # from the contact upwards
+        far = run >= log_ratio
+        first = int(np.argmax(far)) if far.any() else -1
+        if not 0 <= first < rows:
+            continue
+        step = np.abs(np.diff(run))
+        jump = np.flatnonzero(step[rows - 1:] > edge) if len(step) >= rows else np.zeros(0, np.int64)
+        end = rows + int(jump[0]) if len(jump) else len(run)          # exclusive, counted from the contact
+        k = np.flatnonzero(far[:end])
+        out[v - k, u] = True
+    return out
 
 
 def _edges(a: np.ndarray, limit) -> np.ndarray:

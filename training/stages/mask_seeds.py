@@ -37,8 +37,9 @@ from training import checkpoint as ckpt_io
 from training.artifacts import file_entry
 from training.config import PipelineConfig, to_dict
 from training.loop import Phase, train
-from training.masks.seeds import (group_moving_regions, moving_pixels, moving_pixels_optical, seed_masks,
-                                  triplet_disagreement)
+from training.ground import ground_plane
+from training.masks.seeds import (floating_pixels, group_moving_regions, moving_pixels, moving_pixels_optical,
+                                  seed_masks, triplet_disagreement)
 from training.networks.slot_attention import SlotAutoEncoder, slot_inputs, slot_loss
 from training.previews import colourise_flow, compose, write_png
 from training.stages import scene as scene_stage
@@ -97,14 +98,21 @@ class MotionCue:
         seq, t = self.ds.sample_location(index)
         pred = self.preds.frame(self.split, seq, t)
         ground = self.grounds.frame(self.split, seq, t) >= 0.5
+        item = self.ds[index] if (self.sc.motion == 'optical' or self.sc.floating_log_ratio > 0) else None
         if self.sc.motion == 'network':
-            return {'moving': moving_pixels(pred.flow_magnitude(), ground, self.sc), 'depth': pred.depth,
-                    'edges_flow': np.concatenate([pred.flow_prev, pred.flow_next]), 'ground': ground,
-                    'shown': np.stack([pred.flow_prev, pred.flow_next]).mean(0), 'cue': pred.flow_magnitude()}
-        cue, residual = optical_cue(self.ds[index], pred.depth, lambda off, frames: self.pose(index, off, frames),
-                                    self.sc.optical_min_rigid_px)
-        return {'moving': moving_pixels_optical(cue, ground, self.sc), 'depth': pred.depth, 'edges_flow': residual,
-                'ground': ground, 'shown': np.stack([residual[:2], residual[2:]]).mean(0), 'cue': cue}
+            out = {'moving': moving_pixels(pred.flow_magnitude(), ground, self.sc), 'depth': pred.depth,
+                   'edges_flow': np.concatenate([pred.flow_prev, pred.flow_next]), 'ground': ground,
+                   'shown': np.stack([pred.flow_prev, pred.flow_next]).mean(0), 'cue': pred.flow_magnitude()}
+        else:
+            cue, residual = optical_cue(item, pred.depth, lambda off, frames: self.pose(index, off, frames),
+                                        self.sc.optical_min_rigid_px)
+            out = {'moving': moving_pixels_optical(cue, ground, self.sc), 'depth': pred.depth, 'edges_flow': residual,
+                   'ground': ground, 'shown': np.stack([residual[:2], residual[2:]]).mean(0), 'cue': cue}
+        if self.sc.floating_log_ratio > 0:
+            K = item['K'].numpy()
+            out['moving'] = out['moving'] | floating_pixels(pred.depth, ground, K, ground_plane(pred.depth, K, ground),
+                                                            self.sc.floating_log_ratio, self.sc.floating_rows)
+        return out
 
 
 def stage1_pose(scene_dir):
