@@ -127,3 +127,24 @@ def test_final_decoder_is_checked_and_hashed_only_when_changed():
     assert final_stage.hash_parts(relu)[0]['final']['decoder'] == 'relu_zero'
     with pytest.raises((ConfigError, ValueError), match='final.decoder'):
         load_config('ci-tiny', overrides=['final.decoder=gelu'])
+
+
+def test_export_tolerance_is_a_check_that_re_runs_nothing():
+    """export.tolerance (default 1e-3: float32 rounding through the sigmoid disparity reaches 1e-4 on far pixels of
+    a healthy network) is left out of every stage's config hash: a run finished under the former 1e-4 stays up to
+    date, and raising it after a refused export re-exports nothing upstream."""
+    import json
+
+    from training.config import ExportConfig, load_config
+    from training.stages import distill, final, mask_instances, scene
+
+    assert ExportConfig().tolerance == 1e-3
+    with pytest.raises(ValueError, match='export.tolerance'):
+        ExportConfig(tolerance=0)
+    for mod in (scene, final, distill, mask_instances):
+        def h(*overrides):
+            cfg = load_config('ci-tiny', overrides=['objects.masks=learned', *overrides])
+            return json.dumps(mod.hash_parts(cfg), sort_keys=True)
+        assert h() == h('export.tolerance=1e-4') == h('export.tolerance=0.01')
+        assert h() != h('export.opset=17')
+        assert '"tolerance": 0.0001' in h()           # as hashed before the default moved

@@ -48,7 +48,7 @@ ONNX_FILE = 'distill.onnx'
 
 def hash_parts(cfg: PipelineConfig) -> tuple[dict, dict]:
     return ({'stage': NAME, 'data': data_settings(cfg), 'model': to_dict(cfg.scene.model),
-             'distill': to_dict(cfg.distill)}, {'export': to_dict(cfg.export)})
+             'distill': to_dict(cfg.distill)}, {'export': cfg.export.hash_settings()})
 
 
 def run(cfg: PipelineConfig, run_dir, dist=None, *, restart: bool = False):

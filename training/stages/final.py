@@ -64,7 +64,7 @@ def hash_parts(cfg: PipelineConfig) -> tuple[dict, dict]:
     if cfg.final.unexplained_motion > 0:
         f['unexplained_min_rigid_px'] = cfg.masks.seeds.optical_min_rigid_px
     return ({'stage': NAME, 'data': data_settings(cfg), 'model': to_dict(cfg.scene.model), 'final': f},
-            {'export': to_dict(cfg.export)})
+            {'export': cfg.export.hash_settings()})
 
 
 def run(cfg: PipelineConfig, run_dir, dist=None, *, restart: bool = False):

@@ -61,7 +61,7 @@ def hash_parts(cfg: PipelineConfig) -> tuple[dict, dict]:
     scene = to_dict(cfg.scene)
     train_part = {'stage': NAME, 'data': data_settings(cfg), 'model': scene['model'], 'loop': scene['loop'],
                   'phases': scene['phases']}
-    return train_part, {'predict_splits': scene['predict_splits'], 'export': to_dict(cfg.export)}
+    return train_part, {'predict_splits': scene['predict_splits'], 'export': cfg.export.hash_settings()}
 
 
 def build_model(cfg: PipelineConfig, decoder: str = 'elu_reflect') -> SceneModel:
