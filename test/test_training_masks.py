@@ -218,6 +218,10 @@ def test_floating_cue_is_off_by_default_checked_and_hashed_only_when_on():
                           sort_keys=True)
     assert seeds_hash() == seeds_hash('masks.seeds.floating_log_ratio=0')
     assert seeds_hash() != seeds_hash('masks.seeds.floating_log_ratio=0.5')
+    # with it on, the seeds also read stage 1's normals as the ground stage does
+    assert seeds_hash() == seeds_hash('masks.ground.angle_deg=12')
+    assert seeds_hash('masks.seeds.floating_log_ratio=0.5') != seeds_hash('masks.seeds.floating_log_ratio=0.5',
+                                                                          'masks.ground.angle_deg=12')
 
 
 def test_grouping_cuts_at_depth_edges_and_keeps_one_object_whole():
@@ -581,3 +585,12 @@ def test_the_optical_cue_of_the_seeds_stage_finds_the_moving_objects_given_right
     assert on_movers / flagged > 0.6 and on_movers / movers > 0.5, (flagged, on_movers, movers)
     with pytest.raises(ValueError, match='needs the camera motion'):
         MotionCue(cfg, 'train', ds, preds, grounds, None)
+    # masks.seeds.floating_log_ratio: a world at its true depth has nothing standing far behind its contact, also
+    # where the ground map stops short of the road's end (here at the image's middle row)
+    cfg.masks.seeds.floating_log_ratio = 0.6
+    cue = MotionCue(cfg, 'train', ds, preds, grounds, pose)
+    fl = [cue.floating(preds.frame('train', *ds.sample_location(i)).depth,
+                       grounds.frame('train', *ds.sample_location(i)) >= 0.5, ds[i]['K'].numpy()) for i in range(len(ds))]
+    floating = sum(int(f.sum()) for f in fl)
+    assert floating <= 0.002 * len(ds) * H_ * W_, floating
+    assert cue.frame(0)['moving'].shape == (H_, W_)

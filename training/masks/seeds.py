@@ -169,7 +169,10 @@ def floating_pixels(depth: np.ndarray, ground: np.ndarray, K: np.ndarray, plane,
     step of more than `edge` in log depth between two rows: the background seen over the object. Runs that
     reach the image's bottom (contact out of view) are skipped, and so are contacts too close to the horizon to
     be read: where the road one row higher is more than e^(log_ratio / 2) times farther (there a one-row error
-    in where the ground ends would make a static object look floating).
+    in where the ground ends would make a static object look floating). Pixels just above the ground whose depth
+    is the plane's at their row within e^(log_ratio / 2) count as ground (road the ground map missed, which
+    would otherwise stand on its own contact and look ever farther up to the horizon); the contact is where
+    they end.
     depth float [H,W] metres (> 0); ground bool [H,W]; K 3x3 at this resolution; plane None -> nothing flagged."""
     depth = np.asarray(depth, np.float32)
     ground = np.asarray(ground, bool)
@@ -182,10 +185,17 @@ def floating_pixels(depth: np.ndarray, ground: np.ndarray, K: np.ndarray, plane,
     vs, us = np.nonzero(base)
     if not len(us):
         return out
-    contact = plane.depth_at(K, us + 0.5, vs + 1.0)
-    row_up = plane.depth_at(K, us + 0.5, vs + 0.0)
     logd = np.log(np.maximum(depth, 1e-6))
-    for u, v, zc, zu in zip(us.tolist(), vs.tolist(), contact.tolist(), row_up.tolist()):
+    vv, uu = np.mgrid[0:h, 0:w]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        plane_log = np.log(plane.depth_at(K, uu + 0.5, vv + 0.5))
+        road_like = np.isfinite(plane_log) & (np.abs(logd - plane_log) <= log_ratio / 2)
+    for u, v in zip(us.tolist(), vs.tolist()):
+        while v >= 0 and road_like[v, u] and not ground[v, u]:      # road the ground map missed: still ground
+            v -= 1
+        if v < 0 or ground[v, u]:
+            continue
+        zc, zu = plane.depth_at(K, np.array([u + 0.5, u + 0.5]), np.array([v + 1.0, v + 0.0]))
         if not (np.isfinite(zc) and zc > 0 and np.isfinite(zu) and math.log(zu / zc) <= log_ratio / 2):
             continue
         col_ground = ground[:v + 1, u]
