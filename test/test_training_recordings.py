@@ -119,6 +119,7 @@ def test_full_path_runs_four_stages_evaluates_and_prints_the_deployment(full):
     # with the recording's own masks, stages 2-3 keep the data-mask settings (the contact at the mask's bottom)
     assert 'extend_to_ground' not in (run_dir / 'recordings.yaml').read_text()
     assert 'bottom_edge' not in (run_dir / 'recordings.yaml').read_text()
+    assert 'floating_log_ratio' not in (run_dir / 'recordings.yaml').read_text()
 
 
 def test_rerun_is_a_no_op_and_the_written_config_runs_as_is(full):
@@ -307,11 +308,12 @@ def test_dry_run_writes_only_the_config(sources, tmp_path):
     assert 'extends: ci-tiny' in text and f'{bag}@' in text and 'mask_topic: null' in text and 'masks: learned' in text
     # without masks, stage 2 also labels by the optical cue (the learned masks' movers have no residual flow) and
     # stage 3 reads the ground contact below the learned masks, which stop short of a car's bottom, and takes the
-    # anchor of a car whose contact is out of view as an upper bound
+    # anchor of a car whose contact is out of view as an upper bound; the seeds also take objects stage 1 put far
+    # behind their contact with the road (a vehicle at the camera's speed)
     from training.config import load_config
     written = load_config(config_file=run_dir / 'recordings.yaml')
     assert written.objects.labelling.optical_log_ratio == 0.7 and written.dsa.extend_to_ground
-    assert written.dsa.bottom_edge == 'cap'
+    assert written.dsa.bottom_edge == 'cap' and written.masks.seeds.floating_log_ratio == 0.6
 
 
 def test_time_split_of_whole_recordings_and_stretches():
