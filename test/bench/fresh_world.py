@@ -58,6 +58,7 @@ def pool(per_sequence: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     from dynadepth_ros.model_comparison import compare_on_sequence
+    from moving_error import model_paths
 
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--model', action='append', required=True, metavar='LABEL=PATH',
@@ -67,12 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument('--frames', type=int, default=50)
     ap.add_argument('--out', type=Path, default=None)
     args = ap.parse_args(argv)
-    models = {}
-    for m in args.model:
-        label, sep, path = m.partition('=')
-        if not sep or not Path(path).is_file():
-            raise SystemExit(f'--model {m!r}: expected LABEL=PATH to an ONNX file')
-        models[label] = Path(path)
+    models = model_paths(args.model)
     out = args.out or Path(f'/tmp/dynadepth-fresh-{args.seed}')
     seqs = render(out, args.seed, args.sequences, args.frames)
     per_model: dict[str, list[dict]] = {name: [] for name in models}

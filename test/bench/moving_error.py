@@ -27,6 +27,18 @@ sys.path.insert(0, str(REPO))
 RANGES = ((0, 5), (5, 10), (10, 20), (20, 40), (40, 80))
 
 
+def model_paths(values: list[str]) -> dict[str, Path]:
+    """{label: path} of --model LABEL=PATH arguments (in order; the first is the baseline); exits with one line
+    for a malformed one or a missing file."""
+    models = {}
+    for m in values:
+        label, sep, path = m.partition('=')
+        if not sep or not Path(path).is_file():
+            raise SystemExit(f'--model {m!r}: expected LABEL=PATH to an ONNX file')
+        models[label] = Path(path)
+    return models
+
+
 def main(argv=None) -> int:
     import onnxruntime as ort
 
@@ -43,12 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument('--every', type=int, default=2, help='every n-th frame of the split')
     ap.add_argument('--data-preset', default='cpu-small', help='the preset whose synthetic data is scored')
     args = ap.parse_args(argv)
-    models = {}
-    for m in args.model:
-        label, sep, path = m.partition('=')
-        if not sep or not Path(path).is_file():
-            raise SystemExit(f'--model {m!r}: expected LABEL=PATH to an ONNX file')
-        models[label] = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    models = {label: ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+              for label, path in model_paths(args.model).items()}
 
     cfg = load_config(preset=args.data_preset)
     if cfg.data.source != 'synthetic':
