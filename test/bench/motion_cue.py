@@ -6,7 +6,8 @@ the camera's travel, for several thresholds next to a baseline in one run.
         [--variant sym=1.0:0] [--variant towards=1.0:0.4] [--variant floating=1.0:0:0.5] ...
 
 Each variant is LABEL=NEG:POS[:FLOAT]: masks.seeds.optical_log_ratio NEG (the side of traffic that travels with the
-camera), optical_log_ratio_towards POS (oncoming; 0 = NEG) and floating_log_ratio FLOAT (0 or left out = off). For every --every-th triplet centre frame of the split
+camera), optical_log_ratio_towards POS (oncoming; 0 = NEG) and floating_log_ratio FLOAT (0 or left out = off;
+on stage 1's normals as the ground: this bench has no ground network). For every --every-th triplet centre frame of the split
 of a synthetic dataset (the preset's data folder, made if missing): depth from a stage-1 ONNX model (default:
 the bundled one; any scene.onnx of a run), the camera motion from the data's own poses (the seeds stage uses
 stage 1's pose network: this isolates the cue from the pose), the ground from the depth's normals

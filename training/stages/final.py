@@ -23,10 +23,11 @@ Two options depart from the reference (config final.*; defaults = the reference)
 'relative' divides each pixel's error by its label (the metres form, through the sigmoid-disparity
 output, weights a pixel's pull by depth squared, so the least certain, distant labels dominate), and
 static_weight > 0 adds the relative L1 to the label on the static pixels (the stage-1 depth there),
-which holds the static scene where stage 1 had it; scale_weight > 0 adds |mean log(D / P)| over each image's
-static pixels, which holds only the scene's scale there and leaves its shape free; pseudo_align 'none' drops k (k = 1: the labels
-have the scale of the stage-1 network stage 4 starts from, and a k that follows the network lets the
-whole scene drift nearer with the dynamic pixels). What cpu-small uses and why is in its preset.
+which holds the static scene where stage 1 had it; scale_weight > 0 adds |mean log(D / P)| over each
+image's static pixels, which holds only the scene's scale there and leaves its shape free (measured worse
+than the anchor, docs/training.md); pseudo_align 'none' drops k (k = 1: the labels have the scale of the
+stage-1 network stage 4 starts from, and a k that follows the network lets the whole scene drift nearer
+with the dynamic pixels). What cpu-small uses and why is in its preset.
 """
 from __future__ import annotations
 

@@ -71,7 +71,8 @@ ONNX_FILE = 'instances.onnx'
 
 def hash_parts(cfg: PipelineConfig) -> tuple[dict, dict]:
     i = to_dict(cfg.masks.instances)
-    out = {'predict_splits': i.pop('predict_splits'), 'flip_tta': i.pop('flip_tta'), 'export': cfg.export.hash_settings()}
+    out = {'predict_splits': i.pop('predict_splits'), 'flip_tta': i.pop('flip_tta'),
+           'export': cfg.export.hash_settings()}
     i.pop('infer_batch_size', None)
     return {'stage': NAME, 'data': data_settings(cfg), 'instances': i}, out
 
