@@ -134,6 +134,35 @@ def test_extend_to_ground_reads_the_contact_below_a_mask_that_stops_short():
     assert math.exp(inputs(sc, extend_to_ground=True).log_anchor) == pytest.approx(math.exp(inputs(sc).log_anchor), rel=0.1)
 
 
+def test_label_shape_scene_keeps_the_dsa_scale_and_takes_stage_1s_shape():
+    """dsa.label_shape 'scene': the object's label is stage 1's depth rescaled so that its median is the DSA
+    label's (β·D̃), on the same pixels; the gap below a short mask keeps the depth of its column's lowest object
+    pixel (a car's back is upright); with no valid stage-1 depth on the object the β·D̃ label stays."""
+    from training.config import DsaStageConfig
+    from training.stages.dsa import object_label
+
+    sc = make_scene(bottom=49)
+    cut = short_mask(sc)
+    m = cut[2] == 1
+    ext = inputs(cut, extend_to_ground=True)
+    rows = np.arange(m.shape[0], dtype=np.float32)[:, None]
+    scene = np.broadcast_to(10.0 + 0.1 * rows, m.shape).astype(np.float32).copy()   # a shape D̃ does not have
+    pixels, ref = object_label(ext, 2.0)
+    pixels_s, depth = object_label(ext, 2.0, scene)
+    assert (pixels_s == pixels).all()
+    assert np.median(depth[m]) == pytest.approx(np.median(ref[m]), rel=0.02)
+    k = depth[m] / scene[m]
+    assert np.ptp(k) < 1e-4                                       # stage 1's shape on the mask
+    gap = pixels & ~m
+    assert gap.any()
+    for u in np.flatnonzero(gap.any(0)):
+        lowest = np.flatnonzero(m[:, u])[-1]
+        assert np.allclose(depth[gap[:, u], u], depth[lowest, u])
+    assert np.array_equal(object_label(ext, 2.0, np.zeros_like(scene))[1], ref)
+    with pytest.raises(ValueError, match='label_shape'):
+        DsaStageConfig(label_shape='scenes')
+
+
 def test_extend_to_ground_stops_at_another_object():
     """Another object right below the mask: no column reaches the ground, so nothing is filled and the mask's
     own contact counts (the same anchor as without the option)."""

@@ -121,6 +121,7 @@ class ObjectsStageConfig:
 
 
 BOTTOM_EDGE_RULES = ('anchor', 'cap')
+LABEL_SHAPES = ('object', 'scene')
 
 
 @dataclass
@@ -136,7 +137,14 @@ class DsaStageConfig:
     the image) has its contact with the ground out of view, and the ground the anchor reads at its lowest row lies
     behind it: 'anchor' (default) uses it as it is; 'cap' takes it as the upper bound it is and uses the scale that
     puts the object at its stage-1 depth when that is nearer (with learned masks at cpu-small the anchor put such
-    cars at 1.59x their depth and the final network carried it to every object within 5 m, docs/training.md)."""
+    cars at 1.59x their depth and the final network carried it to every object within 5 m, docs/training.md).
+    label_shape: the depth inside a dynamic object's pseudo label. 'object' (default, the reference) is β·D̃, the
+    stage-2 object depth at the DSA scale; 'scene' keeps the DSA scale (the label's median over the object) and
+    takes the shape from the stage-1 depth: k·D_scene with k = median(β·D̃ / D_scene) over the object's pixels.
+    With learned masks at cpu-small, β·D̃ on the pixels labelled dynamic was no better than stage 1 (train movers
+    AbsRel 0.379 against 0.391; 'scene' 0.304), but the final networks trained on 'scene' labels were not better
+    (test moving objects 0.84x stage 1 against 0.78x with the floating cue off, 0.79x against 0.80x with it on; one
+    seed each, docs/training.md), so the default stays the reference's."""
 
     model: DsaModelConfig = field(default_factory=DsaModelConfig)
     box_margin_px: int = 2
@@ -149,10 +157,13 @@ class DsaStageConfig:
     infer_batch_size: int = 32
     extend_to_ground: bool = field(default=False, metadata={HASHED: UNLESS_DEFAULT})
     bottom_edge: str = field(default='anchor', metadata={HASHED: UNLESS_DEFAULT})
+    label_shape: str = field(default='object', metadata={HASHED: UNLESS_DEFAULT})
 
     def __post_init__(self):
         if self.bottom_edge not in BOTTOM_EDGE_RULES:
             raise ValueError(f'dsa.bottom_edge must be one of {BOTTOM_EDGE_RULES}, got {self.bottom_edge!r}')
+        if self.label_shape not in LABEL_SHAPES:
+            raise ValueError(f'dsa.label_shape must be one of {LABEL_SHAPES}, got {self.label_shape!r}')
         if self.ground_step_px < 1:
             raise ValueError(f'dsa.ground_step_px must be >= 1, got {self.ground_step_px}')
         if self.box_margin_px < self.ground_step_px:

@@ -197,12 +197,29 @@ def frame_scales(cfg: PipelineConfig, net: DsaNet, item: dict, object_depths: di
     return [(oid, float(b), inp) for (oid, inp), b in zip(inputs, beta)]
 
 
-def object_label(inp, beta: float) -> tuple[np.ndarray, np.ndarray]:
+def object_label(inp, beta: float, scene_depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(pixels, depth [H,W]) of one dynamic object in the pseudo label: β·D̃ on its mask and, with
-    dsa.extend_to_ground, on the gap down to the ground below it (dsa_model.dsa_inputs' `fill`)."""
+    dsa.extend_to_ground, on the gap down to the ground below it (dsa_model.dsa_inputs' `fill`). With
+    scene_depth (dsa.label_shape 'scene') the depth on those pixels is k·scene_depth instead, k = the median of
+    β·D̃ / scene_depth over them: the same scale, stage 1's shape."""
     if inp.fill is None:
-        return inp.mask, beta * inp.norm_depth
-    return inp.mask | (inp.fill > 0), beta * (inp.norm_depth + inp.fill)
+        pixels, depth = inp.mask, beta * inp.norm_depth
+    else:
+        pixels, depth = inp.mask | (inp.fill > 0), beta * (inp.norm_depth + inp.fill)
+    if scene_depth is None:
+        return pixels, depth
+    on = pixels.astype(bool) & (depth > 0) & (scene_depth > 0)
+    if not on.any():
+        return pixels, depth
+    k = float(np.median(depth[on] / scene_depth[on]))
+    shaped = (k * scene_depth).astype(np.float32)
+    if inp.fill is not None:     # the gap keeps the upright-back rule: its column's lowest mask pixel's depth
+        mask = inp.mask.astype(bool)
+        gap = (inp.fill > 0) & ~mask
+        cols = np.flatnonzero(gap.any(0) & mask.any(0))
+        lowest = mask.shape[0] - 1 - np.argmax(mask[::-1, cols], axis=0)
+        shaped[:, cols] = np.where(gap[:, cols], shaped[lowest, cols][None], shaped[:, cols])
+    return pixels, np.where(on, shaped, depth)
 
 
 def compose_pseudo_label(scene_depth: np.ndarray, objects: list[tuple[np.ndarray, np.ndarray]]) -> PseudoLabel:
@@ -240,7 +257,8 @@ def write_pseudo_labels(ctx: StageContext, net: DsaNet, split: str) -> dict:
             item = ds.load(idx, extra={'scene_depth': Layer(pred.depth, 'depth')})
             entries = frame_scales(cfg, net, item, {oid: depth[oid] for oid in dyn if oid in depth},
                                    roads=sample_road_ids(cfg, ds, idx))
-            objects.extend(object_label(inp, beta) for _, beta, inp in entries)
+            shape = pred.depth if cfg.dsa.label_shape == 'scene' else None
+            objects.extend(object_label(inp, beta, shape) for _, beta, inp in entries)
             scales[frame_key(seq, t)] = [{'id': oid, 'beta': round(beta, 5), 'log_anchor': round(inp.log_anchor, 5),
                                           'anchor_ok': inp.anchor_ok} for oid, beta, inp in entries]
             n_objects += len(entries)
