@@ -434,3 +434,18 @@ def test_bottom_edge_is_checked_and_hashed_only_when_changed():
         DsaStageConfig(bottom_edge='clip')
     assert 'bottom_edge' not in to_dict(DsaStageConfig())
     assert to_dict(DsaStageConfig(bottom_edge='cap'))['bottom_edge'] == 'cap'
+
+
+def test_label_shape_is_hashed_only_when_changed():
+    """dsa.label_shape: at its default (the reference's β·D̃) earlier runs keep their stage-3 hash; 'scene' changes
+    it, so the pseudo labels are rewritten."""
+    import json
+
+    from training.config import load_config
+    from training.stages.dsa import hash_parts
+
+    def dsa_hash(*overrides):
+        return json.dumps(hash_parts(load_config('ci-tiny', overrides=list(overrides)))[0], sort_keys=True)
+
+    assert dsa_hash() == dsa_hash('dsa.label_shape=object')
+    assert dsa_hash() != dsa_hash('dsa.label_shape=scene')
