@@ -278,8 +278,8 @@ class ExportConfig:
     tolerance: 1e-3. The sigmoid-disparity output amplifies float32 rounding towards the far end of the depth
     range (a pixel near max_depth moves by max_depth / min_depth times its disparity's rounding): a healthy
     cpu-small final network measured 1.07e-4 (0.0105 m, far pixels; 2026-12-07) and was refused under the
-    former 1e-4 after 23 minutes of training, while a wrong operator shows in percent. It is a check, not an output setting, so
-    hash_settings() keeps it out of the stages' hashes: changing it re-runs nothing."""
+    former 1e-4 after 23 minutes of training, while a wrong operator shows in percent. It is a check, not an
+    output setting, so hash_settings() keeps it out of the stages' hashes: changing it re-runs nothing."""
 
     opset: int = 18
     max_batch: int = 16

@@ -35,7 +35,7 @@ from training.artifacts import file_entry
 from training.config import PipelineConfig, to_dict
 from training.data import build_dataset
 from training.data.triplets import Layer, TripletDataset
-from training.ground import ground_mask
+from training.ground import bottom_pixels, ground_mask
 from training.loop import Phase, train
 from training.previews import colourise_depth, compose, write_png
 from training.stages import scene as scene_stage
@@ -214,10 +214,8 @@ def object_label(inp, beta: float, scene_depth: np.ndarray | None = None) -> tup
     k = float(np.median(depth[on] / scene_depth[on]))
     shaped = (k * scene_depth).astype(np.float32)
     if inp.fill is not None:     # the gap keeps the upright-back rule: its column's lowest mask pixel's depth
-        mask = inp.mask.astype(bool)
-        gap = (inp.fill > 0) & ~mask
-        cols = np.flatnonzero(gap.any(0) & mask.any(0))
-        lowest = mask.shape[0] - 1 - np.argmax(mask[::-1, cols], axis=0)
+        gap = inp.fill > 0
+        cols, lowest = bottom_pixels(inp.mask)
         shaped[:, cols] = np.where(gap[:, cols], shaped[lowest, cols][None], shaped[:, cols])
     return pixels, np.where(on, shaped, depth)
 
