@@ -90,6 +90,20 @@ def test_phases_step_only_their_submodules(tmp_path):
     assert torch.equal(before['second.bias'], after['second.bias'])
 
 
+def test_training_flushes_denormal_floats_that_would_slow_the_cpu_twofold(tmp_path):
+    torch.set_flush_denormal(False)
+    tiny = torch.full((4,), 1e-39)            # a float32 denormal, made while they are still kept
+    seen = []
+
+    def loss_fn(model, batch, phase):
+        seen.append(float((tiny * 0.5).sum()))
+        return make_loss()(model, batch, phase)
+
+    train(fresh_model(), loss_fn, Regression(), [Phase('warm', 2, ('first',), 1e-2)], CFG, tmp_path,
+          config_hash='h', progress=False)
+    assert seen and all(v == 0.0 for v in seen)
+
+
 def test_lr_schedule_within_phase():
     p = Phase('all', 100, ('a',), 2e-4, lr_decay_at=(10, 50), lr_decay=0.5)
     assert p.lr_at(0) == pytest.approx(2e-4)

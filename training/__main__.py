@@ -407,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         from dynadepth_ros.engine_builder import main as build_main
         return build_main(argv[1:])
     args = build_parser().parse_args(argv)
+    from training.loop import flush_denormals
+    flush_denormals()          # predictions and exports too, not only train()
     from dynadepth_ros.datasets.base import DatasetError
     from training.checkpoint import CheckpointError
     from training.config import ConfigError

@@ -3,6 +3,7 @@ baseline, e.g. stage 1) in one run, through the node's inference core.
 
     .venv/bin/python test/bench/fresh_world.py --model stage1=runs/x/scene/scene.onnx \
         --model final=runs/x/final/final.onnx [--seed 9001] [--sequences 6] [--frames 50] [--out DIR]
+    .venv/bin/python test/bench/fresh_world.py --split-dir data/synthetic/cpu-small/test --model ...
 
 Renders a test split with `dynadepth-synth --split test --seed SEED` into --out (default
 /tmp/dynadepth-fresh-<seed>; reused when it is there with the same settings), then runs every model on every
@@ -11,6 +12,8 @@ and post-processing at the models' own resolution) and pools the per-frame Eigen
 Prints per region (all / static / dynamic / lead; dynamic = the generator's moving instances) AbsRel metric /
 median-scaled per model and its ratio to the baseline, and the median over frames of median(GT) /
 median(prediction) (1 = the right metric scale; > 1 = the scene seen nearer than it is).
+--split-dir scores the sequence folders of an existing split instead (nothing rendered), e.g. the synthetic test
+split, to put models trained on other data (a `run --bags` run on robot recordings) next to the dataset's runs.
 """
 from __future__ import annotations
 
@@ -67,10 +70,18 @@ def main(argv=None) -> int:
     ap.add_argument('--sequences', type=int, default=6)
     ap.add_argument('--frames', type=int, default=50)
     ap.add_argument('--out', type=Path, default=None)
+    ap.add_argument('--split-dir', type=Path, default=None,
+                    help='score the sequence folders of this split (e.g. data/synthetic/cpu-small/test); no rendering')
     args = ap.parse_args(argv)
     models = model_paths(args.model)
-    out = args.out or Path(f'/tmp/dynadepth-fresh-{args.seed}')
-    seqs = render(out, args.seed, args.sequences, args.frames)
+    if args.split_dir is not None:
+        out = args.split_dir
+        seqs = sorted(p for p in out.iterdir() if (p / 'rgb').is_dir()) if out.is_dir() else []
+        if not seqs:
+            raise SystemExit(f'--split-dir {out}: no sequence folders (<seq>/rgb) in it')
+    else:
+        out = args.out or Path(f'/tmp/dynadepth-fresh-{args.seed}')
+        seqs = render(out, args.seed, args.sequences, args.frames)
     per_model: dict[str, list[dict]] = {name: [] for name in models}
     for seq in seqs:
         cmp = compare_on_sequence(seq, models, strip_rows=0)
@@ -79,7 +90,8 @@ def main(argv=None) -> int:
     pooled = {name: pool(s) for name, s in per_model.items()}
     base = next(iter(models))
     frames = pooled[base]['metric']['all'][1]
-    print(f'fresh world: seed {args.seed}, {len(seqs)} sequences, {frames} frames ({out}); AbsRel metric / '
+    what = f'split {out}' if args.split_dir is not None else f'fresh world: seed {args.seed} ({out})'
+    print(f'{what}, {len(seqs)} sequences, {frames} frames; AbsRel metric / '
           f'median-scaled, mean over frames; ratio to {base}')
     print('| region | frames | ' + ' | '.join(models) + ' | ' +
           ' | '.join(f'{n} / {base}' for n in list(models)[1:]) + ' |')

@@ -123,13 +123,29 @@ class MaskScores:
                 'pixel_precision_moving': ratio(p['learned_on_moving'], p['learned'])}
 
 
+def score_frame(scores: MaskScores, pred: np.ndarray, seq, t: int, iou: float, frame_gap: int) -> bool:
+    """Add one frame's learned id map `pred` [H,W] to `scores` against frame t of `seq` (a dataset sequence with
+    instance masks and moving flags, at any resolution); False (nothing added) when the frame has neither."""
+    from dynadepth_ros.object_scale import motion_class
+    from training.evaluate import frame_instances, travel_direction
+
+    gt, moving = seq.instance_mask(t), seq.moving_ids(t)
+    if gt is None or moving is None:
+        return False
+    records = frame_instances(seq, t)
+    motions = None
+    if records is not None:
+        ego = travel_direction(seq, t, frame_gap)
+        motions = {int(r['id']): motion_class(r.get('velocity'), ego) for r in records if int(r['id']) in moving}
+    scores.add(pred, resize_nearest(np.asarray(gt, np.int32), *pred.shape), set(moving), iou, motions)
+    return True
+
+
 def evaluate_masks(run_dir: str | os.PathLike, split: str = 'val', which: str = 'instances', iou: float = 0.5,
                    progress: bool = True) -> dict:
     """Scores of the `which` masks (instances | seeds) of a run on `split`; writes eval_<split>.json/.md beside them."""
-    from dynadepth_ros.object_scale import motion_class
     from training.config import load_config
     from training.data import build_dataset
-    from training.evaluate import frame_instances, travel_direction
     from training.stages import stage_dir
     from training.stages.outputs import LabelMaps
 
@@ -147,21 +163,9 @@ def evaluate_masks(run_dir: str | os.PathLike, split: str = 'val', which: str = 
     missing_gt = 0
     for idx in tqdm(range(len(ds)), desc=f'evaluate {which} on {split}', disable=not progress, mininterval=1.0):
         seq_name, t = ds.sample_location(idx)
-        if not maps.exists(split, seq_name, t):
-            continue
-        seq = ds.sequences[ds.samples[idx][0]]
-        gt, moving = seq.instance_mask(t), seq.moving_ids(t)
-        if gt is None or moving is None:
-            missing_gt += 1
-            continue
-        pred = maps.frame(split, seq_name, t)
-        records = frame_instances(seq, t)
-        motions = None
-        if records is not None:
-            ego = travel_direction(seq, t, cfg.data.frame_gap)
-            motions = {int(r['id']): motion_class(r.get('velocity'), ego) for r in records
-                       if int(r['id']) in moving}
-        scores.add(pred, resize_nearest(np.asarray(gt, np.int32), *pred.shape), set(moving), iou, motions)
+        if maps.exists(split, seq_name, t):
+            missing_gt += not score_frame(scores, maps.frame(split, seq_name, t), ds.sequences[ds.samples[idx][0]], t,
+                                          iou, cfg.data.frame_gap)
     if not scores.frames:
         raise ValueError(f'no {split} frame has both {which} masks and the data\'s own masks with moving flags '
                          f'({missing_gt} without): this measurement needs data such as the synthetic generator\'s')

@@ -24,10 +24,10 @@ from training.recordings.plan import CONFIG_NAME, RecordingsPlan, config_text, p
 REPORT_NAME = 'recordings_report'
 NO_MASKS = ('stages 2-4 (objects, dsa, final) need instance masks and this run has none (no instance-mask topic, or '
             '--no-mask), so it learns them from the recordings (objects.masks: learned, the paper\'s unsupervised '
-            'variant): after stage 1 a ground network from its normals, seed objects from its residual flow and an '
-            'instance network self-trained on them (masks/ground, masks/seeds, masks/instances; '
-            'masks/instances/instances.onnx is that network). A segmentation node\'s masks are usually better: '
-            'record them and pass --mask-topic when you can.')
+            'variant): after stage 1 a ground network from its normals, seed objects where the observed optical flow '
+            'disagrees with what stage 1 says a static world would show, and an instance network self-trained on them '
+            '(masks/ground, masks/seeds, masks/instances; masks/instances/instances.onnx is that network). A '
+            'segmentation node\'s masks are usually better: record them and pass --mask-topic when you can.')
 
 
 def _say(text: str) -> None:
