@@ -104,6 +104,22 @@ def test_training_flushes_denormal_floats_that_would_slow_the_cpu_twofold(tmp_pa
     assert seen and all(v == 0.0 for v in seen)
 
 
+def test_a_row_check_that_raises_stops_training_at_that_row(tmp_path):
+    rows = []
+
+    def check(row):
+        rows.append(row['step'])
+        if row['step'] >= 4:
+            raise Crash('stop here')
+
+    with pytest.raises(Crash, match='stop here'):
+        train(fresh_model(), make_loss(), Regression(), PHASES, CFG, tmp_path, config_hash='h', progress=False,
+              check_row=check)
+    assert rows == [2, 4]                               # log_every 2: it saw every train row up to the stop
+    saved = ckpt_io.load(tmp_path / 'checkpoints' / 'last.pt', map_location='cpu')
+    assert saved['state']['global_step'] == 3           # the checkpoint before the stop is kept as it was
+
+
 def test_lr_schedule_within_phase():
     p = Phase('all', 100, ('a',), 2e-4, lr_decay_at=(10, 50), lr_decay=0.5)
     assert p.lr_at(0) == pytest.approx(2e-4)

@@ -156,3 +156,21 @@ def test_import_bag_command_turns_a_recording_into_training_triplets(tmp_path):
     bad = training_cmd('import-bag', str(tmp_path / 'missing'), '--out', str(tmp_path / 'x'),
                        '--image-topic', '/camera/image_raw', '--camera-info-topic', '/camera/camera_info', timeout=60)
     assert bad.returncode == 2 and 'does not exist' in bad.stderr
+
+
+def test_a_depth_collapsed_to_the_far_end_stops_stage_1_with_the_fix_named():
+    from training.config import load_config
+    from training.stages.runner import StageError
+    from training.stages.scene import CollapseCheck
+
+    cfg = load_config(preset='cpu-small')
+    check = CollapseCheck(cfg)
+    for step, median in ((20, 9.8), (40, 10.6), (60, 51.9), (80, 99.99), (100, 100.0)):
+        check({'step': step, 'depth_median': median})          # two rows at the limit: not yet
+    check({'step': 110, 'loss': 0.3})                             # rows without the figure are ignored
+    with pytest.raises(StageError, match=r'collapsed.*since step 80.*odometry_weight=1\.0'):
+        check({'step': 120, 'depth_median': 100.0})
+
+    healthy = CollapseCheck(cfg)
+    for step, median in ((20, 99.0), (40, 99.0), (60, 14.0), (80, 99.0), (100, 99.0), (120, 16.0)):
+        healthy({'step': step, 'depth_median': median})          # never three in a row at the limit

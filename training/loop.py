@@ -272,9 +272,10 @@ def _set_trainable(model: nn.Module, names: tuple[str, ...]) -> list[nn.Paramete
 def flush_denormals() -> None:
     """Treat denormal floats (magnitudes under 1.2e-38) as zero on the CPU, for this whole process.
 
-    x86 CPUs compute them in microcode, hundreds of times slower than normal floats: a cpu-small stage 1 on robot
-    recordings slowed from 1.0 to 2.3 s/step from step ~50 on (2026-12-08, 2 cores; the backward pass took 73 %
-    of the time) and ran at 1.0 s/step again with them flushed. Values that small carry nothing a depth network
+    x86 CPUs compute them in microcode, hundreds of times slower than normal floats. A saturated network makes
+    them: a cpu-small stage 1 whose depth had collapsed to max_depth (the sigmoid heads' gradients vanishing; see
+    training.stages.scene.CollapseCheck) ran at 2.3-2.4 s/step, the same checkpoint resumed with them flushed at
+    1.0 s/step (2026-12-08, 2 cores; backward 73 % of the time). Values that small carry nothing a depth network
     needs; the setting does not touch CUDA. Called by train() and the training CLI."""
     torch.set_flush_denormal(True)
 
@@ -283,8 +284,11 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, phases: list[Ph
           out_dir: str | os.PathLike, *, config_hash: str, dist: DistContext | None = None,
           val_set: Dataset | None = None, val_fn: ValFn | None = None, num_workers: int = 0,
           progress: bool = True, collate_fn=None, debug_param_digest: bool = False,
-          desc: str = 'train') -> TrainResult:
+          desc: str = 'train', check_row: Callable[[dict], None] | None = None) -> TrainResult:
     """Train `model` through `phases`, resuming from `out_dir/checkpoints/last.pt` when present.
+
+    `check_row` sees every train row written to metrics.csv (rank 0) and may raise to stop the training (the
+    last checkpoint stays as it was; the stage's error names what went wrong).
 
     Seed the global RNGs (checkpoint.seed_everything(cfg.seed)) BEFORE building the model so its
     initialisation is reproducible. `config_hash` ties the checkpoint to the configuration: a
@@ -399,6 +403,8 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, phases: list[Ph
                     log.append(row)
                     bar.set_postfix(phase=phase.name, loss=f'{row["loss"]:.4f}')
                     sums, n_sum = {}, 0
+                    if check_row is not None:
+                        check_row(row)
                 if dist.is_main and cfg.preview_every > 0 and (step % cfg.preview_every == 0 or step == total) \
                         and previews:
                     save_preview(out_dir / 'previews' / f'step_{step:06d}.png', previews)

@@ -3,6 +3,7 @@ depth is to the truth, per motion against the camera's travel and per range, nex
 
     .venv/bin/python test/bench/label_quality.py --run-dir runs/X [--split train] [--every 3] \
         [--model stage1=runs/X/scene/scene.onnx --model final=runs/X/final/final.onnx]
+    .venv/bin/python test/bench/label_quality.py --run-dir runs/robot --source /work/robot-src/synth   # run --bags
 
 For a run on synthetic data (the generator's depth, masks, moving flags and instance velocities; the run's own
 stage configs say where the data is): every --every-th triplet of the split whose pseudo label
@@ -14,9 +15,13 @@ stage configs say where the data is): every --every-th triplet of the split whos
     labelled       objects with at least 30 % of their pixels labelled dynamic
     label / GT     median over those objects of the per-object median pseudo depth / GT on the labelled pixels
     <model> / GT   median over all the objects of the per-object median prediction / GT (--model, ONNX Runtime;
-                   default: the run's scene.onnx and final.onnx where they exist)
+                   default: the run's scene.onnx and final.onnx where they exist), then over the labelled ones
+                   only (on their labelled pixels): whether a network learnt the labels where it was given them
 
-plus the share of the background's pixels (no generator object) labelled dynamic. Train is the split the labels
+plus the share of the background's pixels (no generator object) labelled dynamic. A `run --bags` run on synthetic
+recordings rewritten as a robot records them (no masks or depth in them) takes `--source`, the generator output
+they were made from (named as test/bench/robot_masks.py says): the GT comes from there, resized (nearest) to the
+network resolution as the dataset does. Train is the split the labels
 teach; a label far from 1 or a class with few labelled pixels is what the final network cannot learn from.
 A minute or two on 2 cores for every 3rd train frame of cpu-small.
 """
@@ -49,8 +54,20 @@ def quartiles(values: list[float]) -> str:
     return f'{np.median(values):.2f} [{np.percentile(values, 25):.2f}-{np.percentile(values, 75):.2f}]'
 
 
+def truth(seq, t: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(GT depth, instance ids, moving) [H,W] of frame t of a generator sequence, resized as the dataset does."""
+    from training.data.triplets import Layer, transform_layer
+
+    ids = transform_layer(Layer(np.asarray(seq.instance_mask(t), np.int32), 'mask'), height, width, False)
+    gt = transform_layer(Layer(np.asarray(seq.gt_depth(t), np.float32), 'depth'), height, width, False)
+    return gt, ids, np.isin(ids, sorted(seq.moving_ids(t) or ()))
+
+
 def main(argv=None) -> int:
     import onnxruntime as ort
+
+    from dynadepth_ros.datasets.synthetic import SyntheticSequence
+    from robot_masks import source_sequence
 
     from dynadepth_ros.object_scale import MOTIONS, motion_class
     from moving_error import model_paths
@@ -64,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument('--split', default='train')
     ap.add_argument('--every', type=int, default=3)
     ap.add_argument('--model', action='append', metavar='LABEL=PATH', help='depth ONNX models to put beside the labels')
+    ap.add_argument('--source', type=Path, default=None,
+                    help='for a run --bags run on rewritten synthetic recordings: the generator output they came from')
     args = ap.parse_args(argv)
     labels_root = args.run_dir / 'dsa' / 'pseudo_labels' / args.split
     if not labels_root.is_dir():
@@ -75,9 +94,9 @@ def main(argv=None) -> int:
                                    ('final', args.run_dir / 'final' / 'final.onnx')) if p.is_file()}
     models = {k: ort.InferenceSession(str(p), providers=['CPUExecutionProvider']) for k, p in paths.items()}
     cfg = load_config(config_file=args.run_dir / 'dsa' / 'config.yaml')
-    if cfg.data.source != 'synthetic':
+    if cfg.data.source != 'synthetic' and args.source is None:
         raise SystemExit(f'{args.run_dir}: this measurement needs the synthetic generator\'s data, the run has '
-                         f'{cfg.data.source}')
+                         f'{cfg.data.source} (recordings rewritten from the generator\'s: give --source)')
     ds = build_dataset(cfg.data, args.split, augment=False)
     lo, hi = cfg.eval.min_depth, cfg.eval.max_depth
     groups: dict[tuple[str, str], dict] = {}
@@ -89,7 +108,11 @@ def main(argv=None) -> int:
             continue
         with np.load(f) as z:
             label, dynamic = z['depth'], z['dynamic'].astype(bool)
-        gt, ids, moving = item['gt_depth'].numpy()[0], item['mask'].numpy(), item['moving'].numpy().astype(bool)
+        if args.source is not None:
+            seq = SyntheticSequence(source_sequence(Path(seq.path).name, args.source))
+            gt, ids, moving = truth(seq, t, *raw.shape[-2:])
+        else:
+            gt, ids, moving = item['gt_depth'].numpy()[0], item['mask'].numpy(), item['moving'].numpy().astype(bool)
         valid = (gt > lo) & (gt < hi)
         if not valid.any():
             continue
@@ -108,21 +131,23 @@ def main(argv=None) -> int:
             g = gt[m]
             grp = groups.setdefault((motion, range_name(float(np.median(g)))),
                                     {'objects': 0, 'px': 0, 'labelled_px': 0, 'label': [],
-                                     **{k: [] for k in models}})
+                                     **{k: [] for k in models}, **{k + '@labelled': [] for k in models}})
             lab = m & dynamic
             grp['objects'] += 1
             grp['px'] += int(m.sum())
             grp['labelled_px'] += int(lab.sum())
             if lab.sum() >= LABELLED * m.sum():
                 grp['label'].append(float(np.median(label[lab] / gt[lab])))
+                for k, d in depths.items():
+                    grp[k + '@labelled'].append(float(np.median(d[lab] / gt[lab])))
             for k, d in depths.items():
                 grp[k].append(float(np.median(d[m] / g)))
     if not frames:
         raise SystemExit(f'no {args.split} frame of {args.run_dir} has a pseudo label and GT depth')
     print(f'{args.run_dir}: {frames} {args.split} frames (every {args.every}); per object median ratios [p25-p75]')
     print('| motion | range | objects | px labelled | labelled | label / GT | ' +
-          ' | '.join(f'{k} / GT' for k in models) + ' |')
-    print('|---' * (6 + len(models)) + '|')
+          ' | '.join(f'{k} / GT' for k in models) + ' | ' + ' | '.join(f'{k} / GT, labelled' for k in models) + ' |')
+    print('|---' * (6 + 2 * len(models)) + '|')
     for motion in (*MOTIONS, 'static'):
         for rng in [range_name(a) for a, _ in RANGES]:
             grp = groups.get((motion, rng))
@@ -130,7 +155,8 @@ def main(argv=None) -> int:
                 continue
             print(f'| {motion} | {rng} | {grp["objects"]} | {grp["labelled_px"] / grp["px"]:.3f} | '
                   f'{len(grp["label"])} | {quartiles(grp["label"])} | ' +
-                  ' | '.join(quartiles(grp[k]) for k in models) + ' |')
+                  ' | '.join(quartiles(grp[k]) for k in models) + ' | ' +
+                  ' | '.join(quartiles(grp[k + '@labelled']) for k in models) + ' |')
     print(f'background pixels labelled dynamic: {background[1] / max(1, background[0]):.4f} of {background[0]}')
     return 0
 

@@ -39,7 +39,7 @@ from training.distributed import DistContext
 from training.export import export_depth_onnx, sample_frames
 from training.loop import Phase, to_device, train
 from training.stages.outputs import ScenePredictions, save_npz_atomic
-from training.stages.runner import StageContext, data_settings, run_stage
+from training.stages.runner import StageContext, StageError, data_settings, run_stage
 from training.stages.scene_model import SceneModel
 
 NAME = 'scene'
@@ -126,6 +126,37 @@ def optional_dataset(cfg: PipelineConfig, split: str, dist: DistContext, masks=N
         return None
 
 
+COLLAPSE_ROWS = 3          # consecutive logged rows ...
+COLLAPSE_SHARE = 0.95      # ... with the median depth at this share of max_depth or beyond
+
+
+class CollapseCheck:
+    """Stops stage 1 when its depth has collapsed to the far end of the range (`check_row` of training.loop).
+
+    From random weights at the cpu-small budget the depth can run to max_depth within a few dozen steps, while
+    the pose network is still learning the odometry's translation, and never come back: the sigmoid disparity
+    head saturates and its gradient vanishes (measured 2026-12-08: 3 of 4 seed / data pairs at
+    `odometry_weight` 0.1 collapsed by step 80, none of 3 at 1.0 within 140 steps). Without this check it trains
+    on for an hour and the later stages run on a flat far depth."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.max_depth = cfg.scene.model.max_depth
+        self.odometry_weight = cfg.scene.model.odometry_weight
+        self.rows: list[tuple[int, float]] = []
+
+    def __call__(self, row: dict) -> None:
+        median = row.get('depth_median')
+        if median is None:
+            return
+        self.rows = (self.rows + [(int(row['step']), float(median))])[-COLLAPSE_ROWS:]
+        if len(self.rows) == COLLAPSE_ROWS and all(m >= COLLAPSE_SHARE * self.max_depth for _, m in self.rows):
+            hint = ('--set scene.model.odometry_weight=1.0 (measured to avoid it; now '
+                    f'{self.odometry_weight:g})' if self.odometry_weight < 1.0 else '--set scene.loop.seed=<another>')
+            raise StageError(f'stage 1 collapsed: its median depth has been {self.rows[-1][1]:.1f} m, the far end of '
+                             f'its range (scene.model.max_depth {self.max_depth:g} m), since step {self.rows[0][0]}; '
+                             f'it does not recover from that. Train it again with --restart and {hint}')
+
+
 def run(cfg: PipelineConfig, run_dir: str | os.PathLike, dist: DistContext | None = None, *,
         restart: bool = False) -> dict | None:
     """Train stage 1 (or resume / skip), write predictions, export ONNX, write the manifest (stages.runner)."""
@@ -147,7 +178,7 @@ def execute(ctx: StageContext) -> dict | None:
     result = train(model, _loss, train_set, _phases(cfg, model), cfg.scene.loop, stage_dir,
                    config_hash=hashes.train, dist=dist, val_set=val_set, val_fn=_val,
                    num_workers=cfg.runtime.num_workers, progress=cfg.runtime.progress,
-                   debug_param_digest=cfg.runtime.debug_param_digest, desc='scene')
+                   debug_param_digest=cfg.runtime.debug_param_digest, desc='scene', check_row=CollapseCheck(cfg))
     train_seconds = time.perf_counter() - t0
     if not dist.is_main:
         return None
