@@ -171,6 +171,12 @@ def test_a_depth_collapsed_to_the_far_end_stops_stage_1_with_the_fix_named():
     with pytest.raises(StageError, match=r'collapsed.*since step 80.*odometry_weight=1\.0'):
         check({'step': 120, 'depth_median': 100.0})
 
+    without_odometry = CollapseCheck(cfg, odometry=False)      # the odometry weight would change nothing there
+    for step in (20, 40):
+        without_odometry({'step': step, 'depth_median': 100.0})
+    with pytest.raises(StageError, match=r'collapsed.*scene\.loop\.seed'):
+        without_odometry({'step': 60, 'depth_median': 100.0})
+
     healthy = CollapseCheck(cfg)
     for step, median in ((20, 99.0), (40, 99.0), (60, 14.0), (80, 99.0), (100, 99.0), (120, 16.0)):
         healthy({'step': step, 'depth_median': median})          # never three in a row at the limit

@@ -139,9 +139,12 @@ class CollapseCheck:
     `odometry_weight` 0.1 collapsed by step 80, none of 3 at 1.0 within 140 steps). Without this check it trains
     on for an hour and the later stages run on a flat far depth."""
 
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, cfg: PipelineConfig, odometry: bool = True):
+        """`odometry`: whether the training data has poses (odometry_fraction >= 0.5), so that the odometry
+        weight is the fix to name; without them it names another seed."""
         self.max_depth = cfg.scene.model.max_depth
         self.odometry_weight = cfg.scene.model.odometry_weight
+        self.odometry = odometry
         self.rows: list[tuple[int, float]] = []
 
     def __call__(self, row: dict) -> None:
@@ -151,7 +154,8 @@ class CollapseCheck:
         self.rows = (self.rows + [(int(row['step']), float(median))])[-COLLAPSE_ROWS:]
         if len(self.rows) == COLLAPSE_ROWS and all(m >= COLLAPSE_SHARE * self.max_depth for _, m in self.rows):
             hint = ('--set scene.model.odometry_weight=1.0 (measured to avoid it; now '
-                    f'{self.odometry_weight:g})' if self.odometry_weight < 1.0 else '--set scene.loop.seed=<another>')
+                    f'{self.odometry_weight:g})' if self.odometry and self.odometry_weight < 1.0
+                    else '--set scene.loop.seed=<another>')
             raise StageError(f'stage 1 collapsed: its median depth has been {self.rows[-1][1]:.1f} m, the far end of '
                              f'its range (scene.model.max_depth {self.max_depth:g} m), since step {self.rows[0][0]}; '
                              f'it does not recover from that. Train it again with --restart and {hint}')
@@ -174,11 +178,13 @@ def execute(ctx: StageContext) -> dict | None:
                + (f', {len(val_set)} validation triplets' if val_set is not None else '')
                + f'; {sum(p.steps for p in cfg.scene.phases)} steps of batch {cfg.scene.loop.batch_size}'
                + (f' x {dist.world_size} processes' if dist.distributed else '') + f' on {dist.device}')
+    odom = odometry_fraction(train_set)
     t0 = time.perf_counter()
     result = train(model, _loss, train_set, _phases(cfg, model), cfg.scene.loop, stage_dir,
                    config_hash=hashes.train, dist=dist, val_set=val_set, val_fn=_val,
                    num_workers=cfg.runtime.num_workers, progress=cfg.runtime.progress,
-                   debug_param_digest=cfg.runtime.debug_param_digest, desc='scene', check_row=CollapseCheck(cfg))
+                   debug_param_digest=cfg.runtime.debug_param_digest, desc='scene',
+                   check_row=CollapseCheck(cfg, odometry=odom >= 0.5))
     train_seconds = time.perf_counter() - t0
     if not dist.is_main:
         return None
@@ -189,7 +195,6 @@ def execute(ctx: StageContext) -> dict | None:
                          'config_hash': hashes.train, 'global_step': result.global_step}, model_path)
     model_sha = file_sha256(model_path)
 
-    odom = odometry_fraction(train_set)
     metric = cfg.scene.model.odometry_weight > 0 and odom >= 0.5
     plain_train = build_dataset(cfg.data, 'train', augment=False)
     intrinsics = plain_train.median_intrinsics()
