@@ -213,6 +213,9 @@ def test_without_odometry_the_model_is_relative_and_the_node_line_allows_it(mask
     assert (f'  depth_node --ros-args -p model_path:={model} -p image_transport:=compressed -r image:=/front/image_raw '
             f'-r camera_info:=/front/camera_info -p allow_relative_model:=true') in out
     assert 'instance_mask:=' not in out                              # no mask topic to give the node
+    from training.config import load_config
+    written = load_config(config_file=maskfree['dir'] / 'recordings.yaml')
+    assert written.scene.model.odometry_weight == 0.1 and 'scene:' not in (maskfree['dir'] / 'recordings.yaml').read_text()
     md = (maskfree['dir'] / 'recordings_report.md').read_text()
     assert 'RELATIVE' in md and 'learned from the recordings' in md
 
@@ -314,6 +317,10 @@ def test_dry_run_writes_only_the_config(sources, tmp_path):
     written = load_config(config_file=run_dir / 'recordings.yaml')
     assert written.objects.labelling.optical_log_ratio == 0.7 and written.dsa.extend_to_ground
     assert written.dsa.bottom_edge == 'cap' and written.masks.seeds.floating_log_ratio == 0.6
+    # with odometry the odometry term weighs 1.0, not the preset's 0.1: at 0.1 a from-scratch stage 1 can run its
+    # depth to max_depth in its first steps (cpu-small on robot recordings: 2 of 2 seeds; 0 of 3 at 1.0)
+    assert 'odom_topic: /odom' in text and written.scene.model.odometry_weight == 1.0
+    assert load_config(preset='ci-tiny').scene.model.odometry_weight == 0.1
 
 
 def test_time_split_of_whole_recordings_and_stretches():

@@ -21,6 +21,7 @@ CONFIG_NAME = 'recordings.yaml'
 
 LEARNED_OPTICAL_LABELLING = 0.7     # objects.labelling.optical_log_ratio written for recordings without masks
 LEARNED_FLOATING_SEEDS = 0.6        # masks.seeds.floating_log_ratio written for recordings without masks
+ODOMETRY_WEIGHT = 1.0               # scene.model.odometry_weight written for recordings with odometry
 
 
 @dataclasses.dataclass
@@ -51,6 +52,13 @@ class RecordingsPlan:
                 'description': f'{self.preset} budget on {len(self.bags)} recording(s) '
                                f'({", ".join(b.name for b in self.bags)})',
                 'data': self.data_section()}
+        if self.topics.odom:
+            # from random weights stage 1 can run its depth to max_depth in its first ~80 steps and never come back;
+            # the odometry term at 1.0 (presets: 0.1) holds the pose, and with it the depth, from the start (cpu-small
+            # on the same 47 recordings: seeds 0 and 1 collapsed at 0.1, seeds 0, 1 and 2 did not at 1.0; the whole
+            # stage 1 at 1.0 scored like the dataset's at 0.1; docs/training.md, "Stage 1 stops when its depth
+            # collapses")
+            tree['scene'] = {'model': {'odometry_weight': ODOMETRY_WEIGHT}}
         if self.masks == 'learned':
             # learned masks are mostly moving objects that stage 1 explained away (no residual flow): the optical
             # cue labels them (cpu-small, docs/training.md: movers' pixels labelled dynamic 8.5 % -> 17.2 %, test
