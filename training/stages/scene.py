@@ -179,12 +179,13 @@ def execute(ctx: StageContext) -> dict | None:
                + f'; {sum(p.steps for p in cfg.scene.phases)} steps of batch {cfg.scene.loop.batch_size}'
                + (f' x {dist.world_size} processes' if dist.distributed else '') + f' on {dist.device}')
     odom = odometry_fraction(train_set)
+    has_poses = odom >= 0.5            # enough triplets with poses for the odometry term to set the scale
     t0 = time.perf_counter()
     result = train(model, _loss, train_set, _phases(cfg, model), cfg.scene.loop, stage_dir,
                    config_hash=hashes.train, dist=dist, val_set=val_set, val_fn=_val,
                    num_workers=cfg.runtime.num_workers, progress=cfg.runtime.progress,
                    debug_param_digest=cfg.runtime.debug_param_digest, desc='scene',
-                   check_row=CollapseCheck(cfg, odometry=odom >= 0.5))
+                   check_row=CollapseCheck(cfg, odometry=has_poses))
     train_seconds = time.perf_counter() - t0
     if not dist.is_main:
         return None
@@ -195,7 +196,7 @@ def execute(ctx: StageContext) -> dict | None:
                          'config_hash': hashes.train, 'global_step': result.global_step}, model_path)
     model_sha = file_sha256(model_path)
 
-    metric = cfg.scene.model.odometry_weight > 0 and odom >= 0.5
+    metric = cfg.scene.model.odometry_weight > 0 and has_poses
     plain_train = build_dataset(cfg.data, 'train', augment=False)
     intrinsics = plain_train.median_intrinsics()
     if not metric:
